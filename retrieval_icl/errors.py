@@ -1,0 +1,5 @@
+"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+
+
+class RiclError(ValueError):
+    """Bad input or state the user can fix: the message says what was wrong and what was expected."""
