@@ -1,0 +1,184 @@
+"""The `ricl` command: build and inspect indexes, select demonstrations, compare selectors."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import RiclError
+
+app = typer.Typer(help="Demonstration retrieval for in-context learning.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+index_app = typer.Typer(help="Build and inspect demonstration indexes.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+console = Console()
+
+
+def friendly_errors(fn: Callable) -> Callable:
+    """Bad input ends in one line on stderr and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (RiclError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2)
+
+    return wrapper
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _task_and_examples(task: Optional[str], split: Optional[str], data_dir: Optional[Path], file: Optional[Path],
+                       text_fields: Optional[str], label_field: str, labels: Optional[str]):
+    from .tasks import load_examples, load_task, read_examples_file, task_from_columns
+
+    if file is not None:
+        if task is not None:
+            spec = load_task(task)
+        elif text_fields and labels:
+            spec = task_from_columns(text_fields.split(","), label_field, labels.split(","), name=file.stem)
+        else:
+            raise RiclError("--file needs --task, or --text-field and --labels (e.g. --text-field text --labels neg,pos)")
+        return spec, read_examples_file(file, spec), "file"
+    if task is None:
+        raise RiclError("give --task NAME (with --data-dir for local files) or --file PATH")
+    spec = load_task(task)
+    split = split or spec.pool_split
+    return spec, load_examples(spec, split, data_dir), split
+
+
+@index_app.command("build")
+@friendly_errors
+def index_build(
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to save the index in (e.g. indexes/sst2-train)."),
+    task: Optional[str] = typer.Option(None, help="Task name (configs/tasks) or task YAML path."),
+    split: Optional[str] = typer.Option(None, help="Split to index; default: the task's pool split."),
+    data_dir: Optional[Path] = typer.Option(None, help="Local data dir laid out as NAME/SPLIT.jsonl; default: the HF hub."),
+    file: Optional[Path] = typer.Option(None, help="Your own JSONL or CSV file instead of a task's split."),
+    text_field: Optional[str] = typer.Option(None, help="With --file: text column(s), comma-separated."),
+    label_field: str = typer.Option("label", help="With --file: label column."),
+    labels: Optional[str] = typer.Option(None, help="With --file: label names in id order, comma-separated."),
+    encoder: Optional[str] = typer.Option(None, help="sentence-transformers name or path; default: packaged all-MiniLM-L6-v2."),
+    index_type: str = typer.Option("flat", help="flat (exact), ivf or hnsw."),
+    overwrite: bool = typer.Option(False, help="Replace an existing index at --out."),
+) -> None:
+    """Embed a dataset split and save a FAISS index of it (atomic: an existing index is never half-replaced)."""
+    from .encoders import DEFAULT_ENCODER, Encoder
+    from .index import DemoIndex
+    from .tasks import fingerprint
+
+    if out.exists() and not overwrite:
+        raise RiclError(f"{out} exists; pass --overwrite to replace it")
+    spec, examples, _ = _task_and_examples(task, split, data_dir, file, text_field, label_field, labels)
+    index = DemoIndex(Encoder(encoder or DEFAULT_ENCODER), index_type=index_type)
+    index.build(examples, dataset_fingerprint=fingerprint(examples), task=spec.name, label_names=spec.label_names,
+                show_progress=True)
+    index.save(out)
+    console.print(f"saved {len(index)} examples ({index.manifest.index_type}, dim {index.manifest.dimension}) to {out}")
+
+
+@index_app.command("info")
+@friendly_errors
+def index_info(directory: Path = typer.Argument(..., help="A saved index directory.")) -> None:
+    """Print a saved index's manifest (encoder, dimension, type, count, fingerprint, versions)."""
+    from .index import DemoIndex
+
+    manifest = DemoIndex.load(directory).manifest
+    table = Table(show_header=False)
+    for key, value in manifest.model_dump().items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@app.command("select")
+@friendly_errors
+def select(
+    query: str = typer.Argument(..., help="The query text (for two-field tasks, the fields joined by a newline)."),
+    index: Path = typer.Option(..., "--index", help="A saved index directory."),
+    k: int = typer.Option(8, "--k", "-k", help="How many demonstrations."),
+    selector: str = typer.Option("knn", help="Selector name (random, knn)."),
+    order: Optional[str] = typer.Option(None, help="knn order: nearest_last, nearest_first or random."),
+    seed: int = typer.Option(0, help="Seed for random choices."),
+) -> None:
+    """Print the demonstrations a selector picks for one query, in prompt order."""
+    from .index import DemoIndex
+    from .selectors import make_selector
+
+    demo_index = DemoIndex.load(index)
+    params = {"seed": seed} | ({"order": order} if order else {})
+    chosen = make_selector(selector, **params).fit(demo_index).select([query], k)[0]
+    names = demo_index.manifest.label_names
+    table = Table("rank", "id", "score", "label", "text")
+    for rank, (i, score) in enumerate(zip(chosen.demo_ids, chosen.scores), 1):
+        ex = demo_index.example(i)
+        table.add_row(str(rank), str(i), f"{score:.3f}", names[ex.label] if names else str(ex.label), ex.text[:100])
+    console.print(table)
+
+
+@app.command("compare")
+@friendly_errors
+def compare(
+    config: Path = typer.Argument(..., help="Experiment YAML (see configs/experiments/)."),
+    n_queries: Optional[int] = typer.Option(None, help="Override: a seeded subset of n queries."),
+    output_dir: Optional[str] = typer.Option(None, help="Override: where the results directory goes."),
+    overwrite: bool = typer.Option(False, help="Replace an existing results directory."),
+) -> None:
+    """Run selectors on the same queries; write records, resolved config, versions and a summary with CIs."""
+    from .experiment import load_compare_config, run_compare
+
+    cfg = load_compare_config(config, n_queries=n_queries, output_dir=output_dir)
+    rows, tests, out = run_compare(cfg, overwrite=overwrite)
+    _print_rows("Accuracy (95% bootstrap CI)", rows)
+    if tests:
+        _print_rows("Paired McNemar tests", tests)
+    console.print(f"results in {out}")
+
+
+def _print_rows(title: str, rows: list[dict]) -> None:
+    table = Table(*rows[0].keys(), title=title)
+    for row in rows:
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+
+
+@app.command("validate")
+@friendly_errors
+def validate(path: Path = typer.Argument(..., help="An experiment YAML or a task YAML.")) -> None:
+    """Check a config file without running anything."""
+    import yaml
+
+    from .experiment import load_compare_config
+    from .tasks import load_task
+
+    data = yaml.safe_load(path.read_text()) if path.exists() else None
+    if isinstance(data, dict) and "task" in data:
+        cfg = load_compare_config(path)
+        load_task(cfg.task)
+    else:
+        load_task(path)
+    console.print(f"{path}: ok")
+
+
+@app.command("tasks")
+def tasks() -> None:
+    """List the built-in tasks."""
+    from .tasks import known_tasks, load_task
+
+    table = Table("task", "text fields", "labels", "pool split", "query split")
+    for name in known_tasks():
+        t = load_task(name)
+        table.add_row(name, ", ".join(t.text_fields), ", ".join(t.label_names), t.pool_split, t.query_split)
+    console.print(table)

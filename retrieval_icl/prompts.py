@@ -1,0 +1,113 @@
+"""Prompts: a template and a label format turn demonstrations and a query into text, token ids and token spans."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from .errors import RiclError
+from .tasks import Example, TaskSpec
+
+Span = tuple[int, int]  # [start, end) in tokens (or characters, before tokenisation)
+
+
+@dataclass
+class Prompt:
+    """A tokenised prompt that ends right before the label; spans index `token_ids`, end exclusive."""
+
+    text: str
+    token_ids: list[int]
+    demo_ids: list[int]  # the demonstrations used, in prompt order
+    x_spans: list[Span]  # tokens of each demonstration's input x_i
+    y_spans: list[Span]  # tokens of each demonstration's label y_i (label prefix included where it merges)
+    query_span: Span
+    n_demos_requested: int
+    dropped_ids: list[int] = field(default_factory=list)  # dropped to fit the context, least similar first
+
+    @property
+    def n_demos_used(self) -> int:
+        return len(self.demo_ids)
+
+    @property
+    def prediction_position(self) -> int:
+        """The last prompt token: its next-token distribution scores the labels."""
+        return len(self.token_ids) - 1
+
+
+class PromptBuilder:
+    """Writes `instruction`, then each demo as `input<sep>output<label_prefix><label>`, then the query without label."""
+
+    def __init__(self, task: TaskSpec, label_format: str = "default", tokenizer=None, max_tokens: int | None = None):
+        self.task = task
+        self.template = task.template
+        self.label_words = task.label_words(label_format)
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+
+    def render_input(self, texts: Sequence[str]) -> str:
+        return self.template.input.format(**dict(zip(self.task.text_fields, texts)))
+
+    def render(self, demos: Sequence[Example], query_texts: Sequence[str]) -> tuple[str, list[Span], list[Span], Span]:
+        """The prompt text and the character spans of every x_i, y_i and of the query input."""
+        t = self.template
+        parts: list[str] = [t.instruction + t.demo_separator] if t.instruction else []
+        x_chars: list[Span] = []
+        y_chars: list[Span] = []
+        pos = len(parts[0]) if parts else 0
+        for demo in demos:
+            x = self.render_input(demo.texts)
+            head = x + t.input_output_separator + t.output + t.label_prefix
+            label = self.label_words[demo.label]
+            x_chars.append((pos, pos + len(x)))
+            y_chars.append((pos + len(head), pos + len(head) + len(label)))
+            piece = head + label + t.demo_separator
+            parts.append(piece)
+            pos += len(piece)
+        q = self.render_input(query_texts)
+        parts.append(q + t.input_output_separator + t.output)
+        return "".join(parts), x_chars, y_chars, (pos, pos + len(q))
+
+    def build(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float] | None = None,
+              reserve: int = 0) -> Prompt:
+        """Tokenise; while longer than max_tokens - reserve, drop the least similar demonstration (lowest score)."""
+        if self.tokenizer is None:
+            raise RiclError("PromptBuilder needs a tokenizer to build token ids; pass tokenizer=")
+        kept = list(range(len(demos)))
+        sims = list(scores) if scores is not None else list(range(len(demos)))  # no scores: keep those nearest the query
+        dropped: list[int] = []
+        while True:
+            prompt = self._tokenise([demos[i] for i in kept], query_texts)
+            if self.max_tokens is None or len(prompt.token_ids) + reserve <= self.max_tokens:
+                break
+            if not kept:
+                raise RiclError(f"the query alone needs {len(prompt.token_ids) + reserve} tokens, more than the "
+                                f"model's context of {self.max_tokens}")
+            worst = min(kept, key=lambda i: sims[i])
+            kept.remove(worst)
+            dropped.append(demos[worst].id)
+        prompt.n_demos_requested = len(demos)
+        prompt.dropped_ids = dropped
+        return prompt
+
+    def _tokenise(self, demos: Sequence[Example], query_texts: Sequence[str]) -> Prompt:
+        text, x_chars, y_chars, q_chars = self.render(demos, query_texts)
+        enc = self.tokenizer(text, return_offsets_mapping=True)
+        offsets = enc["offset_mapping"]
+        return Prompt(
+            text=text,
+            token_ids=list(enc["input_ids"]),
+            demo_ids=[d.id for d in demos],
+            x_spans=[char_to_token_span(offsets, s) for s in x_chars],
+            y_spans=[char_to_token_span(offsets, s) for s in y_chars],
+            query_span=char_to_token_span(offsets, q_chars),
+            n_demos_requested=len(demos),
+        )
+
+
+def char_to_token_span(offsets: Sequence[tuple[int, int]], chars: Span) -> Span:
+    """The tokens whose characters overlap [start, end); special tokens (empty offsets) never do."""
+    start, end = chars
+    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
+    if not hits:
+        raise RiclError(f"no token covers characters {start}..{end}; the tokenizer must give offsets (a fast tokenizer)")
+    return hits[0], hits[-1] + 1
