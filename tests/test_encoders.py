@@ -1,0 +1,109 @@
+"""The packaged all-MiniLM-L6-v2 encoder (offline): shapes, normalisation, similarity, cache; an end-to-end index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval_icl.encoders import DEFAULT_ENCODER, Encoder, default_cache_dir
+from retrieval_icl.errors import RiclError
+from retrieval_icl.index import DemoIndex
+from retrieval_icl.tasks import Example
+
+SST2 = Path("/work/shared/data/sst2/validation.jsonl")
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory) -> Encoder:
+    """Loaded once per module; its cache lives in a fresh temp dir."""
+    return Encoder("all-MiniLM-L6-v2", cache_dir=tmp_path_factory.mktemp("cache")).load()
+
+
+class CountingModel:
+    """Wraps the SentenceTransformer to count how many texts reach the model."""
+
+    def __init__(self, model):
+        self.model, self.texts = model, 0
+
+    def encode(self, texts, **kwargs):
+        self.texts += len(texts)
+        return self.model.encode(texts, **kwargs)
+
+    def get_embedding_dimension(self):
+        return self.model.get_embedding_dimension()
+
+
+def test_constructor_only_stores_params(monkeypatch, tmp_path):
+    monkeypatch.setenv("RICL_CACHE_DIR", str(tmp_path))
+    enc = Encoder()
+    assert not enc.loaded and enc.name == DEFAULT_ENCODER and enc.cache_dir == tmp_path / "embeddings"
+    assert default_cache_dir() == tmp_path / "embeddings"
+    with pytest.raises(RiclError, match="batch_size must be a positive integer, got 0"):
+        Encoder(batch_size=0)
+    with pytest.raises(RiclError, match="not loaded"):
+        enc.dimension
+    assert Encoder("./my/model").name == "./my/model"
+
+
+def test_unit_norm_float32(encoder):
+    emb = encoder.encode(["a first sentence", "another, longer sentence about films", ""])
+    assert encoder.name == DEFAULT_ENCODER and encoder.dimension == 384
+    assert emb.dtype == np.float32 and emb.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert encoder.encode([]).shape == (0, 384)
+    with pytest.raises(RiclError, match="sequence of strings"):
+        encoder.encode("one string")
+
+
+def test_similar_sentences_score_higher(encoder):
+    a, b, c = encoder.encode(["The movie was wonderful.", "I loved this film.", "Stock prices fell sharply today."])
+    assert a @ b > a @ c + 0.2 and a @ b > b @ c + 0.2
+
+
+def test_cache_skips_the_model(encoder, monkeypatch):
+    counter = CountingModel(encoder._model)
+    monkeypatch.setattr(encoder, "_model", counter)
+    texts = [f"cache probe sentence number {i}" for i in range(10)] + ["cache probe sentence number 0"]
+    first = encoder.encode(texts)
+    assert counter.texts == 10  # the repeated text is encoded once
+    second = encoder.encode(texts)
+    assert counter.texts == 10
+    np.testing.assert_array_equal(first, second)
+    encoder.encode(texts[:3] + ["one new sentence"])
+    assert counter.texts == 11
+
+
+def test_cache_persists_across_encoders(encoder, monkeypatch):
+    texts = ["persisted across instances", "and a second one"]
+    first = encoder.encode(texts)
+    fresh = Encoder(DEFAULT_ENCODER, cache_dir=encoder.cache_dir).load()
+    counter = CountingModel(fresh._model)
+    monkeypatch.setattr(fresh, "_model", counter)
+    np.testing.assert_array_equal(fresh.encode(texts), first)
+    assert counter.texts == 0
+    uncached = Encoder(DEFAULT_ENCODER, use_cache=False)
+    uncached._model = counter
+    np.testing.assert_allclose(uncached.encode(texts), first, atol=1e-5)
+    assert counter.texts == 2
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(RiclError, match="cannot load encoder"):
+        Encoder(str(tmp_path / "no-such-model")).load()
+
+
+def test_end_to_end_index_on_sst2(encoder, tmp_path):
+    rows = [json.loads(line) for line in SST2.read_text().splitlines()[:50]]
+    examples = [Example(id=r["idx"], texts=(r["sentence"],), label=r["label"]) for r in rows]
+    idx = DemoIndex(encoder).build(examples, task="sst2", label_names=["negative", "positive"])
+    scores, ids = idx.search_texts([examples[17].text, examples[3].text], k=5)
+    assert ids[:, 0].tolist() == [examples[17].id, examples[3].id]
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
+    loaded = DemoIndex.load(idx.save(tmp_path / "sst2"))  # encoder recreated from the manifest, loaded lazily
+    assert loaded.manifest.encoder == DEFAULT_ENCODER and not loaded.encoder.loaded
+    loaded.encoder.cache_dir = encoder.cache_dir
+    again, again_ids = loaded.search_texts([examples[17].text], k=5)
+    assert again_ids[0].tolist() == ids[0].tolist()
