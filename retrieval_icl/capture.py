@@ -49,7 +49,7 @@ class AttentionCapture:
         batch, _, q_len, _ = query.shape  # (batch, heads, q, d)
         if self.positions.shape[0] != batch or int(self.positions.max()) >= q_len or int(self.positions.min()) < 0:
             raise RiclError(
-                f"capture positions {self.positions.tolist()} do not fit a forward of batch {batch} and length {q_len}; "
+                f"capture positions {self.positions.tolist()} do not fit a forward of batch {batch}, length {q_len}; "
                 "expected one index in [0, length) per batch row."
             )
         positions = self.positions.to(query.device)

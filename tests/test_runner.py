@@ -1,0 +1,141 @@
+"""runner.py: label log-probs against the plain forward pass, batching, golden values, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from retrieval_icl.errors import RiclError
+from retrieval_icl.models import LoadedModel
+from retrieval_icl.runner import LMRunner, calibrate
+
+TEXTS = [
+    "Input: a gripping, beautifully acted film\nOutput:",
+    "Input: dull\nOutput:",
+    "Input: great fun\nOutput: positive\n\nInput: a waste of two hours, the plot makes no sense at all\nOutput:",
+    "Output:",
+    "Input: fine\nOutput: positive\n\nInput: bad\nOutput:",
+]
+GOLDEN = {" positive": -11.778777, " negative": -11.371486, " very positive": -16.812826}  # TEXTS[0], CPU float32
+
+
+def direct_log_probs(model, prompt: list[int], conts: list[list[int]]) -> np.ndarray:
+    """Reference: one plain forward over prompt + label, log_softmax, summed over the label's tokens."""
+    out = []
+    with torch.inference_mode():
+        for c in conts:
+            logits = model(input_ids=torch.tensor([prompt + c])).logits[0].double()  # (T, V)
+            lsm = torch.log_softmax(logits, dim=-1)
+            out.append(sum(lsm[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(c)))
+    return np.array(out)
+
+
+def encode(runner: LMRunner, texts: list[str]) -> list[list[int]]:
+    return [runner.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def test_calibrate_known_answer():
+    log_probs = np.log([[0.3, 0.1, 0.1], [0.2, 0.2, 0.4]])  # label probs need not sum to 1
+    content_free = np.log([0.5, 0.25, 0.25])
+    got = np.exp(calibrate(log_probs, content_free))
+    np.testing.assert_allclose(got[0], [1.2 / 2.8, 0.8 / 2.8, 0.8 / 2.8])
+    np.testing.assert_allclose(got[1], [1 / 7, 2 / 7, 4 / 7])  # [.25, .25, .5] / [.5, .25, .25] = [.5, 1, 2]
+    per_row = calibrate(log_probs, np.stack([content_free, np.log([1 / 3] * 3)]))
+    np.testing.assert_allclose(np.exp(per_row[1]), [0.25, 0.25, 0.5])
+    with pytest.raises(RiclError):
+        calibrate(log_probs, np.zeros(2))
+
+
+def test_constructor_only_stores():
+    runner = LMRunner("no/such-model", batch_size=2)
+    assert (runner.model, runner.batch_size) == ("no/such-model", 2)
+    with pytest.raises(RiclError, match="load"):
+        runner.loaded
+    with pytest.raises(RiclError, match="batch_size"):
+        LMRunner(batch_size=0)
+
+
+class _PadOnly:
+    pad_token_id = 0
+
+
+def test_tiny_gptj_matches_plain_forward(tiny_gptj):
+    runner = LMRunner(batch_size=3)
+    runner._loaded = LoadedModel(tiny_gptj, _PadOnly(), "tiny-gptj", 256, 2, 4)
+    gen = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, 1000, (n,), generator=gen).tolist() for n in (5, 17, 9, 12)]
+    conts = [[7], [8, 9, 10], [11, 12]]
+    expected = np.stack([direct_log_probs(tiny_gptj, p, conts) for p in prompts])
+    for share in (True, False):
+        runner._share_prompt_cache = share
+        got = np.stack([s.log_probs for s in runner.score(prompts, conts)])
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.lm
+@pytest.mark.parametrize("words", [["positive", "negative"], ["very positive", "not at all negative", "neutral"]])
+def test_label_log_probs_match_plain_forward(smollm2_runner, words):
+    runner = smollm2_runner
+    conts = runner.label_continuations(words)
+    assert all(len(c) == 1 for c in conts) or sum(len(c) > 1 for c in conts) >= 2
+    prompts = encode(runner, TEXTS)
+    expected = np.stack([direct_log_probs(runner.loaded.model, p, conts) for p in prompts])
+    got = np.stack([s.log_probs for s in runner.score(prompts, conts)])
+    assert got.dtype == np.float64 and got.shape == (len(TEXTS), len(words))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+@pytest.mark.lm
+def test_multi_token_labels_are_multi_token(smollm2_runner):
+    conts = smollm2_runner.label_continuations(["very positive", "not at all negative"])
+    assert [len(c) for c in conts] == [2, 4]
+
+
+@pytest.mark.lm
+def test_shared_cache_equals_full_forward(smollm2_runner):
+    prompts = encode(smollm2_runner, TEXTS)
+    conts = smollm2_runner.label_continuations(["very positive", "not at all negative"])
+    cached = np.stack([s.log_probs for s in smollm2_runner.score(prompts, conts)])
+    smollm2_runner._share_prompt_cache = False
+    try:
+        full = np.stack([s.log_probs for s in smollm2_runner.score(prompts, conts)])
+    finally:
+        smollm2_runner._share_prompt_cache = True
+    np.testing.assert_allclose(cached, full, atol=1e-4)
+
+
+@pytest.mark.lm
+def test_batched_equals_one_at_a_time(smollm2_runner):
+    prompts = encode(smollm2_runner, TEXTS)
+    conts = smollm2_runner.label_continuations(["positive", "negative", "very positive"])
+    batched = smollm2_runner.score(prompts, conts, capture_attention=True)
+    smollm2_runner.batch_size = 1
+    try:
+        single = smollm2_runner.score(prompts, conts, capture_attention=True)
+    finally:
+        smollm2_runner.batch_size = 4
+    for b, s, p in zip(batched, single, prompts):
+        np.testing.assert_allclose(b.log_probs, s.log_probs, atol=1e-4)
+        assert b.attention.shape == (30, 9, len(p)) and b.attention.dtype == np.float32
+        np.testing.assert_allclose(b.attention, s.attention, atol=1e-5)
+        np.testing.assert_allclose(b.attention.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.lm
+def test_golden_log_probs(smollm2_runner):
+    conts = smollm2_runner.label_continuations([w.strip() for w in GOLDEN])
+    got = smollm2_runner.score(encode(smollm2_runner, TEXTS[:1]), conts)[0]
+    assert got.attention is None
+    np.testing.assert_allclose(got.log_probs, list(GOLDEN.values()), rtol=1e-3)
+
+
+@pytest.mark.lm
+def test_bad_inputs_say_what_was_expected(smollm2_runner):
+    conts = smollm2_runner.label_continuations(["positive"])
+    with pytest.raises(RiclError, match="prompt 0 has 9000 tokens"):
+        smollm2_runner.score([[1] * 9000], conts)
+    with pytest.raises(RiclError, match="empty"):
+        smollm2_runner.score([[1, 2]], [[]])
+    with pytest.raises(RiclError, match="alike"):
+        smollm2_runner.label_continuations(["positive", "positive"])
