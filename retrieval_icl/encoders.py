@@ -172,10 +172,11 @@ class Encoder:
         from tqdm.auto import tqdm
 
         assert self._model is not None
-        keys = list(missing)
+        # Length-sorted so each batch pads little; chunks of several batches keep cache writes coarse.
+        keys = sorted(missing, key=lambda k: len(missing[k]))
         found: dict[str, np.ndarray] = {}
         with tqdm(total=len(keys), desc=f"encoding ({self.name})", unit="text", disable=not show_progress) as bar:
-            for batch in _chunks(keys, self.batch_size):
+            for batch in _chunks(keys, self.batch_size * 16):
                 vecs = self._model.encode(
                     [missing[k] for k in batch],
                     batch_size=self.batch_size,

@@ -73,6 +73,8 @@ class CompareConfig(BaseModel):
         labels = [s.run_label for s in self.selectors]
         if len(set(labels)) != len(labels):
             raise ValueError(f"selector labels must be unique, got {labels}; give each a `label`")
+        for sel in self.selectors:
+            make_selector(sel.name, **sel.params)  # an unknown name or parameter fails here, before any work
         return self
 
 

@@ -1,0 +1,94 @@
+"""End to end: `ricl compare` on a small SST-2 slice with the packaged model and encoder."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+from retrieval_icl.experiment import CompareConfig, summarise, Run
+
+pytestmark = pytest.mark.lm
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, smollm2):  # smollm2: the model is converted into the cache once per session
+    tmp = tmp_path_factory.mktemp("compare")
+    config = {"task": "sst2", "data_dir": str(DATA), "pool_size": 400, "n_queries": 60, "k": 4,
+              "index_dir": str(tmp / "index"), "output_dir": str(tmp / "out"), "batch_size": 8}
+    path = tmp / "exp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "retrieval_icl", "compare", str(path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "out", proc, path
+
+
+def test_records_one_per_query_and_selector(results):
+    out, _, _ = results
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 120
+    assert {r["selector"] for r in records} == {"random", "knn"}
+    for r in records:
+        assert len(r["demo_ids"]) == len(r["demo_labels"]) == len(r["demo_scores"]) == r["n_demos_used"] == 4
+        assert r["prediction"] == int(np.argmax(r["label_log_probs"])) and r["correct"] == (r["prediction"] == r["gold"])
+        assert all(lp < 0 for lp in r["label_log_probs"])
+        assert len(r["attention"]["y_mass"]) == 4 and 0 < sum(r["attention"]["y_mass"]) < 1
+    knn = [r for r in records if r["selector"] == "knn"]
+    assert all(r["demo_scores"] == sorted(r["demo_scores"]) for r in knn)  # most similar nearest the query
+    rnd = {r["query_id"]: r for r in records if r["selector"] == "random"}
+    assert {r["query_id"] for r in knn} == set(rnd)  # the same queries for both selectors
+
+
+def test_accuracy_above_chance_and_summary_files(results):
+    out, proc, _ = results
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["selector"] for r in rows] == ["random", "knn"]
+    for row in rows:
+        assert float(row["ci_low"]) <= float(row["accuracy"]) <= float(row["ci_high"])
+    assert max(float(r["accuracy"]) for r in rows) > 0.6  # chance is 0.5 on SST-2
+    assert float(rows[1]["mean_similarity"]) > float(rows[0]["mean_similarity"])
+    tests = list(csv.DictReader((out / "mcnemar.csv").open()))
+    assert tests[0]["comparison"] == "knn-seed0 vs random-seed0" and 0 <= float(tests[0]["p_value"]) <= 1
+    assert "Accuracy (95% bootstrap CI)" in (out / "summary.md").read_text()
+    assert "knn" in proc.stdout and "results in" in proc.stdout
+
+
+def test_attention_summaries_are_saved_compactly(results):
+    out, _, _ = results
+    attention = load_file(str(out / "attention" / "knn-seed0.safetensors"))
+    assert len(attention) == 60
+    summary = next(iter(attention.values()))
+    assert summary.shape == (30, 9, 4, 4) and summary.dtype == np.float16  # layers, heads, demos, (x/y mass/max)
+    assert np.all(summary[..., 2] <= summary[..., 0] + 1e-3) and np.all(summary[..., 3] <= summary[..., 1] + 1e-3)
+
+
+def test_resolved_config_and_versions_are_saved(results):
+    out, _, _ = results
+    saved = CompareConfig(**{k: v for k, v in yaml.safe_load((out / "config.yaml").read_text()).items()})
+    assert saved.pool_split == "train" and saved.query_split == "validation" and saved.k == 4
+    info = json.loads((out / "run_info.json").read_text())
+    assert {"torch", "transformers", "faiss-cpu"} <= set(info["versions"]) and info["n_queries"] == 60
+
+
+def test_rerun_refuses_to_overwrite_and_reuses_the_index(results):
+    out, _, path = results
+    before = (out / "records.jsonl").read_text()
+    proc = subprocess.run([sys.executable, "-m", "retrieval_icl", "compare", str(path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "exists; pass --overwrite" in proc.stderr
+    assert (out / "records.jsonl").read_text() == before
+
+
+def test_mcnemar_pairs_seeded_runs_by_seed():
+    runs = [Run("random", s, [{"correct": c, "demo_scores": [0.1]} for c in [True, False]]) for s in (0, 1)]
+    runs += [Run("knn", 0, [{"correct": True, "demo_scores": [0.5]}] * 2)]
+    _, tests = summarise(runs)
+    assert [t["comparison"] for t in tests] == ["knn-seed0 vs random-seed0", "knn-seed0 vs random-seed1"]
