@@ -23,6 +23,7 @@ from .models import DEFAULT_MODEL
 from .prompts import PromptBuilder
 from .selectors import make_selector
 from .stats import bootstrap_ci, mcnemar
+from .perturb import perturb_examples
 from .tasks import Example, TaskSpec, fingerprint, load_examples, load_task, sample_examples
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,17 @@ class SelectorConfig(BaseModel):
         return self.label or self.name
 
 
+class PoolConfig(BaseModel):
+    """Where demonstrations come from: the task's pool, a perturbed copy of it, or another task with the same labels."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "in_distribution"
+    perturb: Literal["typos", "rare_words", "shuffle"] | None = None
+    rate: float = Field(0.3, ge=0.0, le=1.0)
+    task: str | None = None  # another corpus; its label names must equal the task's
+    split: str | None = None
+
+
 class CompareConfig(BaseModel):
     """Everything `ricl compare` needs; saved, resolved, next to every result."""
 
@@ -53,13 +65,16 @@ class CompareConfig(BaseModel):
     n_queries: int | None = Field(None, gt=0)  # a seeded subset of the query split
     query_seed: int = 0
     k: int = Field(8, gt=0)
+    k_values: list[int] | None = None  # a sweep of k; replaces k when given
     selectors: list[SelectorConfig] = Field(default_factory=lambda: [SelectorConfig(name="random"), SelectorConfig(name="knn")])
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     model: str = DEFAULT_MODEL
     encoder: str = DEFAULT_ENCODER
     index_type: Literal["flat", "ivf", "hnsw"] = "flat"
-    index_dir: str | None = None  # default: indexes/<task>-<pool split>-<pool fingerprint>
+    index_root: str = "indexes"  # each pool's index is saved as <index_root>/<task>-<split>-<pool fingerprint>
+    pools: list[PoolConfig] = Field(default_factory=lambda: [PoolConfig()], min_length=1)
     label_format: str = "default"
+    label_formats: list[str] | None = None  # several label formats on the same selections; replaces label_format
     calibrate: bool = False
     capture_attention: bool = True
     batch_size: int = Field(8, gt=0)
@@ -75,7 +90,20 @@ class CompareConfig(BaseModel):
             raise ValueError(f"selector labels must be unique, got {labels}; give each a `label`")
         for sel in self.selectors:
             make_selector(sel.name, **sel.params)  # an unknown name or parameter fails here, before any work
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        if self.k_values is not None and (not self.k_values or min(self.k_values) <= 0):
+            raise ValueError(f"k_values must be positive integers, got {self.k_values}")
         return self
+
+    @property
+    def ks(self) -> list[int]:
+        return self.k_values or [self.k]
+
+    @property
+    def formats(self) -> list[str]:
+        return self.label_formats or [self.label_format]
 
 
 def load_compare_config(path: str | Path, **overrides: Any) -> CompareConfig:
@@ -98,40 +126,71 @@ def load_compare_config(path: str | Path, **overrides: Any) -> CompareConfig:
 
 
 @dataclass
+class Pool:
+    """One demonstration pool of a comparison and its index."""
+
+    config: PoolConfig
+    task_name: str
+    split: str
+    examples: list[Example]
+
+
+@dataclass
 class Inputs:
-    """The task, pool and queries one comparison runs on."""
+    """The task, the queries and the demonstration pools one comparison runs on."""
 
     task: TaskSpec
-    pool: list[Example]
     queries: list[Example]
-    pool_split: str
     query_split: str
+    pools: list[Pool]
+
+    @property
+    def pool(self) -> list[Example]:
+        return self.pools[0].examples
+
+    @property
+    def pool_split(self) -> str:
+        return self.pools[0].split
+
+
+def load_pool(pool: PoolConfig, config: CompareConfig, task: TaskSpec) -> Pool:
+    """The pool's examples: subsampled, from another corpus with the same labels, or perturbed, as configured."""
+    source = load_task(pool.task) if pool.task else task
+    if source.label_names != task.label_names:
+        raise RiclError(f"pool {pool.name!r}: task {source.name} has labels {source.label_names}, "
+                        f"expected the same labels as {task.name} ({task.label_names})")
+    if len(source.text_fields) != len(task.text_fields):
+        raise RiclError(f"pool {pool.name!r}: task {source.name} has {len(source.text_fields)} text fields, "
+                        f"{task.name} has {len(task.text_fields)}")
+    split = pool.split or (config.pool_split if pool.task is None else None) or source.pool_split
+    examples = sample_examples(load_examples(source, split, config.data_dir), config.pool_size, config.query_seed)
+    if pool.perturb:
+        examples = perturb_examples(examples, pool.perturb, pool.rate, config.query_seed)
+    return Pool(pool, source.name, split, examples)
 
 
 def load_inputs(config: CompareConfig) -> Inputs:
     task = load_task(config.task)
-    pool_split = config.pool_split or task.pool_split
     query_split = config.query_split or task.query_split
-    pool = sample_examples(load_examples(task, pool_split, config.data_dir), config.pool_size, config.query_seed)
     queries = sample_examples(load_examples(task, query_split, config.data_dir), config.n_queries, config.query_seed)
-    return Inputs(task, pool, queries, pool_split, query_split)
+    return Inputs(task, queries, query_split, [load_pool(p, config, task) for p in config.pools])
 
 
-def get_index(config: CompareConfig, inputs: Inputs) -> DemoIndex:
+def get_index(config: CompareConfig, pool: Pool, task: TaskSpec) -> DemoIndex:
     """Load the pool's index if it was built before (checked against encoder and pool), else build and save it."""
-    fp = fingerprint(inputs.pool)
-    directory = Path(config.index_dir or f"indexes/{inputs.task.name}-{inputs.pool_split}-{fp}")
+    fp = fingerprint(pool.examples)
+    directory = Path(config.index_root) / f"{pool.task_name}-{pool.split}-{pool.config.perturb or 'orig'}-{fp}"
     encoder = Encoder(config.encoder)
     if directory.exists():
         index = DemoIndex.load(directory, encoder=encoder)
         if index.manifest.dataset_fingerprint != fp:
             raise RiclError(f"index at {directory} holds another pool (fingerprint {index.manifest.dataset_fingerprint}, "
-                            f"expected {fp}); remove it or set index_dir")
+                            f"expected {fp}); remove it")
         log.info("loaded index %s (%d examples)", directory, len(index))
         return index
     index = DemoIndex(encoder, index_type=config.index_type)
-    index.build(inputs.pool, dataset_fingerprint=fp, task=inputs.task.name, label_names=inputs.task.label_names,
-                show_progress=True)
+    index.build(pool.examples, dataset_fingerprint=fp, task=task.name, label_names=task.label_names,
+                text_fields=task.text_fields, show_progress=True)
     index.save(directory)
     log.info("built index %s (%d examples)", directory, len(index))
     return index
@@ -139,20 +198,37 @@ def get_index(config: CompareConfig, inputs: Inputs) -> DemoIndex:
 
 @dataclass
 class Run:
-    """One selector at one seed."""
+    """One selector at one seed, k, label format and pool."""
 
     label: str
     seed: int
+    k: int = 8
+    label_format: str = "default"
+    pool: str = "in_distribution"
+    name: str = ""
     records: list[dict] = field(default_factory=list)
-    attention: dict[str, np.ndarray] = field(default_factory=dict)  # query id -> (layers, heads, demos, 4) float16
+    attention: dict[str, np.ndarray] = field(default_factory=dict)  # "<query id>" (layers, heads, demos, 5), "<id>/profile"
+
+    def __post_init__(self) -> None:
+        self.name = self.name or f"{self.label}-seed{self.seed}"
 
     @property
-    def name(self) -> str:
-        return f"{self.label}-seed{self.seed}"
+    def condition(self) -> tuple[int, str, str]:
+        """What a selector is compared under: runs pair with random runs of the same condition."""
+        return self.k, self.label_format, self.pool
 
     @property
     def correct(self) -> np.ndarray:
         return np.array([r["correct"] for r in self.records], dtype=bool)
+
+
+def run_name(config: CompareConfig, label: str, seed: int, k: int, label_format: str, pool: str) -> str:
+    """The selector label, then only the conditions that vary in this experiment, then the seed."""
+    parts = [label]
+    parts += [f"k{k}"] if len(config.ks) > 1 else []
+    parts += [label_format] if len(config.formats) > 1 else []
+    parts += [pool] if len(config.pools) > 1 else []
+    return "-".join(parts + [f"seed{seed}"])
 
 
 def planned_runs(config: CompareConfig) -> list[tuple[SelectorConfig, int]]:
@@ -165,15 +241,27 @@ def planned_runs(config: CompareConfig) -> list[tuple[SelectorConfig, int]]:
     return plan
 
 
-def execute_run(run: Run, sel: SelectorConfig, config: CompareConfig, inputs: Inputs, index: DemoIndex,
-                runner: "LMRunner", builder: PromptBuilder) -> Run:
-    """Select, build prompts, score the labels (and calibrate), and fill the run's records."""
-    from .capture import demo_attention_summary
+def execute_selection(sel: SelectorConfig, seed: int, k: int, pool: Pool, config: CompareConfig, inputs: Inputs,
+                      index: DemoIndex, runner: "LMRunner") -> list[Run]:
+    """Select once, then build prompts and score the labels under every label format: one Run per format."""
+    selector = make_selector(sel.name, **{**sel.params, "seed": seed}).fit(index)
+    selections = selector.select(inputs.queries, k)
+    runs = []
+    for fmt in config.formats:
+        name = run_name(config, sel.run_label, seed, k, fmt, pool.config.name)
+        run = Run(sel.run_label, seed, k, fmt, pool.config.name, name)
+        builder = PromptBuilder(inputs.task, fmt, runner.tokenizer,
+                                max_tokens=min(config.max_prompt_tokens or runner.context_length, runner.context_length))
+        runs.append(score_run(run, selections, config, inputs, index, runner, builder))
+    return runs
 
-    selector = make_selector(sel.name, **{**sel.params, "seed": run.seed}).fit(index)
-    selections = selector.select(inputs.queries, config.k)
-    words = builder.label_words
-    continuations = runner.label_continuations(words, inputs.task.template.label_prefix)
+
+def score_run(run: Run, selections: list, config: CompareConfig, inputs: Inputs, index: DemoIndex,
+              runner: "LMRunner", builder: PromptBuilder) -> Run:
+    """Build prompts for the selections, score the labels (and calibrate), and fill the run's records."""
+    from .capture import demo_attention_profile, demo_attention_summary
+
+    continuations = runner.label_continuations(builder.label_words, inputs.task.template.label_prefix)
     reserve = max(len(c) for c in continuations)
     prompts = [builder.build([index.example(i) for i in s.demo_ids], q.texts, s.scores, reserve)
                for q, s in zip(inputs.queries, selections)]
@@ -186,19 +274,22 @@ def execute_run(run: Run, sel: SelectorConfig, config: CompareConfig, inputs: In
     for q, sel_, p, s, lp, fl in zip(inputs.queries, selections, prompts, scored, log_probs, final):
         used = set(p.demo_ids)
         record = {
-            "task": inputs.task.name, "selector": run.label, "seed": run.seed, "query_id": q.id,
+            "task": inputs.task.name, "selector": run.label, "seed": run.seed, "k": run.k,
+            "label_format": run.label_format, "pool": run.pool, "run": run.name, "query_id": q.id,
             "query_text": q.text, "gold": q.label, "prediction": int(np.argmax(fl)), "correct": bool(np.argmax(fl) == q.label),
             "label_log_probs": [float(v) for v in lp],
             "demo_ids": p.demo_ids, "demo_labels": [index.example(i).label for i in p.demo_ids],
             "demo_scores": [float(v) for i, v in zip(sel_.demo_ids, sel_.scores) if i in used],
             "n_demos_requested": p.n_demos_requested, "n_demos_used": p.n_demos_used, "dropped_ids": p.dropped_ids,
-            "prompt_tokens": len(p.token_ids), "x_spans": p.x_spans, "y_spans": p.y_spans,
+            "prompt_tokens": len(p.token_ids), "x_spans": p.x_spans, "y_spans": p.y_spans, "query_span": p.query_span,
         }
         if config.calibrate:
             record["calibrated_log_probs"] = [float(v) for v in fl]
         if s.attention is not None:
-            summary = demo_attention_summary(s.attention, list(zip(p.x_spans, p.y_spans)))  # (L, H, demos, 4)
+            spans = list(zip(p.x_spans, p.y_spans))
+            summary = demo_attention_summary(s.attention, spans)  # (L, H, demos, 5)
             run.attention[str(q.id)] = summary
+            run.attention[f"{q.id}/profile"] = demo_attention_profile(s.attention, spans, p.query_span[0])
             record["attention"] = attention_digest(summary)
         run.records.append(record)
     return run
@@ -228,20 +319,27 @@ def summarise(runs: list[Run]) -> tuple[list[dict], list[dict]]:
         correct = run.correct
         lo, hi = bootstrap_ci(correct, seed=run.seed)
         sims = [np.mean(r["demo_scores"]) for r in run.records if r["demo_scores"]]
-        rows.append({"selector": run.label, "seed": run.seed, "n": int(correct.size), "accuracy": float(correct.mean()),
-                     "ci_low": lo, "ci_high": hi, "mean_similarity": float(np.mean(sims)) if sims else float("nan")})
+        label_mass = [sum(r["attention"]["y_mass"]) for r in run.records if "attention" in r]
+        rows.append({"run": run.name, "selector": run.label, "pool": run.pool, "k": run.k, "label_format": run.label_format,
+                     "seed": run.seed, "n": int(correct.size), "accuracy": float(correct.mean()), "ci_low": lo,
+                     "ci_high": hi, "mean_similarity": float(np.mean(sims)) if sims else float("nan"),
+                     "label_attention": float(np.mean(label_mass)) if label_mass else float("nan")})
+    return rows, mcnemar_vs_random(runs)
+
+
+def mcnemar_vs_random(runs: list[Run]) -> list[dict]:
+    """Each non-random run against the random runs of its condition; a seeded run only against its own seed."""
     tests = []
-    baselines = [r for r in runs if r.label == "random"]
     for run in (r for r in runs if r.label != "random"):
-        seeded = len({r.seed for r in runs if r.label == run.label}) > 1  # seeded runs pair with random of their seed
-        for base in baselines:
+        seeded = len({r.seed for r in runs if r.label == run.label}) > 1
+        for base in (b for b in runs if b.label == "random" and b.condition == run.condition):
             if seeded and base.seed != run.seed:
                 continue
             m = mcnemar(run.correct, base.correct)
             tests.append({"comparison": f"{run.name} vs {base.name}", "n": int(run.correct.size),
                           "accuracy_diff": float(run.correct.mean() - base.correct.mean()),
                           "only_a_right": m["a_only"], "only_b_right": m["b_only"], "p_value": m["p_value"]})
-    return rows, tests
+    return tests
 
 
 def package_versions() -> dict[str, str]:
@@ -292,8 +390,10 @@ def write_results(output_dir: Path, config: CompareConfig, inputs: Inputs, runs:
             save_file(run.attention, str(tmp / "attention" / f"{run.name}.safetensors"))
     resolved = config.model_dump() | {"pool_split": inputs.pool_split, "query_split": inputs.query_split}
     (tmp / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    info = info | {"versions": package_versions(), "pool_fingerprint": fingerprint(inputs.pool),
-                   "query_fingerprint": fingerprint(inputs.queries), "pool_size": len(inputs.pool), "n_queries": len(inputs.queries)}
+    pools = {p.config.name: {"task": p.task_name, "split": p.split, "size": len(p.examples),
+                             "fingerprint": fingerprint(p.examples)} for p in inputs.pools}
+    info = info | {"versions": package_versions(), "pools": pools, "query_fingerprint": fingerprint(inputs.queries),
+                   "n_queries": len(inputs.queries)}
     (tmp / "run_info.json").write_text(json.dumps(info, indent=2))
     write_csv(tmp / "summary.csv", rows)
     write_csv(tmp / "mcnemar.csv", tests)
@@ -304,9 +404,10 @@ def write_results(output_dir: Path, config: CompareConfig, inputs: Inputs, runs:
 
 
 def summary_markdown(config: CompareConfig, inputs: Inputs, rows: list[dict], tests: list[dict], info: dict) -> str:
-    head = (f"# {inputs.task.name}: {', '.join(s.run_label for s in config.selectors)} (k={config.k})\n\n"
-            f"Model `{config.model}`, encoder `{config.encoder}`, pool {inputs.pool_split} ({len(inputs.pool)}), "
-            f"queries {inputs.query_split} ({len(inputs.queries)}), label format `{config.label_format}`, "
+    head = (f"# {inputs.task.name}: {', '.join(s.run_label for s in config.selectors)} (k={config.ks})\n\n"
+            f"Model `{config.model}`, encoder `{config.encoder}`, pools "
+            f"{', '.join(f'{p.config.name} ({p.task_name} {p.split}, {len(p.examples)})' for p in inputs.pools)}, "
+            f"queries {inputs.query_split} ({len(inputs.queries)}), label formats {config.formats}, "
             f"calibrated: {config.calibrate}. Wall time {info['wall_seconds']:.0f} s, peak memory {info['peak_rss_mb']:.0f} MB.\n\n")
     body = "## Accuracy (95% bootstrap CI)\n\n" + markdown_table(rows)
     if tests:
@@ -319,33 +420,35 @@ def peak_rss_mb() -> float:
 
 
 def run_compare(config: CompareConfig, overwrite: bool = False) -> tuple[list[dict], list[dict], Path]:
-    """Run every (selector, seed) on the same queries and write the results directory; returns the summary rows."""
+    """Run every pool x k x (selector, seed) x label format on the same queries and write the results directory."""
     from .runner import LMRunner
 
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not overwrite:
         raise RiclError(f"{output_dir} exists; pass --overwrite or choose another output_dir")
     start = time.perf_counter()
-    timings: dict[str, float] = {}
     inputs = load_inputs(config)
-    plan = planned_runs(config)
-    inputs.task.label_words(config.label_format)  # fail early on an unknown label format
-    if config.k > len(inputs.pool):
-        raise RiclError(f"k={config.k} is larger than the pool ({len(inputs.pool)} examples)")
+    for fmt in config.formats:
+        inputs.task.label_words(fmt)  # fail early on an unknown label format
+    for pool in inputs.pools:
+        if max(config.ks) > len(pool.examples):
+            raise RiclError(f"k={max(config.ks)} is larger than pool {pool.config.name!r} ({len(pool.examples)} examples)")
     t = time.perf_counter()
-    index = get_index(config, inputs)
-    timings["index"] = time.perf_counter() - t
+    indexes = [get_index(config, pool, inputs.task) for pool in inputs.pools]
+    timings = {"index": time.perf_counter() - t}
     t = time.perf_counter()
     runner = LMRunner(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype).load()
     timings["model_load"] = time.perf_counter() - t
-    builder = PromptBuilder(inputs.task, config.label_format, runner.tokenizer,
-                            max_tokens=min(config.max_prompt_tokens or runner.context_length, runner.context_length))
-    runs = []
-    for sel, seed in plan:
-        t = time.perf_counter()
-        log.info("running %s seed %d on %d queries", sel.run_label, seed, len(inputs.queries))
-        runs.append(execute_run(Run(sel.run_label, seed), sel, config, inputs, index, runner, builder))
-        timings[f"run:{runs[-1].name}"] = time.perf_counter() - t
+    runs: list[Run] = []
+    for pool, index in zip(inputs.pools, indexes):
+        for k in config.ks:
+            for sel, seed in planned_runs(config):
+                t = time.perf_counter()
+                log.info("running %s seed %d k %d pool %s on %d queries", sel.run_label, seed, k, pool.config.name,
+                         len(inputs.queries))
+                new = execute_selection(sel, seed, k, pool, config, inputs, index, runner)
+                timings.update({f"run:{r.name}": (time.perf_counter() - t) / len(new) for r in new})
+                runs.extend(new)
     info = {"wall_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "timings": timings}
     rows, tests = summarise(runs)
     write_results(output_dir, config, inputs, runs, info, rows, tests)

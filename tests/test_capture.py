@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_icl.capture import SUMMARY_COLUMNS, X_MASS, Y_MAX, capture_attention, demo_attention_summary
+from retrieval_icl.capture import (PROFILE_REGIONS, SUMMARY_COLUMNS, X_MASS, Y_MAX, capture_attention,
+                                   demo_attention_profile, demo_attention_summary)
 from retrieval_icl.errors import RiclError
 
 
@@ -88,11 +89,23 @@ def test_demo_attention_summary_known_values():
     row[0, 1, 9] = 1.0
     spans = [((1, 3), (4, 5)), ((6, 8), (8, 9))]  # ((x_start, x_end), (y_start, y_end)), end exclusive
     out = demo_attention_summary(row, spans)
-    assert out.shape == (1, 2, 2, 4) and out.dtype == np.float16 and len(SUMMARY_COLUMNS) == 4
-    np.testing.assert_allclose(out[0, 0, 0], [0.3, 0.3, 0.2, 0.3], atol=1e-3)
-    np.testing.assert_allclose(out[0, 0, 1], [0.2, 0.1, 0.1, 0.1], atol=1e-3)
+    assert out.shape == (1, 2, 2, 5) and out.dtype == np.float16 and len(SUMMARY_COLUMNS) == 5
+    np.testing.assert_allclose(out[0, 0, 0], [0.3, 0.3, 0.2, 0.3, 0.0], atol=1e-3)  # pre_label: token 3
+    np.testing.assert_allclose(out[0, 0, 1], [0.2, 0.1, 0.1, 0.1, 0.1], atol=1e-3)  # pre_label: token 7
     assert out[0, 1].max() == 0 and SUMMARY_COLUMNS[X_MASS] == "x_mass" and SUMMARY_COLUMNS[Y_MAX] == "y_max"
     with pytest.raises(RiclError, match="demo 0"):
         demo_attention_summary(row, [((3, 3), (4, 5))])
     with pytest.raises(RiclError, match="demo 0"):
         demo_attention_summary(row, [((1, 3), (9, 11))])
+
+
+def test_demo_attention_profile_resamples_each_region():
+    row = np.zeros((2, 3, 12), dtype=np.float32)  # (layers, heads, T)
+    row[:, :, 5] = 0.9  # the first demo's label token, every head
+    spans = [((0, 3), (5, 6)), ((7, 9), (10, 11))]  # x, then "Output:" tokens 3-4, y at 5, separator at 6
+    profile = demo_attention_profile(row, spans, query_start=12)
+    bins = [n for _, n in PROFILE_REGIONS]
+    assert profile.shape == (2, 2, sum(bins)) and profile.dtype == np.float16
+    y = slice(bins[0] + bins[1], bins[0] + bins[1] + bins[2])
+    np.testing.assert_allclose(profile[:, 0, y], 0.9, atol=1e-3)
+    assert profile[:, 0].sum() == pytest.approx(2 * 0.9 * 2, abs=1e-2) and profile[:, 1].max() == 0

@@ -22,7 +22,7 @@ DATA = ROOT.parent / "shared" / "data"
 def results(tmp_path_factory, smollm2):  # smollm2: the model is converted into the cache once per session
     tmp = tmp_path_factory.mktemp("compare")
     config = {"task": "sst2", "data_dir": str(DATA), "pool_size": 400, "n_queries": 60, "k": 4,
-              "index_dir": str(tmp / "index"), "output_dir": str(tmp / "out"), "batch_size": 8}
+              "index_root": str(tmp / "index"), "output_dir": str(tmp / "out"), "batch_size": 8}
     path = tmp / "exp.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.run([sys.executable, "-m", "retrieval_icl", "compare", str(path)], capture_output=True, text=True,
@@ -64,10 +64,13 @@ def test_accuracy_above_chance_and_summary_files(results):
 def test_attention_summaries_are_saved_compactly(results):
     out, _, _ = results
     attention = load_file(str(out / "attention" / "knn-seed0.safetensors"))
-    assert len(attention) == 60
     summary = next(iter(attention.values()))
-    assert summary.shape == (30, 9, 4, 4) and summary.dtype == np.float16  # layers, heads, demos, (x/y mass/max)
+    assert len(attention) == 120  # a summary and a profile per query
+    key = next(k for k in attention if "/" not in k)
+    summary, profile = attention[key], attention[f"{key}/profile"]
+    assert summary.shape == (30, 9, 4, 5) and summary.dtype == np.float16  # layers, heads, demos, columns
     assert np.all(summary[..., 2] <= summary[..., 0] + 1e-3) and np.all(summary[..., 3] <= summary[..., 1] + 1e-3)
+    assert profile.shape == (30, 4, 24) and np.isfinite(profile.astype(np.float32)).all()
 
 
 def test_resolved_config_and_versions_are_saved(results):
@@ -76,6 +79,7 @@ def test_resolved_config_and_versions_are_saved(results):
     assert saved.pool_split == "train" and saved.query_split == "validation" and saved.k == 4
     info = json.loads((out / "run_info.json").read_text())
     assert {"torch", "transformers", "faiss-cpu"} <= set(info["versions"]) and info["n_queries"] == 60
+    assert info["pools"]["in_distribution"]["size"] == 400
 
 
 def test_rerun_refuses_to_overwrite_and_reuses_the_index(results):
@@ -88,7 +92,34 @@ def test_rerun_refuses_to_overwrite_and_reuses_the_index(results):
 
 
 def test_mcnemar_pairs_seeded_runs_by_seed():
-    runs = [Run("random", s, [{"correct": c, "demo_scores": [0.1]} for c in [True, False]]) for s in (0, 1)]
-    runs += [Run("knn", 0, [{"correct": True, "demo_scores": [0.5]}] * 2)]
+    runs = [Run("random", s, records=[{"correct": c, "demo_scores": [0.1]} for c in [True, False]]) for s in (0, 1)]
+    runs += [Run("knn", 0, records=[{"correct": True, "demo_scores": [0.5]}] * 2)]
+    runs += [Run("random", 0, k=2, name="random-k2-seed0", records=[{"correct": True, "demo_scores": [0.1]}] * 2)]
     _, tests = summarise(runs)
     assert [t["comparison"] for t in tests] == ["knn-seed0 vs random-seed0", "knn-seed0 vs random-seed1"]
+
+
+def test_conditions_label_formats_pools_and_k_sweep(tmp_path, smollm2):
+    from retrieval_icl.experiment import PoolConfig, SelectorConfig, run_compare
+
+    config = CompareConfig(task="sst2", data_dir=str(DATA), pool_size=150, n_queries=12, k_values=[1, 3],
+                           label_formats=["default", "swapped"], capture_attention=False,
+                           pools=[PoolConfig(), PoolConfig(name="typos", perturb="typos", rate=0.5)],
+                           selectors=[SelectorConfig(name="random"), SelectorConfig(name="knn")],
+                           index_root=str(tmp_path / "idx"), output_dir=str(tmp_path / "out"))
+    rows, tests, out = run_compare(config)
+    assert len(rows) == 2 * 2 * 2 * 2 and len(tests) == 8
+    assert {r["run"] for r in rows} >= {"knn-k1-default-in_distribution-seed0", "random-k3-swapped-typos-seed0"}
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    by_run = {}
+    for r in records:
+        by_run.setdefault((r["selector"], r["k"], r["pool"]), {}).setdefault(r["label_format"], []).append(r)
+    for (_, k, _), formats in by_run.items():
+        default, swapped = formats["default"], formats["swapped"]
+        assert [r["demo_ids"] for r in default] == [r["demo_ids"] for r in swapped]  # same demos, other labels
+        assert all(len(r["demo_ids"]) == k for r in default)
+    typo_index = next((tmp_path / "idx").glob("sst2-train-typos-*"))
+    orig_index = next((tmp_path / "idx").glob("sst2-train-orig-*"))
+    typo_text = [json.loads(line)["texts"][0] for line in (typo_index / "examples.jsonl").read_text().splitlines()]
+    orig_text = [json.loads(line)["texts"][0] for line in (orig_index / "examples.jsonl").read_text().splitlines()]
+    assert sum(a != b for a, b in zip(typo_text, orig_text)) > 50

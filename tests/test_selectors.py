@@ -104,3 +104,20 @@ def test_k_equal_to_pool_minus_query_works_and_one_more_fails(tmp_path):
         KNNSelector().fit(index).select(["good"], 4)
     with pytest.raises(RiclError, match="without the query"):
         RandomSelector().fit(index).select(["good"], 4)
+
+
+def test_band_selector_nearest_middle_and_farthest(pool_and_queries):
+    from retrieval_icl.selectors import SimilarityBandSelector
+
+    index, pool, queries = pool_and_queries
+    sims, order = brute_force(index, pool, [q.text for q in queries[:3]], len(pool))
+    nearest = SimilarityBandSelector(position=0.0, order="nearest_first").fit(index).select(queries[:3], 5)
+    middle = SimilarityBandSelector(position=0.5, order="nearest_first").fit(index).select(queries[:3], 5)
+    farthest = SimilarityBandSelector(position=1.0, order="nearest_first").fit(index).select(queries[:3], 5)
+    for row in range(3):
+        np.testing.assert_allclose(nearest[row].scores, sims[row, order[row, :5]], atol=1e-5)
+        np.testing.assert_allclose(farthest[row].scores, sims[row, order[row, -5:]], atol=1e-5)
+        start = round(0.5 * (len(pool) - 5))
+        np.testing.assert_allclose(middle[row].scores, sims[row, order[row, start:start + 5]], atol=1e-5)
+    with pytest.raises(RiclError, match="position must be in"):
+        SimilarityBandSelector(position=1.5)

@@ -1,0 +1,44 @@
+"""Demonstrations from a band of the similarity ranking: nearest, a middle band, or farthest (bandwidth studies)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import RiclError
+from .base import ORDERS, Selection, Selector, order_selection, text_seed
+
+
+class SimilarityBandSelector(Selector):
+    """The k pool examples starting at quantile `position` of the ranking by cosine (0 nearest, 0.5 middle, 1 farthest)."""
+
+    name = "band"
+
+    def __init__(self, position: float = 0.5, order: str = "nearest_last", seed: int = 0):
+        if not 0.0 <= position <= 1.0:
+            raise RiclError(f"position must be in [0, 1] (0 = nearest, 1 = farthest), got {position}")
+        if order not in ORDERS:
+            raise RiclError(f"unknown order {order!r}; expected one of {ORDERS}")
+        self.position = position
+        self.order = order
+        self.seed = seed
+
+    @property
+    def uses_seed(self) -> bool:  # type: ignore[override]
+        return self.order == "random"
+
+    def _select(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
+        index = self.index_
+        pool_ids = np.asarray([ex.id for ex in index.examples])
+        pool_texts = np.asarray([ex.text for ex in index.examples], dtype=object)
+        vectors = index.embeddings(pool_ids)  # (pool, d)
+        return [self._one(t, vectors @ e, k, pool_ids, pool_texts) for t, e in zip(texts, embeddings)]
+
+    def _one(self, text: str, sims: np.ndarray, k: int, pool_ids: np.ndarray, pool_texts: np.ndarray) -> Selection:
+        keep = pool_texts != text
+        if keep.sum() < k:
+            raise RiclError(f"k={k} is larger than the pool without the query ({int(keep.sum())} examples)")
+        ranked = np.flatnonzero(keep)[np.argsort(-sims[keep], kind="stable")]  # most similar first
+        start = round(self.position * (len(ranked) - k))
+        band = ranked[start:start + k]
+        return order_selection([int(i) for i in pool_ids[band]], [float(s) for s in sims[band]], self.order,
+                               text_seed(self.seed, text))
