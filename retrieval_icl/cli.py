@@ -164,9 +164,10 @@ def validate(path: Path = typer.Argument(..., help="An experiment YAML or a task
     from .tasks import load_task
 
     data = yaml.safe_load(path.read_text()) if path.exists() else None
-    if isinstance(data, dict) and "task" in data:
+    if isinstance(data, dict) and ("task" in data and "text_fields" not in data or "columns" in data):
         cfg = load_compare_config(path)
-        load_task(cfg.task)
+        if cfg.task:
+            load_task(cfg.task)
     else:
         load_task(path)
     console.print(f"{path}: ok")
@@ -182,3 +183,24 @@ def tasks() -> None:
         t = load_task(name)
         table.add_row(name, ", ".join(t.text_fields), ", ".join(t.label_names), t.pool_split, t.query_split)
     console.print(table)
+
+
+@app.command("serve")
+@friendly_errors
+def serve(
+    index: Path = typer.Option(..., "--index", help="A saved index directory; added examples are saved back into it."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; the default accepts connections from this machine only."),
+    port: int = typer.Option(8000, help="TCP port."),
+    strategy: str = typer.Option("knn", help="Default selector when a request names none."),
+    seed: int = typer.Option(0, help="Seed for random choices."),
+    api_key: Optional[str] = typer.Option(None, envvar="RICL_API_KEY", help="Require this X-API-Key on POST requests "
+                                          "(better given as the RICL_API_KEY environment variable)."),
+    max_k: int = typer.Option(64, min=1, help="Largest k a request may ask for."),
+    max_text_chars: int = typer.Option(4000, min=1, help="Longest text per field, in characters."),
+    max_batch: int = typer.Option(256, min=1, help="Most examples one POST /examples may add."),
+) -> None:
+    """Serve POST /select, POST /examples and GET /health over HTTP (OpenAPI schema at /openapi.json)."""
+    from .service import Limits, serve as run_service
+
+    limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch)
+    run_service(index, host=host, port=port, strategy=strategy, seed=seed, api_key=api_key, limits=limits)

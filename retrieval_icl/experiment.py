@@ -24,7 +24,7 @@ from .prompts import PromptBuilder
 from .selectors import make_selector
 from .stats import bootstrap_ci, mcnemar
 from .perturb import perturb_examples
-from .tasks import Example, TaskSpec, fingerprint, load_examples, load_task, sample_examples
+from .tasks import Example, TaskSpec, fingerprint, load_examples, load_task, sample_examples, task_from_columns
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,21 @@ class PoolConfig(BaseModel):
     split: str | None = None
 
 
+class ColumnsConfig(BaseModel):
+    """A user's own files without a task YAML: which columns hold the text(s) and the label, and the label names."""
+
+    model_config = ConfigDict(extra="forbid")
+    text_fields: list[str] = Field(min_length=1, max_length=2)
+    label_field: str = "label"
+    label_names: list[str] = Field(min_length=2)
+
+
 class CompareConfig(BaseModel):
     """Everything `ricl compare` needs; saved, resolved, next to every result."""
 
     model_config = ConfigDict(extra="forbid")
-    task: str
+    task: str | None = None  # a task name or task YAML; or give `columns` and file paths as the splits
+    columns: ColumnsConfig | None = None
     data_dir: str | None = None  # a folder laid out like ../shared/data; None reads the Hugging Face hub
     pool_split: str | None = None  # default: the task's
     query_split: str | None = None
@@ -85,6 +95,10 @@ class CompareConfig(BaseModel):
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "CompareConfig":
+        if (self.task is None) == (self.columns is None):
+            raise ValueError("give either `task` (a name or YAML path) or `columns` (with file paths as the splits)")
+        if self.columns is not None and not (self.pool_split and self.query_split):
+            raise ValueError("with `columns`, pool_split and query_split must be the paths of your JSONL/CSV files")
         labels = [s.run_label for s in self.selectors]
         if len(set(labels)) != len(labels):
             raise ValueError(f"selector labels must be unique, got {labels}; give each a `label`")
@@ -169,8 +183,16 @@ def load_pool(pool: PoolConfig, config: CompareConfig, task: TaskSpec) -> Pool:
     return Pool(pool, source.name, split, examples)
 
 
+def resolve_task(config: CompareConfig) -> TaskSpec:
+    """The task by name or YAML, or one made from the user's columns."""
+    if config.columns is None:
+        return load_task(config.task)
+    c = config.columns
+    return task_from_columns(c.text_fields, c.label_field, c.label_names, name=Path(config.pool_split).stem)
+
+
 def load_inputs(config: CompareConfig) -> Inputs:
-    task = load_task(config.task)
+    task = resolve_task(config)
     query_split = config.query_split or task.query_split
     queries = sample_examples(load_examples(task, query_split, config.data_dir), config.n_queries, config.query_seed)
     return Inputs(task, queries, query_split, [load_pool(p, config, task) for p in config.pools])
@@ -179,7 +201,7 @@ def load_inputs(config: CompareConfig) -> Inputs:
 def get_index(config: CompareConfig, pool: Pool, task: TaskSpec) -> DemoIndex:
     """Load the pool's index if it was built before (checked against encoder and pool), else build and save it."""
     fp = fingerprint(pool.examples)
-    directory = Path(config.index_root) / f"{pool.task_name}-{pool.split}-{pool.config.perturb or 'orig'}-{fp}"
+    directory = Path(config.index_root) / f"{pool.task_name}-{Path(pool.split).stem}-{pool.config.perturb or 'orig'}-{fp}"
     encoder = Encoder(config.encoder)
     if directory.exists():
         index = DemoIndex.load(directory, encoder=encoder)

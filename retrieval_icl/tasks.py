@@ -230,7 +230,9 @@ def _hub_examples(task: TaskSpec, split: str) -> list[Example]:
 
 
 def load_examples(task: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[Example]:
-    """All labelled examples of a split, from `data_dir/<local_name>/<split>.jsonl|csv` or else the hub."""
+    """All labelled examples of a split: a JSONL/CSV path as the split, `data_dir/<local_name>/<split>.*`, or the hub."""
+    if Path(split).suffix in (".jsonl", ".json", ".csv"):
+        return read_examples_file(split, task)
     if data_dir is None:
         return _hub_examples(task, split)
     data_dir = Path(data_dir)

@@ -123,3 +123,36 @@ def test_conditions_label_formats_pools_and_k_sweep(tmp_path, smollm2):
     typo_text = [json.loads(line)["texts"][0] for line in (typo_index / "examples.jsonl").read_text().splitlines()]
     orig_text = [json.loads(line)["texts"][0] for line in (orig_index / "examples.jsonl").read_text().splitlines()]
     assert sum(a != b for a, b in zip(typo_text, orig_text)) > 50
+
+
+def test_users_own_files_without_a_task_yaml(tmp_path, smollm2):
+    from retrieval_icl.experiment import run_compare
+
+    rows = [("a gorgeous, witty film", "pos"), ("dull and far too long", "neg"), ("I loved every minute", "pos"),
+            ("a tedious mess", "neg"), ("warm and funny", "pos"), ("an ugly, boring slog", "neg")]
+    (tmp_path / "train.csv").write_text("review,sentiment\n" + "".join(f'"{t}",{s}\n' for t, s in rows))
+    (tmp_path / "test.jsonl").write_text('{"review": "funny and warm", "sentiment": "pos"}\n'
+                                         '{"review": "boring and ugly", "sentiment": "neg"}\n')
+    config = load_config_text(tmp_path, f"""
+columns: {{text_fields: [review], label_field: sentiment, label_names: [neg, pos]}}
+pool_split: {tmp_path / 'train.csv'}
+query_split: {tmp_path / 'test.jsonl'}
+k: 4
+capture_attention: false
+index_root: {tmp_path / 'idx'}
+output_dir: {tmp_path / 'out'}
+""")
+    summary, _, out = run_compare(config)
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and {r["gold"] for r in records} == {0, 1}
+    assert all(len(r["demo_ids"]) == 4 for r in records)
+    knn = [r for r in records if r["selector"] == "knn"]
+    assert all(set(r["demo_labels"][-2:]) == {r["gold"]} for r in knn)  # the two nearest share the query's label
+
+
+def load_config_text(tmp_path, text):
+    from retrieval_icl.experiment import load_compare_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return load_compare_config(path)
