@@ -426,7 +426,7 @@ def write_results(output_dir: Path, config: CompareConfig, inputs: Inputs, runs:
 
 
 def summary_markdown(config: CompareConfig, inputs: Inputs, rows: list[dict], tests: list[dict], info: dict) -> str:
-    head = (f"# {inputs.task.name}: {', '.join(s.run_label for s in config.selectors)} (k={config.ks})\n\n"
+    head = (f"# {inputs.task.name}: {', '.join(s.run_label for s in config.selectors)} (k={', '.join(map(str, config.ks))})\n\n"
             f"Model `{config.model}`, encoder `{config.encoder}`, pools "
             f"{', '.join(f'{p.config.name} ({p.task_name} {p.split}, {len(p.examples)})' for p in inputs.pools)}, "
             f"queries {inputs.query_split} ({len(inputs.queries)}), label formats {config.formats}, "

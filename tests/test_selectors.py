@@ -89,7 +89,7 @@ def test_bad_requests_are_refused(pool_and_queries):
         KNNSelector().fit(index).select(["  "], 2)
     with pytest.raises(RiclError, match="not fitted"):
         KNNSelector().select(queries[:1], 2)
-    with pytest.raises(RiclError, match=r"unknown selector 'nope'; known: \['knn', 'random'\]"):
+    with pytest.raises(RiclError, match=r"unknown selector 'nope'; known: \[.*'knn'.*'random'.*\]"):
         make_selector("nope")
     with pytest.raises(RiclError, match="unknown order"):
         KNNSelector(order="sideways")

@@ -1,0 +1,193 @@
+"""The application API: open a saved index, select demonstrations with their fields and labels, add examples.
+
+>>> from retrieval_icl.demo_selector import DemoSelector
+>>> demos = DemoSelector.load("indexes/sst2-train", strategy="mmr", lambda_mult=0.5)  # doctest: +SKIP
+>>> [(d.fields["sentence"], d.label_name, round(d.score, 2)) for d in demos.select("a moving film", k=2)]  # doctest: +SKIP
+[('a moving experience', 'positive', 0.81), ('moving and funny', 'positive', 0.84)]
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .encoders import Encoder
+from .errors import RiclError
+from .index import DemoIndex
+from .selectors import SELECTORS, Selector, make_selector
+from .tasks import Example
+
+Query = str | Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class SelectedExample:
+    """One chosen demonstration: its id, text fields by name, label id and name, cosine to the query."""
+
+    id: int
+    fields: dict[str, str]
+    label: int
+    label_name: str | None
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+class DemoSelector:
+    """A DemoIndex plus selectors, safe to share between threads: one lock orders every select and add.
+
+    Selectors are fitted on first use per strategy and refitted after examples are added, so a select never
+    sees a pool that is half updated. `save()` writes the index back atomically (DemoIndex.save).
+    """
+
+    def __init__(self, index: DemoIndex, directory: str | Path | None = None, strategy: str = "knn", seed: int = 0,
+                 **params: Any) -> None:
+        self.index, self.strategy, self.seed, self.params = index, strategy, seed, params
+        self.directory = Path(directory) if directory is not None else None
+        make_selector(strategy, seed=seed, **params)  # an unknown strategy or parameter fails now
+        self._fitted: dict[str, Selector] = {}
+        self._lock = threading.RLock()
+
+    @classmethod
+    def load(cls, directory: str | Path, strategy: str = "knn", seed: int = 0, encoder: Encoder | None = None,
+             use_cache: bool = False, **params: Any) -> "DemoSelector":
+        """Open a saved index; `params` go to the default strategy. Queries skip the embedding cache by default."""
+        index = DemoIndex.load(directory, encoder=encoder)
+        # A service sees most query texts once: caching them would write a database row per request.
+        index.encoder.use_cache = use_cache
+        return cls(index, directory, strategy=strategy, seed=seed, **params)
+
+    @cached_property
+    def text_fields(self) -> list[str]:
+        """Names of the text fields: the manifest's, else the task's, else text / text1, text2, ..."""
+        return resolve_text_fields(self.index)
+
+    @cached_property
+    def label_names(self) -> list[str] | None:
+        """Label names by id, from the manifest (None when the index was built without them)."""
+        return self.index.manifest.label_names
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def warm_up(self) -> "DemoSelector":
+        """Load the encoder and fit the default strategy now rather than on the first request; returns self."""
+        with self._lock:
+            self.index.encoder.load()
+            self._selector(self.strategy)
+        return self
+
+    def select(self, query: Query, k: int, strategy: str | None = None) -> list[SelectedExample]:
+        """k demonstrations for one query (text, or a dict of the text fields), in prompt order."""
+        text = self.query_text(query)
+        with self._lock:
+            selection = self._selector(strategy or self.strategy).select([text], k)[0]
+            return [self._selected(i, s) for i, s in zip(selection.demo_ids, selection.scores)]
+
+    def query_text(self, query: Query) -> str:
+        """The text embedded for a query: a string, or a dict's text fields joined by a newline; stripped like pools."""
+        if isinstance(query, str):
+            return _checked_text(query, "query text")
+        if not isinstance(query, Mapping):
+            raise RiclError(f"a query must be a string or a dict of text fields, got {type(query).__name__}")
+        return "\n".join(_checked_text(t, f"query field {f!r}") for f, t in self._fields_in_order(query).items())
+
+    def _fields_in_order(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        expected = self.text_fields
+        if set(fields) != set(expected):
+            raise RiclError(f"fields {sorted(fields)} do not match the index's text fields {expected}")
+        return {f: fields[f] for f in expected}
+
+    def _selector(self, strategy: str) -> Selector:
+        """The fitted selector for a strategy (the lock is held)."""
+        if strategy not in self._fitted:
+            if strategy not in SELECTORS:
+                raise RiclError(f"unknown strategy {strategy!r}; known: {sorted(SELECTORS)}")
+            params = self.params if strategy == self.strategy else {}
+            self._fitted[strategy] = make_selector(strategy, seed=self.seed, **params).fit(self.index)
+        return self._fitted[strategy]
+
+    def _selected(self, id: int, score: float) -> SelectedExample:
+        ex = self.index.example(id)
+        names = self.label_names
+        return SelectedExample(id=id, fields=dict(zip(self.text_fields, ex.texts)), label=ex.label,
+                               label_name=names[ex.label] if names and ex.label < len(names) else None, score=score)
+
+    def add_examples(self, rows: Sequence[Mapping[str, Any]], save: bool = False) -> list[int]:
+        """Add {"fields": {name: text} or a string, "label": id or name} rows (and save, atomically); returns ids."""
+        if isinstance(rows, (str, Mapping)) or not rows:
+            raise RiclError("add_examples expects a non-empty list of {'fields': ..., 'label': ...} dicts")
+        if save and self.directory is None:
+            raise RiclError("save=True needs an index directory; load with DemoSelector.load(directory)")
+        parsed = [self._parse_row(row, n) for n, row in enumerate(rows)]
+        with self._lock:
+            # Embed before touching the index so a failure leaves it as it was.
+            vectors = self.index.encoder.encode(["\n".join(texts) for texts, _ in parsed])
+            start = int(self.index.ids.max()) + 1 if len(self.index) else 0
+            examples = [Example(start + n, texts, label) for n, (texts, label) in enumerate(parsed)]
+            self.index.add(examples, embeddings=vectors)
+            self._fitted.clear()  # refit on next use: BM25, balanced and representative selectors cache the pool
+            if save:
+                self.save()
+            return [ex.id for ex in examples]
+
+    def _parse_row(self, row: Mapping[str, Any], n: int) -> tuple[tuple[str, ...], int]:
+        if not isinstance(row, Mapping) or set(row) != {"fields", "label"}:
+            raise RiclError(f"example {n}: expected a dict with keys 'fields' and 'label', got {row!r:.200}")
+        fields = row["fields"]
+        if isinstance(fields, str) and len(self.text_fields) == 1:
+            fields = {self.text_fields[0]: fields}
+        if not isinstance(fields, Mapping):
+            raise RiclError(f"example {n}: fields must be a dict of {self.text_fields} (or a string for one field)")
+        texts = tuple(_checked_text(t, f"example {n} field {f!r}") for f, t in self._fields_in_order(fields).items())
+        return texts, self._label_id(row["label"], n)
+
+    def _label_id(self, raw: Any, n: int) -> int:
+        names = self.label_names
+        if isinstance(raw, str) and names and raw in names:
+            return names.index(raw)
+        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0 or (names and raw >= len(names)):
+            expected = f"an id 0..{len(names) - 1} or one of {names}" if names else "a non-negative integer id"
+            raise RiclError(f"example {n}: label {raw!r} is not {expected}")
+        return raw
+
+    def save(self, directory: str | Path | None = None) -> Path:
+        """Write the index atomically to `directory` (default: where it was loaded from); returns the path."""
+        target = directory if directory is not None else self.directory
+        if target is None:
+            raise RiclError("this DemoSelector was not loaded from a directory; pass save(directory)")
+        with self._lock:
+            return self.index.save(target)
+
+
+def resolve_text_fields(index: DemoIndex) -> list[str]:
+    """The names of an index's text fields: recorded at build, else its built-in task's, else generic names."""
+    from .tasks import known_tasks, load_task
+
+    manifest = index.manifest
+    n_texts = len(next(iter(index.examples)).texts)
+    if manifest.text_fields and len(manifest.text_fields) == n_texts:
+        return list(manifest.text_fields)
+    if manifest.task in known_tasks():
+        fields = load_task(manifest.task).text_fields
+        if len(fields) == n_texts:
+            return fields
+    return ["text"] if n_texts == 1 else [f"text{i + 1}" for i in range(n_texts)]
+
+
+def _checked_text(text: Any, what: str) -> str:
+    """The text stripped like pool texts, non-empty, UTF-8-encodable (JSON allows lone surrogates; the encoder not)."""
+    if not isinstance(text, str):
+        raise RiclError(f"{what} must be a string, got {type(text).__name__}")
+    if not text.strip():
+        raise RiclError(f"{what} is empty; expected non-empty text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RiclError(f"{what} is not valid Unicode text ({e.reason} at position {e.start})") from None
+    return text.strip()

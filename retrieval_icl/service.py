@@ -1,0 +1,240 @@
+"""HTTP service over a DemoSelector (FastAPI + uvicorn): POST /select, POST /examples, GET /health.
+
+The endpoints call the same public API as the library (DemoSelector.select / add_examples) and speak the JSON
+schema of the pydantic models below (GET /openapi.json). Bad input gets a 4xx with a `detail` message:
+401 without the API key (when one is set), 403 with a wrong one, 413 for a body, text or batch over the
+limits, 422 for malformed JSON, wrong types, empty text, unknown strategies and k out of range. Malformed
+JSON is refused before the key is checked; everything else is checked after it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.security import APIKeyHeader
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+
+from .demo_selector import DemoSelector
+from .errors import RiclError
+from .selectors import SELECTORS
+
+log = logging.getLogger(__name__)
+API_KEY_HEADER = "X-API-Key"
+
+
+class Limits(BaseModel):
+    """What one request may ask for; larger requests are refused with 413 (size) or 422 (k)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_k: int = Field(64, gt=0, description="Largest k a select may ask for.")
+    max_text_chars: int = Field(4000, gt=0, description="Longest query or example text, per field, in characters.")
+    max_batch: int = Field(256, gt=0, description="Most examples one POST /examples may add.")
+    max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body in bytes.")
+
+
+class SelectRequest(BaseModel):
+    """A query given as `text` or as `fields` (one text per text field of the index), k and a strategy."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(None, description="The query text (for two-field tasks, the fields joined by a newline).")
+    fields: dict[str, str] | None = Field(None, description="The query's text fields by name, instead of text.")
+    k: StrictInt = Field(4, ge=1, description="How many demonstrations.")
+    strategy: str | None = Field(None, description="A registered selector name; default: the server's strategy.")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> "SelectRequest":
+        if (self.text is None) == (self.fields is None):
+            raise ValueError("give exactly one of text or fields")
+        return self
+
+
+class ExampleOut(BaseModel):
+    """One selected demonstration."""
+
+    id: int
+    fields: dict[str, str]
+    label: int
+    label_name: str | None
+    score: float = Field(description="Cosine similarity to the query, for every strategy.")
+
+
+class SelectResponse(BaseModel):
+    """The demonstrations in prompt order (by default the most similar last, next to the query)."""
+
+    strategy: str
+    k: int
+    examples: list[ExampleOut]
+
+
+class NewExample(BaseModel):
+    """An example to add: its text fields (or one string for one-field indexes) and its label id or name."""
+
+    model_config = ConfigDict(extra="forbid")
+    fields: dict[str, str] | str
+    label: StrictInt | str
+
+
+class AddRequest(BaseModel):
+    """Examples to add; they are saved to the index directory before the response is sent."""
+
+    model_config = ConfigDict(extra="forbid")
+    examples: list[NewExample] = Field(min_length=1)
+
+
+class AddResponse(BaseModel):
+    """The new examples' ids and the pool size after adding them."""
+
+    ids: list[int]
+    count: int
+
+
+class Health(BaseModel):
+    """What the server holds and accepts."""
+
+    status: Literal["ok"]
+    count: int
+    encoder: str
+    text_fields: list[str]
+    label_names: list[str] | None
+    default_strategy: str
+    strategies: list[str]
+    auth: bool = Field(description=f"Whether POST endpoints need the {API_KEY_HEADER} header.")
+    limits: Limits
+
+
+class ErrorOut(BaseModel):
+    """A refused request."""
+
+    detail: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 413, 422)}
+
+
+class BodyLimit:
+    """ASGI middleware: read the whole body first and answer 413 once it passes `max_bytes`."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size, more = size + len(chunks[-1]), message.get("more_body", False)
+            if size > self.max_bytes:
+                return await error_response(413, f"request body is over {self.max_bytes} bytes")(scope, receive, send)
+        pending = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def replay() -> dict:
+            # The body once, then the real channel (which reports a disconnect) for anyone listening further.
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _key_check(api_key: str | None):
+    """A dependency that lets a request through with the right X-API-Key (or any, when no key is set)."""
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
+
+    def check(given: str | None = Security(header)) -> None:
+        if api_key is None:
+            return
+        if given is None:
+            raise HTTPException(401, f"missing {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
+        if not hmac.compare_digest(given.encode(), api_key.encode()):
+            raise HTTPException(403, f"wrong {API_KEY_HEADER}")
+
+    return check
+
+
+def _check_size(texts: list[str], limits: Limits) -> None:
+    longest = max((len(t) for t in texts), default=0)
+    if longest > limits.max_text_chars:
+        raise HTTPException(413, f"a text has {longest} characters; the limit is {limits.max_text_chars}")
+
+
+def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+    """The FastAPI app serving one DemoSelector; `api_key` protects the POST endpoints."""
+    limits = limits or Limits()
+    app = FastAPI(title="retrieval-icl", summary="Demonstration selection for in-context learning.", version="1")
+    guarded = [Depends(_key_check(api_key))]
+
+    @app.exception_handler(RiclError)
+    async def bad_input(request: Request, error: RiclError) -> Response:
+        return error_response(422, str(error))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> Response:
+        # One readable line, without FastAPI's echo of the input (which may be large, or not encodable).
+        return error_response(422, "; ".join(_describe(e) for e in error.errors()))
+
+    @app.get("/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok", count=len(selector), encoder=selector.index.encoder.name,
+                      text_fields=selector.text_fields, label_names=selector.label_names,
+                      default_strategy=selector.strategy, strategies=sorted(SELECTORS), auth=api_key is not None,
+                      limits=limits)
+
+    @app.post("/select", response_model=SelectResponse, dependencies=guarded, responses=ERRORS)
+    def select(request: SelectRequest) -> SelectResponse:
+        """k demonstrations for one query."""
+        _check_size([request.text] if request.text is not None else list(request.fields.values()), limits)
+        if request.k > limits.max_k:
+            raise HTTPException(422, f"k={request.k} is over this server's limit of {limits.max_k}")
+        strategy = request.strategy or selector.strategy
+        chosen = selector.select(request.text if request.text is not None else request.fields, request.k, strategy)
+        return SelectResponse(strategy=strategy, k=request.k, examples=[ExampleOut(**c.to_dict()) for c in chosen])
+
+    @app.post("/examples", response_model=AddResponse, status_code=201, dependencies=guarded, responses=ERRORS)
+    def add_examples(request: AddRequest) -> AddResponse:
+        """Add labelled examples; saved atomically and visible to the next select."""
+        if len(request.examples) > limits.max_batch:
+            raise HTTPException(413, f"{len(request.examples)} examples in one request; the limit is {limits.max_batch}")
+        _check_size([t for ex in request.examples for t in _texts(ex.fields)], limits)
+        ids = selector.add_examples([ex.model_dump() for ex in request.examples], save=True)
+        return AddResponse(ids=ids, count=len(selector))
+
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    return app
+
+
+def error_response(status: int, detail: str) -> Response:
+    """{"detail": ...} as ASCII JSON: a message may quote input with lone surrogates, which UTF-8 cannot encode."""
+    return Response(json.dumps({"detail": detail}, ensure_ascii=True), status_code=status,
+                    media_type="application/json")
+
+
+def _describe(error: dict) -> str:
+    if error["type"] == "json_invalid":
+        return f"the body is not valid JSON (error at character {error['loc'][-1]}); expected a JSON object"
+    where = ".".join(str(part) for part in error["loc"] if part != "body") or "body"
+    return f"{where}: {error['msg']}"
+
+
+def _texts(fields: dict[str, str] | str) -> list[str]:
+    return [fields] if isinstance(fields, str) else list(fields.values())
+
+
+def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, strategy: str = "knn", seed: int = 0,
+          api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning") -> None:
+    """Load the index, warm the encoder and serve until interrupted (one process: the pool lives in memory)."""
+    import uvicorn
+
+    selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed).warm_up()
+    app = create_app(selector, api_key=api_key, limits=limits)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        log.warning("serving on %s without an API key: anyone who can reach it can add examples", host)
+    print(f"serving {len(selector)} examples from {index_dir} on http://{host}:{port} (docs at /docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -1,0 +1,150 @@
+"""DemoSelector: load a saved index, select with fields and labels, add examples, save back, share between threads."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval_icl.demo_selector import DemoSelector, SelectedExample
+from retrieval_icl.encoders import Encoder
+from retrieval_icl.errors import RiclError
+from retrieval_icl.index import DemoIndex
+from retrieval_icl.selectors import KNNSelector
+from retrieval_icl.tasks import load_examples, load_task
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return Encoder(cache_dir=tmp_path_factory.mktemp("emb"))
+
+
+def save_task_index(encoder, directory, task_name, split, n, text_fields=True):
+    task = load_task(task_name)
+    examples = load_examples(task, split, DATA)[:n]
+    index = DemoIndex(encoder).build(examples, task=task.name, label_names=task.label_names,
+                                     text_fields=task.text_fields if text_fields else None)
+    index.save(directory)
+    return examples
+
+
+@pytest.fixture
+def sst2_dir(encoder, tmp_path):
+    save_task_index(encoder, tmp_path / "sst2", "sst2", "validation", 80)
+    return tmp_path / "sst2"
+
+
+@pytest.fixture(scope="module")
+def rte_dir(encoder, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("rte") / "index"
+    save_task_index(encoder, directory, "rte", "validation", 40)
+    return directory
+
+
+def test_select_returns_fields_labels_and_cosines(sst2_dir, encoder):
+    demos = DemoSelector.load(sst2_dir, encoder=encoder)
+    chosen = demos.select("a gorgeous, witty film", k=4)
+    knn = KNNSelector().fit(demos.index).select(["a gorgeous, witty film"], 4)[0]
+    assert [c.id for c in chosen] == knn.demo_ids
+    q = encoder.encode(["a gorgeous, witty film"])[0]
+    for c in chosen:
+        ex = demos.index.example(c.id)
+        assert isinstance(c, SelectedExample) and c.fields == {"sentence": ex.text}
+        assert c.label == ex.label and c.label_name == ["negative", "positive"][ex.label]
+        assert c.score == pytest.approx(float(demos.index.embeddings([c.id])[0] @ q), abs=1e-5)
+    assert demos.select({"sentence": "a gorgeous, witty film"}, k=4) == chosen
+    assert chosen[0].to_dict()["fields"] == chosen[0].fields
+
+
+def test_two_field_queries_and_strategies(rte_dir, encoder):
+    demos = DemoSelector.load(rte_dir, encoder=encoder, strategy="mmr", lambda_mult=0.7)
+    assert demos.text_fields == ["sentence1", "sentence2"]
+    query = {"sentence2": "The man is asleep.", "sentence1": "A man sleeps on a bench in the park."}
+    by_fields = demos.select(query, k=3)
+    assert by_fields == demos.select("A man sleeps on a bench in the park.\nThe man is asleep.", k=3)
+    assert all(set(c.fields) == {"sentence1", "sentence2"} for c in by_fields)
+    knn = demos.select(query, k=3, strategy="knn")
+    assert by_fields[-1].id == knn[-1].id  # MMR's first pick is the nearest, placed next to the query
+    with pytest.raises(RiclError, match=r"do not match the index's text fields \['sentence1', 'sentence2'\]"):
+        demos.select({"sentence1": "only one"}, k=3)
+    with pytest.raises(RiclError, match="unknown strategy 'nope'; known:"):
+        demos.select(query, k=3, strategy="nope")
+
+
+def test_bad_queries_are_refused(rte_dir, encoder):
+    demos = DemoSelector.load(rte_dir, encoder=encoder)
+    for query, message in [("   ", "empty"), ("bad \ud800 text", "not valid Unicode"), (42, "must be a string"),
+                           ({"sentence1": "x", "sentence2": 3}, "must be a string")]:
+        with pytest.raises(RiclError, match=message):
+            demos.select(query, k=2)
+    with pytest.raises(RiclError, match="larger than the pool"):
+        demos.select("a", k=41)
+    with pytest.raises(RiclError, match="unknown selector 'nope'"):
+        DemoSelector.load(rte_dir, strategy="nope")
+
+
+def test_text_fields_fall_back_to_task_then_generic(encoder, tmp_path):
+    save_task_index(encoder, tmp_path / "a", "sst2", "validation", 5, text_fields=False)
+    assert DemoSelector.load(tmp_path / "a", encoder=encoder).text_fields == ["sentence"]
+    examples = load_examples(load_task("rte"), "validation", DATA)[:5]
+    DemoIndex(encoder).build(examples).save(tmp_path / "b")
+    assert DemoSelector.load(tmp_path / "b", encoder=encoder).text_fields == ["text1", "text2"]
+
+
+def test_added_examples_are_selected_saved_and_reloaded(sst2_dir, encoder):
+    demos = DemoSelector.load(sst2_dir, encoder=encoder, strategy="bm25")
+    demos.select("warm up the bm25 index", k=2)
+    before = len(demos)
+    ids = demos.add_examples([{"fields": {"sentence": "the zorblax soundtrack is a delight"}, "label": "positive"},
+                              {"fields": "a glumtrap of a sequel", "label": 0}])
+    assert ids == [int(demos.index.ids.max()) - 1, int(demos.index.ids.max())] and len(demos) == before + 2
+    top = demos.select("zorblax", k=1)[0]  # refitted after the add, so the new word is known
+    assert (top.id, top.fields["sentence"], top.label_name) == (ids[0], "the zorblax soundtrack is a delight", "positive")
+    assert len(DemoIndex.load(sst2_dir)) == before  # not saved yet
+    demos.save()
+    reloaded = DemoSelector.load(sst2_dir, encoder=encoder, strategy="bm25")
+    assert len(reloaded) == before + 2 and reloaded.select("glumtrap", k=1)[0].id == ids[1]
+
+
+def test_a_bad_row_adds_nothing(sst2_dir, encoder):
+    demos = DemoSelector.load(sst2_dir, encoder=encoder)
+    good = {"fields": {"sentence": "fine"}, "label": 1}
+    for bad, message in [({"fields": {"sentence": "x"}, "label": "great"}, r"not an id 0..1 or one of"),
+                         ({"fields": {"sentence": "x"}, "label": 2}, "not an id"),
+                         ({"fields": {"text": "x"}, "label": 1}, "do not match"),
+                         ({"fields": {"sentence": " "}, "label": 1}, "empty"),
+                         ({"sentence": "x", "label": 1}, "expected a dict with keys 'fields' and 'label'")]:
+        with pytest.raises(RiclError, match=message):
+            demos.add_examples([good, bad])
+        assert len(demos) == 80
+    with pytest.raises(RiclError, match="non-empty list"):
+        demos.add_examples([])
+
+
+def test_concurrent_selects_see_whole_adds(sst2_dir, encoder):
+    demos = DemoSelector.load(sst2_dir, encoder=encoder, strategy="balanced")
+    errors, seen = [], []
+
+    def reader(query):
+        try:
+            for _ in range(15):
+                for c in demos.select(query, k=4):
+                    assert demos.index.example(c.id).text == c.fields["sentence"]
+                seen.append(len(demos))
+        except Exception as e:  # reported below: an exception in a thread would otherwise vanish
+            errors.append(e)
+
+    threads = [threading.Thread(target=reader, args=(q,)) for q in ("dull", "a joy", "long and slow")]
+    for t in threads:
+        t.start()
+    added = [i for n in range(6) for i in demos.add_examples(
+        [{"fields": f"added review number {n} part {p}", "label": p} for p in (0, 1)], save=True)]
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert seen and set(seen) <= set(range(80, 93))
+    on_disk = DemoIndex.load(sst2_dir)
+    assert len(on_disk) == 92 and set(added) <= set(on_disk.ids.tolist())
+    assert np.allclose(on_disk.embeddings(added), demos.index.embeddings(added), atol=1e-6)

@@ -1,0 +1,217 @@
+"""The HTTP service: a real uvicorn server on a loopback port, called over HTTP with httpx."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from retrieval_icl.demo_selector import DemoSelector
+from retrieval_icl.encoders import Encoder
+from retrieval_icl.index import DemoIndex
+from retrieval_icl.service import Limits, create_app
+from retrieval_icl.tasks import load_examples, load_task
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+KEY = {"X-API-Key": "s3cret"}
+LIMITS = Limits(max_k=40, max_text_chars=300, max_batch=4, max_body_bytes=20_000)
+
+
+def build_index(directory: Path, encoder: Encoder, n: int = 30) -> None:
+    task = load_task("sst2")
+    examples = load_examples(task, "validation", DATA)[:n]
+    DemoIndex(encoder).build(examples, task=task.name, label_names=task.label_names,
+                             text_fields=task.text_fields).save(directory)
+
+
+def wait_until(ready, what: str, attempts: int = 600) -> None:
+    """Poll `ready()` every 50 ms; fail (not hang) when it never becomes true."""
+    for _ in range(attempts):
+        if ready():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what} did not happen")
+
+
+@contextmanager
+def running(app):
+    """The base URL of a real uvicorn server for `app`, in a thread, on a free loopback port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # a free port, held from the start so nothing can take it
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, "server start")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """(base URL, the server's DemoSelector, its index dir) for a server with an API key and small limits."""
+    root = tmp_path_factory.mktemp("service")
+    encoder = Encoder(cache_dir=root / "emb")
+    build_index(root / "index", encoder)
+    selector = DemoSelector.load(root / "index", encoder=encoder).warm_up()
+    with running(create_app(selector, api_key=KEY["X-API-Key"], limits=LIMITS)) as base:
+        yield base, selector, root / "index"
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    with httpx.Client(base_url=service[0], timeout=30) as c:
+        yield c
+
+
+def test_health_and_openapi_schema(client):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["text_fields"] == ["sentence"] and health["auth"] is True
+    assert health["label_names"] == ["negative", "positive"] and "mmr" in health["strategies"]
+    assert health["limits"]["max_k"] == 40
+    schema = client.get("/openapi.json").json()
+    assert {"/select", "/examples", "/health"} <= set(schema["paths"])
+    request = schema["components"]["schemas"]["SelectRequest"]
+    assert set(request["properties"]) == {"text", "fields", "k", "strategy"}
+    assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
+
+
+def test_select_matches_the_library(client, service):
+    _, selector, _ = service
+    for strategy in (None, "mmr", "bm25", "balanced"):
+        body = {"text": "a gorgeous, witty film", "k": 3} | ({"strategy": strategy} if strategy else {})
+        got = client.post("/select", json=body, headers=KEY)
+        assert got.status_code == 200, got.text
+        expected = [c.to_dict() for c in selector.select("a gorgeous, witty film", 3, strategy)]
+        assert got.json() == {"strategy": strategy or "knn", "k": 3, "examples": expected}
+    by_fields = client.post("/select", json={"fields": {"sentence": "a gorgeous, witty film"}, "k": 3}, headers=KEY)
+    assert by_fields.json()["examples"] == client.post("/select", json={"text": "a gorgeous, witty film", "k": 3},
+                                                       headers=KEY).json()["examples"]
+
+
+def test_added_examples_are_persisted_and_selected(client, service):
+    _, _, directory = service
+    before = client.get("/health").json()["count"]
+    added = client.post("/examples", headers=KEY, json={"examples": [
+        {"fields": {"sentence": "the snorkelwump finale is glorious"}, "label": "positive"},
+        {"fields": "a plodding, snorkelwump-free bore", "label": 0}]})
+    assert added.status_code == 201, added.text
+    ids = added.json()["ids"]
+    assert added.json()["count"] == before + 2 and len(DemoIndex.load(directory)) == before + 2
+    top = client.post("/select", json={"text": "glorious snorkelwump", "k": 1, "strategy": "bm25"}, headers=KEY)
+    assert top.json()["examples"][0] | {"score": 0} == {
+        "id": ids[0], "fields": {"sentence": "the snorkelwump finale is glorious"}, "label": 1,
+        "label_name": "positive", "score": 0}
+
+
+TOO_LONG = "word " * 100
+BAD_REQUESTS = [
+    ("/select", {"text": "fine", "k": 2}, {}, 401),
+    ("/select", {"text": "fine", "k": 2}, {"X-API-Key": "wrong"}, 403),
+    ("/examples", {"examples": [{"fields": "x", "label": 1}]}, {"X-API-Key": ""}, 401),  # empty = missing
+    ("/select", b"{not json", KEY, 422),
+    ("/select", b"[1, 2]", KEY, 422),
+    ("/select", {"text": 123, "k": 2}, KEY, 422),
+    ("/select", {"text": "fine", "k": "many"}, KEY, 422),
+    ("/select", {"text": "fine", "k": True}, KEY, 422),
+    ("/select", {"text": "fine", "k": 0}, KEY, 422),
+    ("/select", {"text": "fine", "k": 41}, KEY, 422),  # over max_k
+    ("/select", {"text": "fine", "k": 10**30}, KEY, 422),
+    ("/select", {"text": "fine", "k": 35}, KEY, 422),  # within max_k, over the pool
+    ("/select", {"text": "   ", "k": 2}, KEY, 422),
+    ("/select", {"text": "bad \ud800 text", "k": 2}, KEY, 422),
+    ("/select", rb'{"text": "a", "k": "\ud800", "\ud800": 1}', KEY, 422),  # errors must not echo unencodable input
+    ("/select", rb'{"fields": {"\ud800": "a"}, "k": 2}', KEY, 422),
+    ("/select", rb'"\ud800"', KEY, 422),
+    ("/select", {"k": 2}, KEY, 422),
+    ("/select", {"text": "a", "fields": {"sentence": "a"}, "k": 2}, KEY, 422),
+    ("/select", {"fields": {"review": "a"}, "k": 2}, KEY, 422),
+    ("/select", {"text": "fine", "k": 2, "strategy": "nope"}, KEY, 422),
+    ("/select", {"text": "fine", "k": 2, "colour": "red"}, KEY, 422),
+    ("/select", {"text": TOO_LONG, "k": 2}, KEY, 413),
+    ("/select", {"fields": {"sentence": TOO_LONG}, "k": 2}, KEY, 413),
+    ("/select", {"text": "x" * 30_000, "k": 2}, KEY, 413),  # over the body limit
+    ("/examples", {"examples": []}, KEY, 422),
+    ("/examples", {"examples": [{"fields": "x", "label": 1}] * 5}, KEY, 413),
+    ("/examples", {"examples": [{"fields": TOO_LONG, "label": 1}]}, KEY, 413),
+    ("/examples", {"examples": [{"fields": "x", "label": "great"}]}, KEY, 422),
+    ("/examples", {"examples": [{"fields": "x", "label": 7}]}, KEY, 422),
+    ("/examples", {"examples": [{"fields": {"review": "x"}, "label": 1}]}, KEY, 422),
+    ("/examples", {"examples": [{"fields": "", "label": 1}]}, KEY, 422),
+    ("/examples", rb'{"examples": [{"fields": "x", "label": "\ud800"}]}', KEY, 422),
+]
+
+
+@pytest.mark.parametrize("path,body,headers,status", BAD_REQUESTS)
+def test_bad_input_gets_a_clear_4xx(client, path, body, headers, status):
+    before = client.get("/health").json()["count"]
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    reply = client.post(path, content=content, headers={"Content-Type": "application/json"} | headers)
+    assert reply.status_code == status, reply.text
+    assert reply.json()["detail"]
+    assert client.get("/health").json()["count"] == before  # nothing was added
+
+
+def test_without_a_key_the_endpoints_are_open(service):
+    _, selector, _ = service
+    with running(create_app(selector)) as base:
+        assert httpx.get(f"{base}/health").json()["auth"] is False
+        reply = httpx.post(f"{base}/select", json={"text": "fine", "k": 2}, headers={"X-API-Key": "anything"})
+        assert reply.status_code == 200 and len(reply.json()["examples"]) == 2
+
+
+def test_form_body_and_wrong_method_are_refused(client):
+    assert client.post("/select", data={"text": "fine"}, headers=KEY).status_code == 422
+    assert client.get("/select").status_code == 405
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ricl_serve_binds_loopback_by_default(tmp_path):
+    build_index(tmp_path / "index", Encoder(cache_dir=tmp_path / "emb"), n=10)
+    port = free_port()
+    env = os.environ | {"RICL_API_KEY": "k", "RICL_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval_icl", "serve", "--index", str(tmp_path / "index"),
+                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, "ricl serve answering /health")
+        assert httpx.post(f"http://127.0.0.1:{port}/select", json={"text": "fine", "k": 1}).status_code == 401
+        if Path("/proc/net/tcp").exists():
+            assert listening_addresses(port) == {"0100007F"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert f"on http://127.0.0.1:{port}" in proc.stdout.read()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Addresses listening on a TCP port, as /proc/net/tcp and tcp6 write them (hex; 0100007F is 127.0.0.1)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in (line.split() for line in Path(table).read_text().splitlines()[1:]):
+            address, port_hex = row[1].split(":")
+            if row[3] == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
