@@ -71,19 +71,21 @@ def index_build(
     text_field: Optional[str] = typer.Option(None, help="With --file: text column(s), comma-separated."),
     label_field: str = typer.Option("label", help="With --file: label column."),
     labels: Optional[str] = typer.Option(None, help="With --file: label names in id order, comma-separated."),
-    encoder: Optional[str] = typer.Option(None, help="sentence-transformers name or path; default: packaged all-MiniLM-L6-v2."),
+    encoder: Optional[str] = typer.Option(None, help="sentence-transformers name or path, or an LM kernel like "
+                                          "lm:smollm2-135m:layer=15:pooling=mean; default: packaged all-MiniLM-L6-v2."),
     index_type: str = typer.Option("flat", help="flat (exact), ivf or hnsw."),
     overwrite: bool = typer.Option(False, help="Replace an existing index at --out."),
 ) -> None:
     """Embed a dataset split and save a FAISS index of it (atomic: an existing index is never half-replaced)."""
-    from .encoders import DEFAULT_ENCODER, Encoder
+    from .encoders import DEFAULT_ENCODER
     from .index import DemoIndex
+    from .lm_encoder import make_encoder
     from .tasks import fingerprint
 
     if out.exists() and not overwrite:
         raise RiclError(f"{out} exists; pass --overwrite to replace it")
     spec, examples, _ = _task_and_examples(task, split, data_dir, file, text_field, label_field, labels)
-    index = DemoIndex(Encoder(encoder or DEFAULT_ENCODER), index_type=index_type)
+    index = DemoIndex(make_encoder(encoder or DEFAULT_ENCODER), index_type=index_type)
     index.build(examples, dataset_fingerprint=fingerprint(examples), task=spec.name, label_names=spec.label_names,
                 show_progress=True)
     index.save(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import resource
@@ -16,9 +17,10 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .encoders import DEFAULT_ENCODER, Encoder
+from .encoders import DEFAULT_ENCODER
 from .errors import RiclError
 from .index import DemoIndex
+from .lm_encoder import make_encoder
 from .models import DEFAULT_MODEL
 from .prompts import PromptBuilder
 from .selectors import make_selector
@@ -36,6 +38,7 @@ class SelectorConfig(BaseModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
+    encoder: str | None = None  # its own index over the same pool, e.g. an LM kernel "lm:smollm2-135m:layer=15"
 
     @property
     def run_label(self) -> str:
@@ -198,11 +201,13 @@ def load_inputs(config: CompareConfig) -> Inputs:
     return Inputs(task, queries, query_split, [load_pool(p, config, task) for p in config.pools])
 
 
-def get_index(config: CompareConfig, pool: Pool, task: TaskSpec) -> DemoIndex:
+def get_index(config: CompareConfig, pool: Pool, task: TaskSpec, encoder_name: str) -> DemoIndex:
     """Load the pool's index if it was built before (checked against encoder and pool), else build and save it."""
     fp = fingerprint(pool.examples)
-    directory = Path(config.index_root) / f"{pool.task_name}-{Path(pool.split).stem}-{pool.config.perturb or 'orig'}-{fp}"
-    encoder = Encoder(config.encoder)
+    tag = "" if encoder_name == config.encoder else "-" + hashlib.sha256(encoder_name.encode()).hexdigest()[:8]
+    directory = (Path(config.index_root) /
+                 f"{pool.task_name}-{Path(pool.split).stem}-{pool.config.perturb or 'orig'}-{fp}{tag}")
+    encoder = make_encoder(encoder_name)
     if directory.exists():
         index = DemoIndex.load(directory, encoder=encoder)
         if index.manifest.dataset_fingerprint != fp:
@@ -456,19 +461,21 @@ def run_compare(config: CompareConfig, overwrite: bool = False) -> tuple[list[di
         if max(config.ks) > len(pool.examples):
             raise RiclError(f"k={max(config.ks)} is larger than pool {pool.config.name!r} ({len(pool.examples)} examples)")
     t = time.perf_counter()
-    indexes = [get_index(config, pool, inputs.task) for pool in inputs.pools]
+    encoders = [config.encoder] + sorted({s.encoder for s in config.selectors if s.encoder} - {config.encoder})
+    indexes = [{e: get_index(config, pool, inputs.task, e) for e in encoders} for pool in inputs.pools]
     timings = {"index": time.perf_counter() - t}
     t = time.perf_counter()
     runner = LMRunner(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype).load()
     timings["model_load"] = time.perf_counter() - t
     runs: list[Run] = []
-    for pool, index in zip(inputs.pools, indexes):
+    for pool, by_encoder in zip(inputs.pools, indexes):
         for k in config.ks:
             for sel, seed in planned_runs(config):
                 t = time.perf_counter()
                 log.info("running %s seed %d k %d pool %s on %d queries", sel.run_label, seed, k, pool.config.name,
                          len(inputs.queries))
-                new = execute_selection(sel, seed, k, pool, config, inputs, index, runner)
+                new = execute_selection(sel, seed, k, pool, config, inputs, by_encoder[sel.encoder or config.encoder],
+                                        runner)
                 timings.update({f"run:{r.name}": (time.perf_counter() - t) / len(new) for r in new})
                 runs.extend(new)
     info = {"wall_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "timings": timings}

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
 from .encoders import Encoder
+from .lm_encoder import make_encoder
 from .errors import RiclError
 from .tasks import Example, fingerprint
 
@@ -270,7 +271,7 @@ class DemoIndex:
             raise RiclError(f"{directory}: files disagree ({counts}, dimension {faiss_index.d} vs manifest "
                             f"{manifest.dimension}); rebuild the index")
         p = manifest.params
-        index = cls(encoder or Encoder(manifest.encoder), manifest.index_type, p.get("nlist"), p.get("nprobe", 16),
+        index = cls(encoder or make_encoder(manifest.encoder), manifest.index_type, p.get("nlist"), p.get("nprobe", 16),
                     p.get("hnsw_m", 32), p.get("ef_search", 128))
         index._faiss = faiss_index
         index._configure(faiss_index)
