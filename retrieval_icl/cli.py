@@ -87,7 +87,7 @@ def index_build(
     spec, examples, _ = _task_and_examples(task, split, data_dir, file, text_field, label_field, labels)
     index = DemoIndex(make_encoder(encoder or DEFAULT_ENCODER), index_type=index_type)
     index.build(examples, dataset_fingerprint=fingerprint(examples), task=spec.name, label_names=spec.label_names,
-                show_progress=True)
+                text_fields=spec.text_fields, show_progress=True)
     index.save(out)
     console.print(f"saved {len(index)} examples ({index.manifest.index_type}, dim {index.manifest.dimension}) to {out}")
 
