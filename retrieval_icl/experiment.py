@@ -27,6 +27,7 @@ from .selectors import make_selector
 from .stats import bootstrap_ci, mcnemar
 from .perturb import perturb_examples
 from .tasks import Example, TaskSpec, fingerprint, load_examples, load_task, sample_examples, task_from_columns
+from .yaml_config import read_yaml, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -126,20 +127,12 @@ class CompareConfig(BaseModel):
 def load_compare_config(path: str | Path, **overrides: Any) -> CompareConfig:
     """A CompareConfig from YAML (validated, never executed), with CLI overrides applied."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RiclError(f"{path}: no such file")
-    except yaml.YAMLError as e:
-        raise RiclError(f"{path}: not valid YAML: {e}")
-    if not isinstance(data, dict):
-        raise RiclError(f"{path}: expected a mapping at the top level")
+    data = read_yaml(path)
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return CompareConfig(**data)
     except ValidationError as e:
-        err = e.errors()[0]
-        raise RiclError(f"{path}: {'.'.join(map(str, err['loc']))}: {err['msg']}")
+        raise RiclError(validation_message(path, e))
 
 
 @dataclass

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RiclError
+from .yaml_config import read_yaml, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -97,27 +97,6 @@ class TaskSpec(BaseModel):
         return self.label_formats[label_format]
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
-
-
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise RiclError(f"{path}: no such file")
-    except yaml.YAMLError as e:
-        raise RiclError(f"{path}: not valid YAML: {e}")
-    if not isinstance(data, dict):
-        raise RiclError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    if "include" in data:
-        data = _deep_merge(_read_yaml(path.parent / data.pop("include")), data)
-    return data
-
-
 def load_task(name_or_path: str | Path) -> TaskSpec:
     """A task by name (configs/tasks/NAME.yaml) or by the path of a YAML file."""
     path = Path(name_or_path)
@@ -126,19 +105,13 @@ def load_task(name_or_path: str | Path) -> TaskSpec:
         if not path.exists():
             raise RiclError(f"unknown task {name_or_path!r}; known: {known_tasks()} (or give a task YAML path)")
     try:
-        return TaskSpec(**_read_yaml(path))
+        return TaskSpec(**read_yaml(path))
     except ValidationError as e:
-        raise RiclError(f"{path}: {_first_error(e)}")
+        raise RiclError(validation_message(path, e))
 
 
 def known_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml") if not p.stem.startswith("_"))
-
-
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}" if where else err["msg"]
 
 
 def task_from_columns(text_fields: Sequence[str], label_field: str, label_names: Sequence[str], name: str = "custom") -> TaskSpec:

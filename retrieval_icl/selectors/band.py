@@ -5,26 +5,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import RiclError
-from .base import ORDERS, Selection, Selector, order_selection, text_seed
+from .base import Selection, order_selection, text_seed
+from .knn import KNNSelector
 
 
-class SimilarityBandSelector(Selector):
+class SimilarityBandSelector(KNNSelector):
     """The k pool examples starting at quantile `position` of the ranking by cosine (0 nearest, 0.5 middle, 1 farthest)."""
 
     name = "band"
 
     def __init__(self, position: float = 0.5, order: str = "nearest_last", seed: int = 0):
+        super().__init__(order=order, seed=seed)
         if not 0.0 <= position <= 1.0:
             raise RiclError(f"position must be in [0, 1] (0 = nearest, 1 = farthest), got {position}")
-        if order not in ORDERS:
-            raise RiclError(f"unknown order {order!r}; expected one of {ORDERS}")
         self.position = position
-        self.order = order
-        self.seed = seed
-
-    @property
-    def uses_seed(self) -> bool:  # type: ignore[override]
-        return self.order == "random"
 
     def _select(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
         index = self.index_
