@@ -206,3 +206,10 @@ def serve(
 
     limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch)
     run_service(index, host=host, port=port, strategy=strategy, seed=seed, api_key=api_key, limits=limits)
+
+
+# Analyses of saved results (retrieval_icl/analysis/cli.py): `ricl analyze ...` and `ricl report`.
+from .analysis.cli import analyze_app, report  # noqa: E402
+
+app.add_typer(analyze_app, name="analyze")
+app.command("report")(report)

@@ -1,0 +1,172 @@
+"""What analyses write (sections of text, tables, PNG figures in RESULTS_DIR/analysis/) and the report built from them.
+
+Each analysis saves `analysis/<name>.json`: a title, an introduction and sections (heading, text, table rows, figure
+file). `write_report` puts the experiment's setup and accuracy table first, then every saved analysis in ANALYSES
+order, into one `report.md` and a self-contained `report.html` (figures embedded).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RiclError
+
+ANALYSES = ("attention", "reconstruction", "kernel", "bandwidth", "label_format", "distribution")
+HTML_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45;padding:0 1em}}
+table{{border-collapse:collapse;font-size:0.85em;margin:0.8em 0}}td,th{{border:1px solid #bbb;padding:2px 6px}}
+th{{background:#eee}}img{{max-width:100%}}code{{background:#f4f4f4}}</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+@dataclass
+class Section:
+    """One part of an analysis: a heading, a paragraph, optionally a table (rows of dicts) and a figure file name."""
+
+    heading: str
+    text: str = ""
+    table: list[dict] = field(default_factory=list)
+    figure: str | None = None
+
+
+def save_analysis(directory: Path, name: str, title: str, intro: str, sections: list[Section]) -> Path:
+    """Write analysis/<name>.json, which the report reads."""
+    path = directory / f"{name}.json"
+    data = {"name": name, "title": title, "intro": intro, "sections": [asdict(s) for s in sections]}
+    path.write_text(json.dumps(data, indent=1, default=_plain))
+    return path
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as plain JSON values."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=1, default=_plain))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts as CSV; the columns are the union of keys in first-seen order."""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def new_figure(width: float = 8.0, height: float = 4.5):
+    """A matplotlib Figure that does not touch pyplot's global backend (saved through Agg)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def save_figure(fig, path: Path) -> str:
+    """Save as PNG; returns the file name that sections refer to."""
+    fig.savefig(path, dpi=110)
+    return path.name
+
+
+def fmt(value: Any) -> str:
+    """A table cell: floats to 3 decimals, NaN and None as a dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def table_markdown(rows: list[dict]) -> str:
+    """A Markdown table of rows (columns: the union of keys in first-seen order)."""
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "".join("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |\n" for r in rows)
+
+
+def section_markdown(section: dict, level: int = 3) -> str:
+    parts = [f"{'#' * level} {section['heading']}\n"]
+    if section.get("text"):
+        parts.append(section["text"] + "\n")
+    if section.get("figure"):
+        parts.append(f"![{section['heading']}](analysis/{section['figure']})\n")
+    if section.get("table"):
+        parts.append(table_markdown(section["table"]))
+    return "\n".join(parts)
+
+
+def analysis_markdown(data: dict) -> str:
+    body = [f"## {data['title']}\n", data.get("intro", "") + "\n"]
+    body += [section_markdown(s) for s in data["sections"]]
+    return "\n".join(body)
+
+
+def setup_markdown(directory: Path) -> str:
+    """The experiment: the first lines of summary.md (task, model, pools, queries) and its accuracy table."""
+    summary = directory / "summary.md"
+    text = summary.read_text() if summary.exists() else f"# Results in {directory}\n"
+    text = re.sub(r"^# ", "## Experiment: ", text, count=1, flags=re.M)
+    return re.sub(r"^## (?!Experiment)", "### ", text, flags=re.M)
+
+
+def report_markdown(directory: Path) -> str:
+    """The whole report as Markdown: setup, then each saved analysis."""
+    analysis = directory / "analysis"
+    saved = [analysis / f"{n}.json" for n in ANALYSES if (analysis / f"{n}.json").exists()]
+    if not saved:
+        raise RiclError(f"no analyses saved under {analysis}; run `ricl analyze all {directory}` first")
+    intro = (f"# In-context learning as kernel regression: report for `{directory.name}`\n\n"
+             "Analyses after Han et al. (2023): attention over the demonstrations, the ICL prediction reconstructed "
+             "from single attention heads, kernel-regression baselines, the kernel's bandwidth, label formats and "
+             "the demonstration distribution. Accuracies carry 95% bootstrap intervals over queries.\n")
+    contents = "\n".join(f"- {json.loads(p.read_text())['title']}" for p in saved)
+    index = analysis / "index.json"
+    skipped = {n: why for n, why in json.loads(index.read_text()).items() if why != "done"} if index.exists() else {}
+    if skipped:
+        contents += "\n\nNot run on these records: " + "; ".join(f"{n.replace('_', ' ')} ({why})" for n, why in skipped.items())
+    parts = [intro, "Contents:\n\n" + contents + "\n", setup_markdown(directory)]
+    parts += [analysis_markdown(json.loads(p.read_text())) for p in saved]
+    return "\n\n".join(parts)
+
+
+def markdown_to_html(text: str, directory: Path, title: str) -> str:
+    """The Markdown as a standalone HTML page, PNG figures embedded as data URIs."""
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables"])
+
+    def embed(match: re.Match) -> str:
+        path = directory / match.group(1)
+        if not path.exists():
+            return match.group(0)
+        return f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}"'
+
+    body = re.sub(r'src="([^"]+\.png)"', embed, body)
+    return HTML_PAGE.format(title=title, body=body)
+
+
+def write_report(directory: str | Path, html: bool = True) -> list[Path]:
+    """Write RESULTS_DIR/report.md (and report.html) from the saved analyses; returns the paths written."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise RiclError(f"{directory}: no such results directory")
+    text = report_markdown(directory)
+    written = [directory / "report.md"]
+    written[0].write_text(text)
+    if html:
+        written.append(directory / "report.html")
+        written[1].write_text(markdown_to_html(text, directory, f"retrieval-icl report: {directory.name}"))
+    return written

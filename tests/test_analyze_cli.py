@@ -1,0 +1,82 @@
+"""End to end: a small real `compare` run with the packaged SmolLM2, then `ricl analyze all` and `ricl report`.
+
+The run scores 6 runs x 16 queries (k=4); on 2 idle CPU cores that takes about 45 s, the analyses about 5 s.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from retrieval_icl.cli import app
+from retrieval_icl.experiment import CompareConfig, run_compare
+
+pytestmark = pytest.mark.lm
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+runner = CliRunner()
+
+
+def ricl(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, smollm2):  # smollm2: the model is converted into the cache once per session
+    tmp = tmp_path_factory.mktemp("analyze")
+    config = CompareConfig(task="sst2", data_dir=str(DATA), pool_size=200, n_queries=16, k=4,
+                           label_formats=["default", "symbols"],
+                           selectors=[{"name": "random"}, {"name": "knn"},
+                                      {"name": "band", "params": {"position": 1.0}, "label": "far"}],
+                           index_root=str(tmp / "index"), output_dir=str(tmp / "out"), batch_size=8, device="cpu",
+                           dtype="float32")
+    return run_compare(config)[2]
+
+
+def test_analyze_all_then_report(run_dir):
+    result = ricl("analyze", "all", run_dir, "--selection-n", "10")
+    assert result.exit_code == 0, result.output
+    assert "label_format: done" in result.output and "distribution: skipped" in result.output
+    out = run_dir / "analysis"
+    recon = rows(out / "reconstruction.csv")
+    assert [r["run"] for r in recon] == ["random-default-seed0", "knn-default-seed0", "far-default-seed0"]
+    assert all(0 <= int(r["best_layer"]) < 30 and 0 <= int(r["best_head"]) < 9 and r["n_heldout"] == "6" for r in recon)
+    assert all(0 <= float(r["agreement"]) <= 1 for r in recon)
+    assert len(rows(out / "reconstruction_knn-default-seed0_heads.csv")) == 30 * 9
+    # Figure 2's claim holds for SmolLM2 too: per token, the label tokens draw more attention than the inputs.
+    assert all(float(r["label/input attention per token"]) > 1 for r in rows(out / "attention.csv"))
+    formats = rows(out / "label_format.csv")
+    assert {r["label_format"] for r in formats} == {"default", "symbols"}
+    assert all(float(r["same_demos"]) == 1.0 for r in formats)
+    conditions = {r["selector"]: r for r in rows(out / "bandwidth_conditions.csv")}
+    assert conditions["far"]["description"] == "band(position=1.0)"
+    assert float(conditions["knn"]["mean_similarity"]) > float(conditions["far"]["mean_similarity"])
+
+    report = ricl("report", run_dir)
+    assert report.exit_code == 0, report.output
+    text = (run_dir / "report.md").read_text()
+    for needle in ("Table 2", "Section 5", "Figure 2", "Label format", "Not run on these records"):
+        assert needle in text
+    figures = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert len(figures) >= 8 and all((run_dir / f).exists() for f in figures)
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["analyze", "attention", "no/such/dir"], "no such results directory"),
+    (["analyze", "distribution", "{run}"], "nothing to compare"),
+    (["analyze", "reconstruct", "{run}", "--run", "nope"], "no run named 'nope'"),
+    (["analyze", "reconstruct", "{run}", "--selection-n", "16"], "selection split needs"),
+])
+def test_bad_input_is_one_line_and_exit_2(run_dir, args, message):
+    result = ricl(*[a.replace("{run}", str(run_dir)) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
