@@ -107,8 +107,25 @@ def _capture_attention_forward(
     if capture is None and len(_ACTIVE) == 1:  # attention modules holding a sub-config
         capture = next(iter(_ACTIVE.values()))
     if capture is not None:
-        capture.record(module, query, key, attention_mask, scaling, kwargs)
+        with one_cpu_thread(query.device):
+            capture.record(module, query, key, attention_mask, scaling, kwargs)
     return out
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run tiny tensor ops on one CPU thread (no-op elsewhere): split over several threads, each op waits at an
+    OpenMP barrier, which costs milliseconds per op when the cores are shared with other processes. Used for the
+    row recomputation here (~15 ops per layer) and the runner's one-token label passes; big ops keep every thread."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _register() -> None:

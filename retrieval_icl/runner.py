@@ -13,10 +13,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .capture import capture_attention as _capture_attention
+from .capture import one_cpu_thread
 from .errors import RiclError
 from .models import DEFAULT_MODEL, LoadedModel, load_causal_lm
 
 log = logging.getLogger(__name__)
+_SMALL_PASS_TOKENS = 64  # label-tail passes with at most this many tokens run on one CPU thread
+# What one more forward costs, in padded tokens: on CPU a batch is cut where its padding would cost more; elsewhere
+# (GPUs gain from wide batches) as few batches as possible, each as little padded as possible.
+_BATCH_OVERHEAD_TOKENS = 32
+_FEWEST_BATCHES = 10**9
 
 
 @dataclass
@@ -40,8 +46,10 @@ class LMRunner:
       full-vocabulary softmax, no length normalisation, no renormalisation over the label set.
     - The prediction position is the last prompt token. ``attention[l, h, i]`` is the post-softmax attention
       weight from that position to prompt position i in layer l, head h (each row sums to 1 over the prompt).
-    - Batching (right padding, longest prompts first) does not change results: batched equals one-at-a-time
-      within 1e-4 in float32. Multi-token labels reuse the prompt's KV cache where the cache allows it.
+    - Batching (right padding, longest prompts first, at most `batch_size` rows; on CPU a batch is cut where
+      padding would cost more than another forward, see `batch_bounds`) does not change results: batched equals
+      one-at-a-time within 1e-4 in float32. Multi-token labels reuse the prompt's KV cache where the cache allows
+      it, one pass per distinct run of leading label tokens.
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 8, device: str | None = None, dtype: str = "auto"):
@@ -96,7 +104,9 @@ class LMRunner:
         """Label log-probs (and attention rows when asked) for each prompt, in the prompts' order."""
         self._check_inputs(prompts, continuations)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: less padding
-        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        overhead = _BATCH_OVERHEAD_TOKENS if self.loaded.device.type == "cpu" else _FEWEST_BATCHES
+        bounds = batch_bounds([len(prompts[i]) for i in order], self.batch_size, overhead)
+        batches = [order[a:b] for a, b in bounds]
         results: list[LabelScores | None] = [None] * len(prompts)
         log.debug("scoring %d prompts x %d labels in %d batches", len(prompts), len(continuations), len(batches))
         with torch.inference_mode():
@@ -143,8 +153,9 @@ class LMRunner:
             out = model(input_ids=ids, attention_mask=mask, use_cache=multi, logits_to_keep=last[:, None])
         first = torch.log_softmax(out.logits[:, 0].float(), dim=-1)  # (b, V)
         cache = out.cache if multi else None
-        lp = torch.stack([self._label_log_prob(first, c, prompts, mask, cache) for c in continuations], 1)  # (b, L)
-        lp = lp.double().cpu().numpy()
+        tails: dict[tuple[int, ...], torch.Tensor] = {}  # labels with the same leading tokens share one tail pass
+        lp = torch.stack([self._label_log_prob(first, c, prompts, mask, cache, tails) for c in continuations], 1)
+        lp = lp.double().cpu().numpy()  # (b, L)
         rows = cap.rows().cpu().numpy() if capture else None  # (b, layers, heads, T)
         return [
             LabelScores(lp[i], None if rows is None else np.ascontiguousarray(rows[i, :, :, : len(p)]))
@@ -152,19 +163,22 @@ class LMRunner:
         ]
 
     def _label_log_prob(
-        self, first: torch.Tensor, cont: Sequence[int], prompts: Sequence[Sequence[int]], mask: torch.Tensor, cache: Any
+        self, first: torch.Tensor, cont: Sequence[int], prompts: Sequence[Sequence[int]], mask: torch.Tensor,
+        cache: Any, tails: dict[tuple[int, ...], torch.Tensor],
     ) -> torch.Tensor:
-        """Summed log-prob of one continuation for every row: (b,)."""
+        """Summed log-prob of one continuation for every row: (b,); `tails` memoises log-probs per leading tokens."""
         total = first[:, cont[0]]  # (b,)
         if len(cont) == 1:
             return total
+        key = tuple(cont[:-1])
+        if key not in tails:
+            if self._share_prompt_cache and _croppable(cache):
+                logits = self._tail_logits_cached(cont, mask, cache)
+            else:
+                logits = self._tail_logits_full(cont, prompts)
+            tails[key] = torch.log_softmax(logits.float(), dim=-1)  # (b, m-1, V)
         targets = torch.as_tensor(list(cont[1:]), device=first.device).expand(first.shape[0], -1)  # (b, m-1)
-        if self._share_prompt_cache and _croppable(cache):
-            logits = self._tail_logits_cached(cont, mask, cache)
-        else:
-            logits = self._tail_logits_full(cont, prompts)
-        tail = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None]).squeeze(-1)  # (b, m-1)
-        return total + tail.sum(-1)
+        return total + tails[key].gather(-1, targets[..., None]).squeeze(-1).sum(-1)
 
     def _tail_logits_cached(self, cont: Sequence[int], mask: torch.Tensor, cache: Any) -> torch.Tensor:
         """Logits after continuation tokens 0..m-2, appended to the prompt's KV cache, then cropped: (b, m-1, V)."""
@@ -172,9 +186,11 @@ class LMRunner:
         tail = torch.as_tensor(list(cont[:-1]), device=mask.device).expand(b, -1)  # (b, m-1)
         positions = mask.sum(1, keepdim=True) + torch.arange(n, device=mask.device)  # (b, m-1), after each row's prompt
         full_mask = torch.cat([mask, torch.ones_like(tail)], dim=1)  # (b, T + m-1): padding holes stay masked
-        out = self.loaded.model(
-            input_ids=tail, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True
-        )
+        small = b * n <= _SMALL_PASS_TOKENS  # hundreds of tiny ops: faster on one thread when cores are shared
+        with one_cpu_thread(mask.device) if small else nullcontext():
+            out = self.loaded.model(
+                input_ids=tail, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True
+            )
         cache.crop(-n)
         return out.logits
 
@@ -185,6 +201,27 @@ class LMRunner:
         starts = torch.as_tensor([len(p) for p in prompts], device=ids.device)[:, None]  # (b, 1)
         keep = starts + torch.arange(n, device=ids.device)  # (b, m-1): where tokens 0..m-2 sit
         return self.loaded.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+
+
+def batch_bounds(lengths: Sequence[int], max_rows: int, overhead: int) -> list[tuple[int, int]]:
+    """Contiguous batches [(start, end), ...] of lengths sorted longest first, at most max_rows each, that minimise
+    padded tokens plus `overhead` tokens per batch (dynamic programming over the cut points).
+
+    >>> batch_bounds([500, 300, 290, 280], max_rows=4, overhead=32)
+    [(0, 1), (1, 4)]
+    """
+    best = [0.0] + [float("inf")] * len(lengths)  # best[j]: cost of the first j rows
+    cut = [0] * (len(lengths) + 1)
+    for j in range(1, len(lengths) + 1):
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + (j - i) * lengths[i] + overhead  # rows i..j-1 padded to lengths[i], the longest
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    bounds, j = [], len(lengths)
+    while j > 0:
+        bounds.append((cut[j], j))
+        j = cut[j]
+    return bounds[::-1]
 
 
 def _croppable(cache: Any) -> bool:

@@ -8,7 +8,7 @@ import torch
 
 from retrieval_icl.errors import RiclError
 from retrieval_icl.models import LoadedModel
-from retrieval_icl.runner import LMRunner, calibrate
+from retrieval_icl.runner import LMRunner, batch_bounds, calibrate
 
 TEXTS = [
     "Input: a gripping, beautifully acted film\nOutput:",
@@ -71,6 +71,28 @@ def test_tiny_gptj_matches_plain_forward(tiny_gptj):
         runner._share_prompt_cache = share
         got = np.stack([s.log_probs for s in runner.score(prompts, conts)])
         np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_labels_sharing_leading_tokens_match_plain_forward(tiny_gptj):
+    runner = LMRunner(batch_size=2)
+    runner._loaded = LoadedModel(tiny_gptj, _PadOnly(), "tiny-gptj", 256, 2, 4)
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(1, 1000, (n,), generator=gen).tolist() for n in (6, 11, 8)]
+    conts = [[8, 9, 10], [8, 9, 11], [8, 12], [8], [7, 9, 10]]  # one tail pass serves the first two
+    expected = np.stack([direct_log_probs(tiny_gptj, p, conts) for p in prompts])
+    for share in (True, False):
+        runner._share_prompt_cache = share
+        got = np.stack([s.log_probs for s in runner.score(prompts, conts)])
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    assert len(set(expected[0].round(3))) == len(conts)  # distinct labels, so a mixed-up memo would show
+
+
+def test_batch_bounds_trade_padding_for_forwards():
+    lengths = [500, 300, 290, 280, 100]
+    assert batch_bounds(lengths, max_rows=4, overhead=32) == [(0, 1), (1, 4), (4, 5)]
+    assert batch_bounds(lengths, max_rows=2, overhead=10**9) == [(0, 1), (1, 3), (3, 5)]  # fewest batches
+    assert batch_bounds(lengths, max_rows=8, overhead=0) == [(i, i + 1) for i in range(5)]  # no padding at all
+    assert batch_bounds([], max_rows=4, overhead=32) == []
 
 
 @pytest.mark.lm
