@@ -81,6 +81,7 @@ class DemoIndex:
         self.nlist, self.nprobe, self.hnsw_m, self.ef_search = nlist, nprobe, hnsw_m, ef_search
         self._faiss: faiss.Index | None = None
         self._ids = np.empty(0, dtype=np.int64)
+        self._row_cache: tuple[np.ndarray, dict[int, int]] | None = None  # (the _ids it maps, id -> row)
         self._examples: dict[int, Example] = {}  # insertion order == FAISS row order
         self._meta: dict = {}
         self._encoder_checked = False
@@ -170,7 +171,9 @@ class DemoIndex:
         q = np.asarray(queries)
         if q.ndim == 2 and q.shape[1] != faiss_index.d or q.ndim == 1 and q.shape[0] != faiss_index.d:
             raise RiclError(f"query dimension {q.shape[-1]} does not match the index dimension {faiss_index.d}")
-        scores, rows = faiss_index.search(_unit_rows(q, "queries"), int(k))  # (n, k) each
+        unit = _unit_rows(q, "queries")
+        search = _flat_search if isinstance(faiss_index, faiss.IndexFlat) else _faiss_search
+        scores, rows = search(faiss_index, unit, int(k))  # (n, k) each
         found = rows >= 0
         ids = np.where(found, self._ids[np.where(found, rows, 0)], -1).astype(np.int64)
         # FAISS pads inner-product scores with -FLT_MAX; -inf cannot be mistaken for a real score.
@@ -184,12 +187,18 @@ class DemoIndex:
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
         """The stored unit vectors (n, d) of these example ids."""
         faiss_index = self._require_built()
-        row_of = {int(i): row for row, i in enumerate(self._ids)}
+        row_of = self._row_of()
         missing = [i for i in ids if int(i) not in row_of]
         if missing:
             raise RiclError(f"example ids {missing[:5]} are not in the index")
         rows = np.array([row_of[int(i)] for i in ids], dtype=np.int64)
         return faiss_index.reconstruct_batch(rows) if len(rows) else np.empty((0, faiss_index.d), np.float32)
+
+    def _row_of(self) -> dict[int, int]:
+        """Example id -> FAISS row, rebuilt only when the ids change (every change assigns a new `_ids` array)."""
+        if self._row_cache is None or self._row_cache[0] is not self._ids:
+            self._row_cache = (self._ids, {int(i): row for row, i in enumerate(self._ids)})
+        return self._row_cache[1]
 
     def example(self, id: int) -> Example:
         """The example with this id."""
@@ -279,6 +288,35 @@ class DemoIndex:
         index._examples = {ex.id: ex for ex in examples}
         index._meta = manifest.model_dump(include={"dataset_fingerprint", "task", "label_names", "text_fields", "created"})
         return index
+
+
+_SCORE_BLOCK = 1 << 24  # floats in one (queries, pool) block of exact scores: 64 MB
+
+
+def _faiss_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return index.search(queries, k)
+
+
+def _flat_search(index: faiss.IndexFlat, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product, one BLAS product per block of queries: scores (n, k), rows (n, k), padded like
+    FAISS (-FLT_MAX, -1). FAISS itself scans the pool once per query below 128000 / d queries, memory-bound and
+    several times slower (benchmarks/bench_index.py)."""
+    n_pool, kk = index.ntotal, min(k, index.ntotal)
+    pool = faiss.rev_swig_ptr(index.get_xb(), n_pool * index.d).reshape(n_pool, index.d)  # (N, d), no copy
+    scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    step = max(1, _SCORE_BLOCK // max(n_pool, 1))
+    for start in range(0, len(queries) if kk else 0, step):
+        block = queries[start : start + step] @ pool.T  # (b, N)
+        if kk < n_pool:
+            top = np.argpartition(-block, kk - 1, axis=1)[:, :kk]  # (b, kk), unordered
+        else:
+            top = np.tile(np.arange(n_pool), (len(block), 1))
+        part = np.take_along_axis(block, top, axis=1)  # (b, kk)
+        order = np.lexsort((top, -part), axis=1)  # best first; ties by row
+        scores[start : start + len(block), :kk] = np.take_along_axis(part, order, axis=1)
+        rows[start : start + len(block), :kk] = np.take_along_axis(top, order, axis=1)
+    return scores, rows
 
 
 def _check_encoder(encoder: Encoder, manifest: IndexManifest, where: str) -> None:

@@ -66,6 +66,20 @@ def test_flat_matches_brute_force_ties_allowed():
         assert sure <= set(ids[i].tolist())
 
 
+def test_blockwise_flat_search_equals_faiss(monkeypatch):
+    examples, x = pool(500, seed=3)
+    idx = DemoIndex(fake_encoder()).build(examples, embeddings=x)
+    monkeypatch.setattr(index_mod, "_SCORE_BLOCK", 500 * 7)  # blocks of 7 queries, the last one short
+    q = unit(np.random.default_rng(4).standard_normal((23, DIM)))
+    scores, ids = idx.search(q, 12)
+    reference = faiss.IndexFlatIP(DIM)
+    reference.add(x)
+    want_scores, want_rows = reference.search(q, 12)
+    np.testing.assert_allclose(scores, want_scores, atol=1e-5)
+    np.testing.assert_array_equal(ids, np.array([[examples[r].id for r in row] for row in want_rows]))
+    assert (np.diff(scores, axis=1) <= 0).all()  # best first
+
+
 def test_exact_ties_return_any_tied_id():
     examples, x = pool(4)
     x[1] = x[0]  # two identical vectors tie exactly
