@@ -90,6 +90,19 @@ def test_cache_persists_across_encoders(encoder, monkeypatch):
     assert counter.texts == 2
 
 
+def test_bfloat16_backend_agrees_and_keeps_its_own_cache(encoder, tmp_path):
+    texts = [json.loads(line)["sentence"] for line in SST2.read_text().splitlines()[:64]]
+    fast = Encoder("all-MiniLM-L6-v2", cache_dir=encoder.cache_dir, backend="bfloat16")
+    got, want = fast.encode(texts), encoder.encode(texts)
+    assert got.dtype == np.float32 and got.shape == (64, 384)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cosine = (got * want).sum(1)
+    assert cosine.min() >= 0.99 and not np.array_equal(got, want)  # close, and really computed in bfloat16
+    assert fast._cache().path != encoder._cache().path
+    with pytest.raises(RiclError, match="unknown encoder backend 'onnx'"):
+        Encoder(backend="onnx")
+
+
 def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(RiclError, match="cannot load encoder"):
         Encoder(str(tmp_path / "no-such-model")).load()
