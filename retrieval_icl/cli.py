@@ -75,6 +75,9 @@ def index_build(
                                           "lm:smollm2-135m:layer=15:pooling=mean; default: packaged all-MiniLM-L6-v2."),
     index_type: str = typer.Option("flat", help="flat (exact), ivf or hnsw."),
     overwrite: bool = typer.Option(False, help="Replace an existing index at --out."),
+    ray_workers: Optional[int] = typer.Option(None, min=1, help="Embed on this many Ray workers (needs the scale extra)."),
+    ray_address: Optional[str] = typer.Option(None, help="With --ray-workers: a Ray cluster, e.g. auto or "
+                                              "ray://HEAD:10001; default: $RAY_ADDRESS or a local Ray."),
 ) -> None:
     """Embed a dataset split and save a FAISS index of it (atomic: an existing index is never half-replaced)."""
     from .encoders import DEFAULT_ENCODER
@@ -85,10 +88,17 @@ def index_build(
     if out.exists() and not overwrite:
         raise RiclError(f"{out} exists; pass --overwrite to replace it")
     spec, examples, _ = _task_and_examples(task, split, data_dir, file, text_field, label_field, labels)
-    index = DemoIndex(make_encoder(encoder or DEFAULT_ENCODER), index_type=index_type)
-    index.build(examples, dataset_fingerprint=fingerprint(examples), task=spec.name, label_names=spec.label_names,
-                text_fields=spec.text_fields, show_progress=True)
-    index.save(out)
+    meta = {"dataset_fingerprint": fingerprint(examples), "task": spec.name, "label_names": spec.label_names,
+            "text_fields": spec.text_fields}
+    if ray_workers is not None:
+        from .scale import build_index_distributed, connect_ray
+
+        connect_ray(ray_address)
+        index = build_index_distributed(examples, out, encoder or DEFAULT_ENCODER, index_type, ray_workers, **meta)
+    else:
+        index = DemoIndex(make_encoder(encoder or DEFAULT_ENCODER), index_type=index_type)
+        index.build(examples, show_progress=True, **meta)
+        index.save(out)
     console.print(f"saved {len(index)} examples ({index.manifest.index_type}, dim {index.manifest.dimension}) to {out}")
 
 
@@ -137,12 +147,23 @@ def compare(
     n_queries: Optional[int] = typer.Option(None, help="Override: a seeded subset of n queries."),
     output_dir: Optional[str] = typer.Option(None, help="Override: where the results directory goes."),
     overwrite: bool = typer.Option(False, help="Replace an existing results directory."),
+    ray_workers: Optional[int] = typer.Option(None, min=1, help="Embed and score on this many Ray workers, one model "
+                                              "each (needs the scale extra); same results directory."),
+    ray_address: Optional[str] = typer.Option(None, help="With --ray-workers: a Ray cluster, e.g. auto or "
+                                              "ray://HEAD:10001; default: $RAY_ADDRESS or a local Ray."),
+    ray_gpus: float = typer.Option(0, help="With --ray-workers: GPUs per model replica (1 on a GPU cluster)."),
 ) -> None:
     """Run selectors on the same queries; write records, resolved config, versions and a summary with CIs."""
     from .experiment import load_compare_config, run_compare
 
     cfg = load_compare_config(config, n_queries=n_queries, output_dir=output_dir)
-    rows, tests, out = run_compare(cfg, overwrite=overwrite)
+    if ray_workers is not None:
+        from .scale import connect_ray, run_compare_distributed
+
+        connect_ray(ray_address)
+        rows, tests, out = run_compare_distributed(cfg, ray_workers, overwrite=overwrite, num_gpus=ray_gpus)
+    else:
+        rows, tests, out = run_compare(cfg, overwrite=overwrite)
     _print_rows("Accuracy (95% bootstrap CI)", rows)
     if tests:
         _print_rows("Paired McNemar tests", tests)

@@ -443,23 +443,51 @@ def run_compare(config: CompareConfig, overwrite: bool = False) -> tuple[list[di
     """Run every pool x k x (selector, seed) x label format on the same queries and write the results directory."""
     from .runner import LMRunner
 
+    output_dir = check_output_dir(config, overwrite)
+    start = time.perf_counter()
+    inputs = prepare_inputs(config)
+    indexes, timings = build_indexes(config, inputs)
+    t = time.perf_counter()
+    runner = LMRunner(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype).load()
+    timings["model_load"] = time.perf_counter() - t
+    runs = run_all(config, inputs, indexes, runner, timings)
+    return finish_compare(output_dir, config, inputs, runs, start, timings)
+
+
+def check_output_dir(config: CompareConfig, overwrite: bool) -> Path:
+    """The results directory, refused when it exists and overwrite is off."""
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not overwrite:
         raise RiclError(f"{output_dir} exists; pass --overwrite or choose another output_dir")
-    start = time.perf_counter()
+    return output_dir
+
+
+def prepare_inputs(config: CompareConfig) -> Inputs:
+    """Task, pools and queries, with the label formats and k checked before anything expensive runs."""
     inputs = load_inputs(config)
     for fmt in config.formats:
         inputs.task.label_words(fmt)  # fail early on an unknown label format
     for pool in inputs.pools:
         if max(config.ks) > len(pool.examples):
             raise RiclError(f"k={max(config.ks)} is larger than pool {pool.config.name!r} ({len(pool.examples)} examples)")
+    return inputs
+
+
+def compare_encoders(config: CompareConfig) -> list[str]:
+    """The experiment's encoder first, then every other encoder a selector asks for."""
+    return [config.encoder] + sorted({s.encoder for s in config.selectors if s.encoder} - {config.encoder})
+
+
+def build_indexes(config: CompareConfig, inputs: Inputs) -> tuple[list[dict[str, DemoIndex]], dict[str, float]]:
+    """One index per pool and encoder (loaded when saved under index_root), and the time it took."""
     t = time.perf_counter()
-    encoders = [config.encoder] + sorted({s.encoder for s in config.selectors if s.encoder} - {config.encoder})
-    indexes = [{e: get_index(config, pool, inputs.task, e) for e in encoders} for pool in inputs.pools]
-    timings = {"index": time.perf_counter() - t}
-    t = time.perf_counter()
-    runner = LMRunner(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype).load()
-    timings["model_load"] = time.perf_counter() - t
+    indexes = [{e: get_index(config, pool, inputs.task, e) for e in compare_encoders(config)} for pool in inputs.pools]
+    return indexes, {"index": time.perf_counter() - t}
+
+
+def run_all(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, DemoIndex]], runner: Any,
+            timings: dict[str, float]) -> list[Run]:
+    """Every pool x k x (selector, seed) x label format, in a fixed order; seconds per query go into timings."""
     runs: list[Run] = []
     for pool, by_encoder in zip(inputs.pools, indexes):
         for k in config.ks:
@@ -471,7 +499,13 @@ def run_compare(config: CompareConfig, overwrite: bool = False) -> tuple[list[di
                                         runner)
                 timings.update({f"run:{r.name}": (time.perf_counter() - t) / len(new) for r in new})
                 runs.extend(new)
-    info = {"wall_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "timings": timings}
+    return runs
+
+
+def finish_compare(output_dir: Path, config: CompareConfig, inputs: Inputs, runs: list[Run], start: float,
+                   timings: dict[str, float], **info: Any) -> tuple[list[dict], list[dict], Path]:
+    """Summarise the runs and write the results directory; `info` adds fields to run_info.json."""
+    info = {"wall_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "timings": timings, **info}
     rows, tests = summarise(runs)
     write_results(output_dir, config, inputs, runs, info, rows, tests)
     return rows, tests, output_dir
