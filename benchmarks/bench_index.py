@@ -2,7 +2,8 @@
 
 1. Embedding throughput on SST-2 train sentences, same model object and batch size: plain
    `SentenceTransformer.encode` vs `Encoder.encode` with an empty cache (hashing and cache writes included), a
-   cached re-run, and the bfloat16 backend (cosine agreement with float32 reported).
+   cached re-run, and the bfloat16 backend (cosine agreement with float32 reported). LM-kernel embeddings
+   (`lm:smollm2-135m:layer=15`): the full forward with every hidden state vs ours, stopping after that layer.
 2. Exact search: `DemoIndex` (flat) vs numpy brute force (matrix product + argpartition), same top-k.
 3. Approximate search on synthetic vectors: `DemoIndex` IVF and HNSW vs flat, recall@10 against flat, search
    speed-up, build time and memory. The vectors imitate sentence embeddings: 100 Gaussian clusters in a random
@@ -70,6 +71,37 @@ def bench_embedding(args: argparse.Namespace) -> None:
     for name, v in vecs.items():
         cos = (v * base).sum(1)
         print(f"- {name}: max |diff| {np.abs(v - base).max():.1e}, cosine min {cos.min():.4f}, mean {cos.mean():.5f}")
+
+
+def bench_lm_kernel(args: argparse.Namespace) -> None:
+    """LM-kernel embeddings (lm:smollm2-135m:layer=L): the full forward with output_hidden_states vs ours, which
+    stops after layer L."""
+    import torch
+
+    from retrieval_icl.lm_encoder import LMEncoder
+
+    encoder = LMEncoder(layer=args.lm_layer, use_cache=False).load()
+    states = encoder._model  # LMHiddenStates: the part that runs the LM
+    texts = sst2_sentences(args.n_lm_texts)
+    tokenizer = states.loaded.tokenizer
+    batches = [dict(tokenizer(texts[s : s + 16], return_tensors="pt", padding=True)) for s in range(0, len(texts), 16)]
+    model = states.loaded.model
+
+    def full(c: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(**batches[c], output_hidden_states=True).hidden_states[args.lm_layer]
+
+    def ours(c: int) -> torch.Tensor:
+        with torch.inference_mode():
+            return states._hidden_states(batches[c])
+
+    timings, results = interleave({"full forward, hidden_states[L]": full, "ours: stop after layer L": ours},
+                                  len(batches), args.repeats)
+    diff = max((a - b).abs().max().item() for a, b in zip(*results.values()))
+    print(f"\n## LM-kernel embedding, SmolLM2-135M layer {args.lm_layer} of {states.loaded.n_layers}, "
+          f"{len(texts)} SST-2 sentences in batches of 16, {args.repeats} repeats\n")
+    print_table(timing_rows(timings, "full forward, hidden_states[L]", per=len(texts) / 1000, unit="1k_texts"))
+    print(f"- hidden states max |diff| {diff:.1e}")
 
 
 def brute_force(pool: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -196,12 +228,17 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128])
-    parser.add_argument("--skip", nargs="*", default=[], choices=["embedding", "exact", "ivf", "hnsw", "real"])
+    parser.add_argument("--n-lm-texts", type=int, default=256, help="sentences for the LM-kernel embedding")
+    parser.add_argument("--lm-layer", type=int, default=15, help="the LM kernel's layer (SmolLM2: 30 layers)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["embedding", "lm", "exact", "ivf", "hnsw", "real"])
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     print_machine()
     if "embedding" not in args.skip:
         bench_embedding(args)
+    if "lm" not in args.skip:
+        bench_lm_kernel(args)
     if "exact" not in args.skip:
         bench_exact(args)
     bench_ann(synthetic(args.n_vectors, 0), synthetic(args.n_queries, 1), args, "Synthetic vectors")

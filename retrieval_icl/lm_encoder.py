@@ -47,7 +47,7 @@ class LMHiddenStates:
     def _batch(self, texts: list[str]) -> np.ndarray:
         tok = self.loaded.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True)
         tok = {k: v.to(self.loaded.device) for k, v in tok.items()}
-        hidden = self.loaded.model(**tok, output_hidden_states=True).hidden_states[self.layer].float()  # (b, T, h)
+        hidden = self._hidden_states(tok).float()  # (b, T, h)
         mask = tok["attention_mask"]  # (b, T), right padding
         if self.pooling == "last":
             pooled = hidden[torch.arange(hidden.shape[0]), mask.sum(1) - 1]
@@ -58,6 +58,37 @@ class LMHiddenStates:
             mask[mask.sum(1) > 1, 0] = 0
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         return pooled.cpu().numpy().astype(np.float32)
+
+
+    def _hidden_states(self, tok: dict[str, torch.Tensor]) -> torch.Tensor:
+        """hidden_states[layer] of the model's forward, stopping after that layer when a later one exists (the
+        layers above it would be computed for nothing: half the model at the default middle layer)."""
+        layers = _decoder_layers(self.loaded.model, self.loaded.n_layers)
+        if layers is None or not 0 < self.layer < self.loaded.n_layers:  # the last one is after the final norm
+            return self.loaded.model(**tok, output_hidden_states=True).hidden_states[self.layer]
+        caught: list[torch.Tensor] = []
+
+        def stop(_module: torch.nn.Module, _args: object, output: object) -> None:
+            caught.append(output[0] if isinstance(output, tuple) else output)
+            raise _StopForward
+
+        handle = layers[self.layer - 1].register_forward_hook(stop)
+        try:
+            self.loaded.model(**tok)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return caught[0]
+
+
+class _StopForward(Exception):
+    """Raised from a forward hook to end a forward pass once the wanted layer has run."""
+
+
+def _decoder_layers(model: torch.nn.Module, n_layers: int) -> torch.nn.ModuleList | None:
+    """The model's list of decoder blocks (model.layers, transformer.h, ...): the first ModuleList of n_layers."""
+    return next((m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers), None)
 
 
 class LMEncoder(Encoder):

@@ -27,16 +27,16 @@ def test_names_round_trip_and_bad_names_are_refused():
 
 
 @pytest.mark.lm
-@pytest.mark.parametrize("pooling", ["mean", "last"])
-def test_embeddings_equal_the_models_hidden_states(smollm2, tmp_path, pooling):
-    enc = LMEncoder(layer=10, pooling=pooling, cache_dir=tmp_path, batch_size=2).load()
+@pytest.mark.parametrize("pooling,layer", [("mean", 10), ("last", 10), ("mean", 1), ("last", 30)])
+def test_embeddings_equal_the_models_hidden_states(smollm2, tmp_path, pooling, layer):
+    enc = LMEncoder(layer=layer, pooling=pooling, cache_dir=tmp_path, batch_size=2).load()
     vecs = enc.encode(TEXTS)
     assert vecs.shape == (5, 576) and vecs.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
     for text, vec in zip(TEXTS, vecs):  # one at a time, no padding, straight from the HF forward pass
         ids = smollm2.tokenizer(text, return_tensors="pt")
         with torch.no_grad():
-            h = smollm2.model(**ids, output_hidden_states=True).hidden_states[10][0]  # (T, hidden)
+            h = smollm2.model(**ids, output_hidden_states=True).hidden_states[layer][0]  # (T, hidden)
         ref = (h[1:].mean(0) if pooling == "mean" else h[-1]).numpy()  # mean leaves out the sink token
         np.testing.assert_allclose(vec, ref / np.linalg.norm(ref), atol=1e-4)
 
