@@ -37,6 +37,8 @@ def pool_description(results: Results, pool: str) -> str:
     """How a pool was made, from config.yaml: the task's own pool, a perturbation at a rate, or another corpus."""
     for p in results.config.get("pools") or []:
         if p.get("name") == pool:
+            if p.get("perturb") == "shuffle":  # the rate does not apply: every text is shuffled whole
+                return "shuffle (every text's words)"
             if p.get("perturb"):
                 return f"{p['perturb']} (rate {p.get('rate', 0.3)})"
             if p.get("task"):
