@@ -12,7 +12,7 @@
 
     python benchmarks/bench_index.py                    # ~6 minutes on 2 shared CPU cores
     python benchmarks/bench_index.py --n-vectors 1000000 --nlist 1024 --nprobe 4 8 16 \
-        --skip embedding exact real --repeats 1         # the 1M figure (~25 minutes, HNSW build most of it)
+        --skip embedding lm exact real --repeats 1      # the 1M figure (~25 minutes, HNSW build most of it)
 """
 
 from __future__ import annotations
