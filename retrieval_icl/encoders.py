@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import sqlite3
+import time
 from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
@@ -26,6 +27,8 @@ _PACKAGED_ALIASES = (DEFAULT_ENCODER, "all-MiniLM-L6-v2")
 BACKENDS = ("torch", "bfloat16")
 # SQLite's bound-parameter limit was 999 before 3.32; stay below it for old builds.
 _SQL_CHUNK = 900
+# Seconds a connection waits for other writers (e.g. Ray workers sharing one cache) before giving up.
+_LOCK_TIMEOUT = 60.0
 
 
 def default_cache_dir() -> Path:
@@ -67,10 +70,31 @@ class EmbeddingCache:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+        conn = sqlite3.connect(self.path, timeout=_LOCK_TIMEOUT)
+        try:
+            self._set_up(conn)
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    @staticmethod
+    def _set_up(conn: sqlite3.Connection) -> None:
+        """WAL mode and the table, retried while another process holds the lock.
+
+        SQLite answers "database is locked" at once, without its busy timeout, when two processes switch a new
+        file to WAL together, so the timeout alone does not cover workers that open one cache at the same time.
+        """
+        deadline = time.monotonic() + _LOCK_TIMEOUT
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """The cached vectors among `keys`; a vector of the wrong size (another model version) counts as a miss."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from retrieval_icl.encoders import DEFAULT_ENCODER, Encoder, default_cache_dir
+from retrieval_icl.encoders import DEFAULT_ENCODER, EmbeddingCache, Encoder, default_cache_dir
 from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.tasks import Example
@@ -101,6 +102,28 @@ def test_bfloat16_backend_agrees_and_keeps_its_own_cache(encoder, tmp_path):
     assert fast._cache().path != encoder._cache().path
     with pytest.raises(RiclError, match="unknown encoder backend 'onnx'"):
         Encoder(backend="onnx")
+
+
+def _fill_cache(args: tuple[str, int]) -> int:
+    path, worker = args
+    cache = EmbeddingCache(Path(path), 4)
+    for j in range(10):
+        key = f"w{worker}-{j}"
+        cache.get([key])
+        cache.put([key], np.full((1, 4), worker, dtype=np.float32))
+    return worker
+
+
+def test_cache_shared_by_processes_that_open_it_together(tmp_path):
+    """Ray workers open one new cache file at the same moment; none may fail with "database is locked"."""
+    context = multiprocessing.get_context("fork")
+    for trial in range(8):
+        path = tmp_path / f"t{trial}" / "embeddings.sqlite"
+        with context.Pool(8) as pool:
+            pool.map(_fill_cache, [(str(path), w) for w in range(8)])
+        stored = EmbeddingCache(path, 4).get([f"w{w}-{j}" for w in range(8) for j in range(10)])
+        assert len(stored) == 80
+        assert all(vec[0] == int(key[1]) for key, vec in stored.items())
 
 
 def test_unknown_model_is_a_clear_error(tmp_path):
