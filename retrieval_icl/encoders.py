@@ -207,6 +207,16 @@ class Encoder:
             out[row] = known[key]
         return out
 
+    def uncached(self, texts: Sequence[str]) -> list[str]:
+        """The distinct texts without a cached vector, in first-seen order; needs load()."""
+        keys = {_text_key(t): t for t in texts}
+        known = self._cache().get(list(keys)) if self.use_cache else {}
+        return [t for k, t in keys.items() if k not in known]
+
+    def add_to_cache(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Store vectors of `texts` computed elsewhere (Ray workers running this encoder); needs load()."""
+        self._cache().put([_text_key(t) for t in texts], vectors)
+
     def _encode_missing(self, missing: dict[str, str], cache: EmbeddingCache | None, show_progress: bool) -> dict[str, np.ndarray]:
         """Run the model on uncached texts batch by batch, saving each batch so an interrupted run resumes."""
         from tqdm.auto import tqdm

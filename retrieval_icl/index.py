@@ -172,8 +172,10 @@ class DemoIndex:
         if q.ndim == 2 and q.shape[1] != faiss_index.d or q.ndim == 1 and q.shape[0] != faiss_index.d:
             raise RiclError(f"query dimension {q.shape[-1]} does not match the index dimension {faiss_index.d}")
         unit = _unit_rows(q, "queries")
-        search = _flat_search if isinstance(faiss_index, faiss.IndexFlat) else _faiss_search
-        scores, rows = search(faiss_index, unit, int(k))  # (n, k) each
+        if isinstance(faiss_index, faiss.IndexFlat):
+            scores, rows = _flat_search(faiss_index, unit, int(k))  # (n, k) each
+        else:
+            scores, rows = faiss_index.search(unit, int(k))
         found = rows >= 0
         ids = np.where(found, self._ids[np.where(found, rows, 0)], -1).astype(np.int64)
         # FAISS pads inner-product scores with -FLT_MAX; -inf cannot be mistaken for a real score.
@@ -291,10 +293,6 @@ class DemoIndex:
 
 
 _SCORE_BLOCK = 1 << 24  # floats in one (queries, pool) block of exact scores: 64 MB
-
-
-def _faiss_search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    return index.search(queries, k)
 
 
 def _flat_search(index: faiss.IndexFlat, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

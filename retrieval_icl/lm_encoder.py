@@ -59,7 +59,6 @@ class LMHiddenStates:
             pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
         return pooled.cpu().numpy().astype(np.float32)
 
-
     def _hidden_states(self, tok: dict[str, torch.Tensor]) -> torch.Tensor:
         """hidden_states[layer] of the model's forward, stopping after that layer when a later one exists (the
         layers above it would be computed for nothing: half the model at the default middle layer)."""

@@ -51,7 +51,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
 class LoadedModel:
     """A causal LM ready for scoring, with the facts the runner and capture need."""
 
-    model: Any  # transformers PreTrainedModel, in eval mode
+    model: Any  # transformers PreTrainedModel, in eval mode; None on a Ray driver (load_tokenizer_and_config)
     tokenizer: Any  # padding side right, pad token set
     name: str
     context_length: int
@@ -191,19 +191,31 @@ def load_causal_lm(
     except OSError as exc:
         raise RiclError(f"could not load model {name!r} from {source!r}: {exc}") from exc
     model.eval()
-    _prepare_tokenizer(tokenizer)
     log.info("loaded %s (%s, %s) in %.1f s", name, dev, torch_dtype, time.perf_counter() - started)
-    config = model.config
-    return LoadedModel(
-        model, tokenizer, name, context_length(config, tokenizer), config.num_hidden_layers, config.num_attention_heads
-    )
+    return _loaded_model(model, tokenizer, name, model.config)
 
 
-def _prepare_tokenizer(tokenizer: Any) -> None:
-    """Pad with EOS when the tokenizer has no pad token; pad on the right."""
+def load_tokenizer_and_config(name: str = DEFAULT_MODEL) -> LoadedModel:
+    """A LoadedModel without weights (model None): for a driver whose workers hold the model."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    source = resolve_source(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source)
+    except OSError as exc:
+        raise RiclError(f"could not load the tokenizer and config of {name!r} from {source!r}: {exc}") from exc
+    return _loaded_model(None, tokenizer, name, config)
+
+
+def _loaded_model(model: Any, tokenizer: Any, name: str, config: Any) -> LoadedModel:
+    """Pad with EOS when the tokenizer has no pad token, on the right; the facts the runner needs from config."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
+    return LoadedModel(
+        model, tokenizer, name, context_length(config, tokenizer), config.num_hidden_layers, config.num_attention_heads
+    )
 
 
 def context_length(config: Any, tokenizer: Any) -> int:

@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from .encoders import DEFAULT_ENCODER, _text_key
+from .encoders import DEFAULT_ENCODER
 from .errors import RiclError
 from .index import DemoIndex
 from .lm_encoder import make_encoder
-from .models import LoadedModel, _prepare_tokenizer, context_length, resolve_source
+from .models import load_tokenizer_and_config
 from .runner import LabelScores, LMRunner
 from .tasks import Example
 
@@ -144,14 +144,10 @@ def warm_embedding_cache(texts: Sequence[str], encoder: str = DEFAULT_ENCODER, n
     cache instead of running the encoder.
     """
     local = make_encoder(encoder, **encoder_kwargs).load()  # the cache needs the dimension
-    cache = local._cache()
-    unique = list(dict.fromkeys(texts))
-    keys = [_text_key(t) for t in unique]
-    known = cache.get(set(keys))
-    missing = [t for t, k in zip(unique, keys) if k not in known]
+    missing = local.uncached(texts)
     if missing:
-        vectors = embed_distributed(missing, encoder, n_workers, rows_per_call, num_gpus, **encoder_kwargs)
-        cache.put([_text_key(t) for t in missing], vectors)
+        local.add_to_cache(missing, embed_distributed(missing, encoder, n_workers, rows_per_call, num_gpus,
+                                                      **encoder_kwargs))
     return len(missing)
 
 
@@ -201,14 +197,7 @@ class RayRunner(LMRunner):
 
     def load(self) -> "RayRunner":
         """Load the tokenizer and config (not the weights: those live on the workers); returns self."""
-        from transformers import AutoConfig, AutoTokenizer
-
-        source = resolve_source(self.model)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        _prepare_tokenizer(tokenizer)
-        config = AutoConfig.from_pretrained(source)
-        self._loaded = LoadedModel(None, tokenizer, self.model, context_length(config, tokenizer),
-                                   config.num_hidden_layers, config.num_attention_heads)
+        self._loaded = load_tokenizer_and_config(self.model)
         return self
 
     def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
