@@ -175,6 +175,12 @@ def demo_attention_summary(row: np.ndarray, spans: Sequence[tuple[tuple[int, int
     return out.astype(np.float16)
 
 
+def span_attention_mass(row: np.ndarray, span: tuple[int, int]) -> np.ndarray:
+    """Attention mass on one token span (e.g. the preamble) per layer and head: (layers, heads) float16."""
+    row = np.asarray(row, dtype=np.float32)  # (layers, heads, T)
+    return row[..., _checked_slice(span, row.shape[-1], -1)].sum(-1).astype(np.float16)
+
+
 def demo_attention_profile(row: np.ndarray, spans: Sequence[tuple[tuple[int, int], tuple[int, int]]],
                            query_start: int) -> np.ndarray:
     """Attention per token over each demo's regions (PROFILE_REGIONS), head-averaged: (layers, n_demos, bins) float16.

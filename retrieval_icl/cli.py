@@ -177,6 +177,19 @@ def _print_rows(title: str, rows: list[dict]) -> None:
     console.print(table)
 
 
+@app.command("study")
+@friendly_errors
+def study(
+    path: Path = typer.Argument(..., help="A study YAML (configs/studies/): experiments crossed with a grid."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rerun comparisons whose results directory exists."),
+) -> None:
+    """Run a study's comparisons (those not yet run), analyse each, and write the cross-run Table 2."""
+    from .study import run_study
+
+    for written in run_study(path, overwrite=overwrite):
+        console.print(f"wrote {written}")
+
+
 @app.command("validate")
 @friendly_errors
 def validate(path: Path = typer.Argument(..., help="An experiment YAML or a task YAML.")) -> None:

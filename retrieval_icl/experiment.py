@@ -262,8 +262,9 @@ def planned_runs(config: CompareConfig) -> list[tuple[SelectorConfig, int]]:
 
 
 def execute_selection(sel: SelectorConfig, seed: int, k: int, pool: Pool, config: CompareConfig, inputs: Inputs,
-                      index: DemoIndex, runner: "LMRunner") -> list[Run]:
+                      indexes: dict[str, DemoIndex], runner: "LMRunner") -> list[Run]:
     """Select once, then build prompts and score the labels under every label format: one Run per format."""
+    index = indexes[sel.encoder or config.encoder]
     selector = make_selector(sel.name, **{**sel.params, "seed": seed}).fit(index)
     selections = selector.select(inputs.queries, k)
     runs = []
@@ -272,16 +273,22 @@ def execute_selection(sel: SelectorConfig, seed: int, k: int, pool: Pool, config
         run = Run(sel.run_label, seed, k, fmt, pool.config.name, name)
         builder = PromptBuilder(inputs.task, fmt, runner.tokenizer,
                                 max_tokens=min(config.max_prompt_tokens or runner.context_length, runner.context_length))
-        runs.append(score_run(run, selections, config, inputs, index, runner, builder))
+        runs.append(score_run(run, selections, config, inputs, indexes[config.encoder], runner, builder,
+                              sel.encoder or config.encoder))
     return runs
 
 
 def score_run(run: Run, selections: list, config: CompareConfig, inputs: Inputs, index: DemoIndex,
-              runner: "LMRunner", builder: PromptBuilder) -> Run:
-    """Build prompts for the selections, score the labels (and calibrate), and fill the run's records."""
-    from .capture import demo_attention_profile, demo_attention_summary
+              runner: "LMRunner", builder: PromptBuilder, score_encoder: str | None = None) -> Run:
+    """Build prompts for the selections, score the labels (and calibrate), and fill the run's records.
+
+    `index` is the pool under the experiment's sentence encoder: every record's encoder_similarities come from it,
+    whatever kernel the selector used (its own similarities stay in demo_scores, named by demo_score_kind).
+    """
+    from .capture import demo_attention_profile, demo_attention_summary, span_attention_mass
 
     continuations = runner.label_continuations(builder.label_words, inputs.task.template.label_prefix)
+    builder.check_label_tokens(continuations)
     reserve = max(len(c) for c in continuations)
     prompts = [builder.build([index.example(i) for i in s.demo_ids], q.texts, s.scores, reserve)
                for q, s in zip(inputs.queries, selections)]
@@ -291,34 +298,50 @@ def score_run(run: Run, selections: list, config: CompareConfig, inputs: Inputs,
     final = log_probs
     if config.calibrate:
         final = calibrate_run(inputs, index, selections, builder, runner, continuations, reserve, log_probs)
-    for q, sel_, p, s, lp, fl in zip(inputs.queries, selections, prompts, scored, log_probs, final):
+    similarities = encoder_similarities(index, inputs.queries, prompts)
+    score_kind = f"cosine:{score_encoder or config.encoder}"
+    for q, sel_, p, s, lp, fl, sims in zip(inputs.queries, selections, prompts, scored, log_probs, final, similarities):
         used = set(p.demo_ids)
+        raw = int(np.argmax(lp))
         record = {
             "task": inputs.task.name, "selector": run.label, "seed": run.seed, "k": run.k,
             "label_format": run.label_format, "pool": run.pool, "run": run.name, "query_id": q.id,
             "query_text": q.text, "gold": q.label, "prediction": int(np.argmax(fl)), "correct": bool(np.argmax(fl) == q.label),
-            "label_log_probs": [float(v) for v in lp],
+            "raw_prediction": raw, "raw_correct": raw == q.label, "label_log_probs": [float(v) for v in lp],
             "demo_ids": p.demo_ids, "demo_labels": [index.example(i).label for i in p.demo_ids],
             "demo_scores": [float(v) for i, v in zip(sel_.demo_ids, sel_.scores) if i in used],
+            "demo_score_kind": score_kind, "encoder_similarities": sims,
             "n_demos_requested": p.n_demos_requested, "n_demos_used": p.n_demos_used, "dropped_ids": p.dropped_ids,
-            "prompt_tokens": len(p.token_ids), "x_spans": p.x_spans, "y_spans": p.y_spans, "query_span": p.query_span,
+            "prompt_tokens": len(p.token_ids), "preamble_span": p.preamble_span, "x_spans": p.x_spans,
+            "y_spans": p.y_spans, "query_span": p.query_span,
         }
         if config.calibrate:
             record["calibrated_log_probs"] = [float(v) for v in fl]
         if s.attention is not None:
             spans = list(zip(p.x_spans, p.y_spans))
             summary = demo_attention_summary(s.attention, spans)  # (L, H, demos, 5)
+            preamble = span_attention_mass(s.attention, p.preamble_span)  # (L, H)
             run.attention[str(q.id)] = summary
             run.attention[f"{q.id}/profile"] = demo_attention_profile(s.attention, spans, p.query_span[0])
-            record["attention"] = attention_digest(summary)
+            run.attention[f"{q.id}/preamble"] = preamble
+            record["attention"] = attention_digest(summary, preamble)
         run.records.append(record)
     return run
 
 
-def attention_digest(summary: np.ndarray) -> dict[str, list[float]]:
-    """Per demonstration, the x and y attention mass averaged over layers and heads (the full array is saved apart)."""
-    mean = summary.astype(np.float32).mean(axis=(0, 1))  # (demos, 4)
-    return {"x_mass": [round(float(v), 6) for v in mean[:, 0]], "y_mass": [round(float(v), 6) for v in mean[:, 1]]}
+def encoder_similarities(index: DemoIndex, queries: list[Example], prompts: list) -> list[list[float]]:
+    """Cosine of each query to each demonstration its prompt holds, under the index's (the experiment's) encoder."""
+    embeddings = index.encoder.encode([q.text for q in queries])  # (Q, d), unit rows
+    return [[round(float(v), 6) for v in index.embeddings(p.demo_ids) @ e] if p.demo_ids else []
+            for p, e in zip(prompts, embeddings)]
+
+
+def attention_digest(summary: np.ndarray, preamble: np.ndarray) -> dict[str, Any]:
+    """The preamble's attention mass and, per demonstration, the x and y mass, averaged over layers and heads (the
+    full arrays are saved apart)."""
+    mean = summary.astype(np.float32).mean(axis=(0, 1))  # (demos, 5)
+    return {"preamble_mass": round(float(preamble.astype(np.float32).mean()), 6),
+            "x_mass": [round(float(v), 6) for v in mean[:, 0]], "y_mass": [round(float(v), 6) for v in mean[:, 1]]}
 
 
 def calibrate_run(inputs: Inputs, index: DemoIndex, selections, builder: PromptBuilder, runner, continuations,
@@ -338,7 +361,7 @@ def summarise(runs: list[Run]) -> tuple[list[dict], list[dict]]:
     for run in runs:
         correct = run.correct
         lo, hi = bootstrap_ci(correct, seed=run.seed)
-        sims = [np.mean(r["demo_scores"]) for r in run.records if r["demo_scores"]]
+        sims = [np.mean(r["encoder_similarities"]) for r in run.records if r["encoder_similarities"]]
         label_mass = [sum(r["attention"]["y_mass"]) for r in run.records if "attention" in r]
         rows.append({"run": run.name, "selector": run.label, "pool": run.pool, "k": run.k, "label_format": run.label_format,
                      "seed": run.seed, "n": int(correct.size), "accuracy": float(correct.mean()), "ci_low": lo,
@@ -495,8 +518,7 @@ def run_all(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, DemoI
                 t = time.perf_counter()
                 log.info("running %s seed %d k %d pool %s on %d queries", sel.run_label, seed, k, pool.config.name,
                          len(inputs.queries))
-                new = execute_selection(sel, seed, k, pool, config, inputs, by_encoder[sel.encoder or config.encoder],
-                                        runner)
+                new = execute_selection(sel, seed, k, pool, config, inputs, by_encoder, runner)
                 timings.update({f"run:{r.name}": (time.perf_counter() - t) / len(new) for r in new})
                 runs.extend(new)
     return runs

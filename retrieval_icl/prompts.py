@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from .errors import RiclError
 from .tasks import Example, TaskSpec
@@ -13,11 +13,16 @@ Span = tuple[int, int]  # [start, end) in tokens (or characters, before tokenisa
 
 @dataclass
 class Prompt:
-    """A tokenised prompt that ends right before the label; spans index `token_ids`, end exclusive."""
+    """A tokenised prompt that ends right before the label; spans index `token_ids`, end exclusive.
+
+    The preamble (the sink token, then the instruction line if the template has one) belongs to no demonstration:
+    causal LMs park much of their spare attention on the first token, so no x_i or y_i span may include it.
+    """
 
     text: str
     token_ids: list[int]
     demo_ids: list[int]  # the demonstrations used, in prompt order
+    preamble_span: Span  # starts at token 0: the sink token (BOS), then the instruction line, if any
     x_spans: list[Span]  # tokens of each demonstration's input x_i
     y_spans: list[Span]  # tokens of each demonstration's label y_i (label prefix included where it merges)
     query_span: Span
@@ -89,19 +94,59 @@ class PromptBuilder:
         prompt.dropped_ids = dropped
         return prompt
 
+    def check_label_tokens(self, continuations: Sequence[Sequence[int]]) -> None:
+        """Refuse labels whose scored tokens differ from the tokens they have inside a demonstration (a SentencePiece
+        tokenizer may split off a lone "▁", or merge the label into the separator): the kernel reads the latter."""
+        blank = tuple("x" for _ in self.task.text_fields)
+        demos = [Example(-1 - j, blank, j) for j in range(len(self.label_words))]
+        text, _, y_chars, _ = self.render(demos, blank)
+        token_ids, offsets = tokenise_with_sink(self.tokenizer, text)
+        prefix = len(self.template.label_prefix)  # the scored continuation is label_prefix + word
+        for word, (a, b), scored in zip(self.label_words, y_chars, continuations):
+            start, end = char_to_token_span(offsets, (a - prefix, b))
+            in_demo = token_ids[start:end]
+            if list(scored) != in_demo:
+                raise RiclError(
+                    f"label {word!r} is scored as tokens {list(scored)} ({self._pieces(scored)}) but appears in a "
+                    f"demonstration as {in_demo} ({self._pieces(in_demo)}); expected the same tokens: change the "
+                    f"label format or the template's label_prefix {self.template.label_prefix!r}")
+
+    def _pieces(self, ids: Sequence[int]) -> list[str]:
+        return self.tokenizer.convert_ids_to_tokens(list(ids))
+
     def _tokenise(self, demos: Sequence[Example], query_texts: Sequence[str]) -> Prompt:
         text, x_chars, y_chars, q_chars = self.render(demos, query_texts)
-        enc = self.tokenizer(text, return_offsets_mapping=True)
-        offsets = enc["offset_mapping"]
+        token_ids, offsets = tokenise_with_sink(self.tokenizer, text)
+        first = x_chars[0][0] if x_chars else q_chars[0]  # where the first demonstration (or the query) starts
         return Prompt(
             text=text,
-            token_ids=list(enc["input_ids"]),
+            token_ids=token_ids,
             demo_ids=[d.id for d in demos],
+            preamble_span=(0, char_to_token_span(offsets, (first, first + 1))[0]),
             x_spans=[char_to_token_span(offsets, s) for s in x_chars],
             y_spans=[char_to_token_span(offsets, s) for s in y_chars],
             query_span=char_to_token_span(offsets, q_chars),
             n_demos_requested=len(demos),
         )
+
+
+def sink_token_id(tokenizer: Any) -> int:
+    """The token a prompt starts with when the tokenizer adds none: its BOS, else its EOS (GPT-2 style documents)."""
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return int(token_id)
+    raise RiclError(f"{type(tokenizer).__name__} has neither a BOS nor an EOS token; a prompt needs a leading token "
+                    "that belongs to no demonstration (the attention sink)")
+
+
+def tokenise_with_sink(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of `text`, starting with exactly one special token: the tokenizer's own BOS
+    when it adds one (Gemma, Llama), else `sink_token_id` prepended (SmolLM2, GPT-J add nothing)."""
+    enc = tokenizer(text, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+    if ids and offsets[0][1] <= offsets[0][0] and ids[0] in tokenizer.all_special_ids:
+        return ids, offsets
+    return [sink_token_id(tokenizer), *ids], [(0, 0), *offsets]
 
 
 def char_to_token_span(offsets: Sequence[tuple[int, int]], chars: Span) -> Span:

@@ -49,11 +49,13 @@ def make_record(run: str, qid: int, gold: int, prediction: int, demo_labels: lis
     base.update(fields)
     n = len(demo_labels)
     return base | {"run": run, "query_id": qid, "query_text": f"query {qid}", "gold": gold, "prediction": prediction,
-                   "correct": prediction == gold, "label_log_probs": [-1.0, -0.5] if prediction else [-0.5, -1.0],
+                   "correct": prediction == gold, "raw_prediction": prediction, "raw_correct": prediction == gold,
+                   "label_log_probs": [-1.0, -0.5] if prediction else [-0.5, -1.0],
                    "demo_ids": [100 * qid + i for i in range(n)], "demo_labels": demo_labels, "demo_scores": scores,
-                   "n_demos_requested": n, "n_demos_used": n, "dropped_ids": [], "prompt_tokens": 10 * n,
-                   "x_spans": [[10 * i, 10 * i + 6] for i in range(n)], "y_spans": [[10 * i + 8, 10 * i + 9] for i in range(n)],
-                   "query_span": [10 * n, 10 * n + 5],
+                   "demo_score_kind": "cosine:minilm", "encoder_similarities": scores,
+                   "n_demos_requested": n, "n_demos_used": n, "dropped_ids": [], "prompt_tokens": 10 * n + 1,
+                   "preamble_span": [0, 1], "x_spans": [[10 * i + 1, 10 * i + 7] for i in range(n)],
+                   "y_spans": [[10 * i + 9, 10 * i + 10] for i in range(n)], "query_span": [10 * n + 1, 10 * n + 6],
                    "attention": {"x_mass": [0.02] * n, "y_mass": [0.05 if fields.get("label_format", "default") == "default"
                                                                   else 0.03] * n}}
 
@@ -71,6 +73,7 @@ def write_dir(directory: Path, recs: list[dict], config: dict, with_attention: b
             arrays = by_run.setdefault(r["run"], {})
             arrays[str(r["query_id"])] = summary(r["demo_labels"], r["prediction"], rng).astype(np.float16)
             arrays[f"{r['query_id']}/profile"] = profile(len(r["demo_labels"])).astype(np.float16)
+            arrays[f"{r['query_id']}/preamble"] = np.full((L, H), 0.3, np.float16)
         for run, arrays in by_run.items():
             save_file(arrays, str(directory / "attention" / f"{run}.safetensors"))
     return directory
@@ -236,7 +239,7 @@ def test_reconstruction_finds_the_planted_head_and_reports_it_held_out(perfect):
     assert rec.selection_.sum() == 28 and rec.heldout_["n"] == 12
     assert rec.heldout_["agreement"]["value"] == 1.0 and rec.heldout_["icl_accuracy"]["value"] == 1.0
     assert rec.top_heads(3)[0] | {} == {"layer": 1, "head": 2, "selection_agreement": 1.0, "heldout_agreement": 1.0,
-                                        "heldout_accuracy": 1.0}
+                                        "heldout_accuracy": 1.0, "ties": 0}
 
 
 def test_best_head_is_chosen_on_the_selection_split_only():
@@ -244,10 +247,25 @@ def test_best_head_is_chosen_on_the_selection_split_only():
     chosen = selection_split(ids, n=3, seed=0)
     votes = np.zeros((6, 1, 2, 2))
     votes[chosen, 0, 0, 1] = 1  # head 0 matches the prediction (1) on the selection queries only
+    votes[~chosen, 0, 0, 0] = 1
     votes[~chosen, 0, 1, 1] = 1  # head 1 on the held-out queries only
+    votes[chosen, 0, 1, 0] = 1
     rec = HeadReconstruction(selection_n=3, seed=0).fit(votes, [1] * 6, [1] * 6, ids)
     assert rec.best_head_ == (0, 0) and rec.heldout_["agreement"]["value"] == 0.0
     assert rec.agreement_.tolist() == [[0.5, 0.5]] and rec.heldout_agreement_.tolist() == [[0.0, 1.0]]
+    assert rec.ties_.tolist() == [[0, 0]]
+
+
+def test_tied_and_all_zero_votes_are_counted_and_favour_no_label():
+    votes = np.zeros((400, 1, 2, 3))
+    votes[:, 0, 1, :2] = 0.5  # head 1: labels 0 and 1 tie, label 2 has nothing
+    rec = HeadReconstruction(selection_n=200).fit(votes, [2] * 400, [2] * 400)
+    assert rec.ties_.tolist() == [[400, 400]]
+    zero, tied = rec.reconstructed_[:, 0, 0], rec.reconstructed_[:, 0, 1]
+    assert np.bincount(zero, minlength=3).min() > 100  # all-zero votes: each of 3 labels about a third
+    assert set(tied.tolist()) == {0, 1} and abs(float(np.mean(tied)) - 0.5) < 0.1
+    predictions, ties = kernel.argmax_breaking_ties(np.array([[0.2, 0.2 + 1e-15, 0.1], [0.3, 0.1, 0.2]]))
+    assert ties.tolist() == [True, False] and predictions[1] == 0 and predictions[0] in (0, 1)
 
 
 def test_selection_split_depends_on_query_ids_not_their_order():
@@ -264,10 +282,14 @@ def test_attention_map_averages_the_most_common_demo_count_and_splits_the_mass()
     profiles = [profile(4), profile(4), profile(2)]
     rng = np.random.default_rng(0)
     summaries = [summary([0, 1, 0, 1], 1, rng), summary([0, 1, 0, 1], 0, rng), summary([0, 1], 1, rng)]
-    am = AttentionMap().fit(profiles, summaries)
+    preambles = [np.full((L, H), 0.4), np.full((L, H), 0.2), np.zeros((L, H))]
+    am = AttentionMap().fit(profiles, summaries, preambles)
     assert am.n_demos_ == 4 and am.n_queries_ == 2 and am.map_.shape == (L, 4, 24)
     assert am.region_density_[:, 2] == pytest.approx(0.02) and am.region_density_[:, 0] == pytest.approx(0.002)
     assert am.mass_.shape == (L, 5) and am.mass_.sum(-1) == pytest.approx(1.0)
+    assert am.mass_[:, 0] == pytest.approx(0.3)  # the preamble's own mass, averaged over the two 4-demo queries
+    x_mass = np.mean([s.mean(1)[..., 0].sum(-1) for s in summaries[:2]], axis=0)
+    assert am.mass_[:, 1] == pytest.approx(x_mass)  # demo inputs keep all their mass: the sink is not inside them
 
 
 # --- bandwidth -------------------------------------------------------------------------------------------------
@@ -350,7 +372,7 @@ def test_table2_on_a_perfect_head_and_a_gold_nearest_neighbour(perfect):
                    "head_kernel_accuracy"):
         assert col[metric]["value"] == 1.0, metric
     text = (perfect / "analysis" / "kernel.json").read_text()
-    assert "paper (GPT-J-6B)" in text and "0.503" in text
+    assert "paper (GPT-J-6B (28 layers x 16 heads), Table 2)" in text and "0.503" in text
 
 
 def test_run_all_and_report_cover_every_analysis(study):

@@ -41,6 +41,11 @@ def test_records_one_per_query_and_selector(results):
         assert r["prediction"] == int(np.argmax(r["label_log_probs"])) and r["correct"] == (r["prediction"] == r["gold"])
         assert all(lp < 0 for lp in r["label_log_probs"])
         assert len(r["attention"]["y_mass"]) == 4 and 0 < sum(r["attention"]["y_mass"]) < 1
+        assert r["raw_prediction"] == r["prediction"] and "calibrated_log_probs" not in r
+        assert r["preamble_span"] == [0, 1] and r["x_spans"][0][0] == 1 and 0 < r["attention"]["preamble_mass"] < 1
+        # one encoder here, so the experiment's similarities are the selector's own scores
+        assert r["demo_score_kind"] == "cosine:sentence-transformers/all-MiniLM-L6-v2"
+        assert np.allclose(r["encoder_similarities"], r["demo_scores"], atol=1e-5)
     knn = [r for r in records if r["selector"] == "knn"]
     assert all(r["demo_scores"] == sorted(r["demo_scores"]) for r in knn)  # most similar nearest the query
     rnd = {r["query_id"]: r for r in records if r["selector"] == "random"}
@@ -65,9 +70,10 @@ def test_attention_summaries_are_saved_compactly(results):
     out, _, _ = results
     attention = load_file(str(out / "attention" / "knn-seed0.safetensors"))
     summary = next(iter(attention.values()))
-    assert len(attention) == 120  # a summary and a profile per query
+    assert len(attention) == 180  # a summary, a profile and the preamble's mass per query
     key = next(k for k in attention if "/" not in k)
-    summary, profile = attention[key], attention[f"{key}/profile"]
+    summary, profile, preamble = attention[key], attention[f"{key}/profile"], attention[f"{key}/preamble"]
+    assert preamble.shape == (30, 9) and np.all((preamble >= 0) & (preamble <= 1)) and preamble.mean() > 0.05
     assert summary.shape == (30, 9, 4, 5) and summary.dtype == np.float16  # layers, heads, demos, columns
     assert np.all(summary[..., 2] <= summary[..., 0] + 1e-3) and np.all(summary[..., 3] <= summary[..., 1] + 1e-3)
     assert profile.shape == (30, 4, 24) and np.isfinite(profile.astype(np.float32)).all()
@@ -92,9 +98,11 @@ def test_rerun_refuses_to_overwrite_and_reuses_the_index(results):
 
 
 def test_mcnemar_pairs_seeded_runs_by_seed():
-    runs = [Run("random", s, records=[{"correct": c, "demo_scores": [0.1]} for c in [True, False]]) for s in (0, 1)]
-    runs += [Run("knn", 0, records=[{"correct": True, "demo_scores": [0.5]}] * 2)]
-    runs += [Run("random", 0, k=2, name="random-k2-seed0", records=[{"correct": True, "demo_scores": [0.1]}] * 2)]
+    runs = [Run("random", s, records=[{"correct": c, "encoder_similarities": [0.1]} for c in [True, False]])
+            for s in (0, 1)]
+    runs += [Run("knn", 0, records=[{"correct": True, "encoder_similarities": [0.5]}] * 2)]
+    runs += [Run("random", 0, k=2, name="random-k2-seed0",
+                 records=[{"correct": True, "encoder_similarities": [0.1]}] * 2)]
     _, tests = summarise(runs)
     assert [t["comparison"] for t in tests] == ["knn-seed0 vs random-seed0", "knn-seed0 vs random-seed1"]
 
@@ -156,3 +164,23 @@ def load_config_text(tmp_path, text):
     path = tmp_path / "exp.yaml"
     path.write_text(text)
     return load_compare_config(path)
+
+
+def test_calibrated_run_records_both_predictions_and_reconstruction_uses_the_raw_one(tmp_path, smollm2):
+    from retrieval_icl.analysis import load_results
+    from retrieval_icl.analysis.attention import reconstruct_run
+    from retrieval_icl.experiment import run_compare
+
+    config = CompareConfig(task="sst2", data_dir=str(DATA), pool_size=150, n_queries=16, k=2, calibrate=True,
+                           selectors=[{"name": "random"}], index_root=str(tmp_path / "idx"),
+                           output_dir=str(tmp_path / "out"))
+    _, _, out = run_compare(config)
+    results = load_results(out)
+    records = results.records
+    raw = np.array([int(np.argmax(r["label_log_probs"])) for r in records])
+    assert [r["raw_prediction"] for r in records] == raw.tolist()
+    assert [r["prediction"] for r in records] == [int(np.argmax(r["calibrated_log_probs"])) for r in records]
+    assert all(r["raw_correct"] == (r["raw_prediction"] == r["gold"]) for r in records)
+    assert any(r["prediction"] != r["raw_prediction"] for r in records)  # calibration moved at least one
+    rec = reconstruct_run(results, "random-seed0", selection_n=8)
+    assert np.array_equal(rec.agreement_, (rec.reconstructed_ == raw[:, None, None]).mean(0))

@@ -8,11 +8,12 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import RiclError
-from .kernel import class_votes, rate
+from ..paper import best_head_sentence
+from .kernel import argmax_breaking_ties, class_votes, rate, raw_predictions
 from .records import PRE_LABEL, PROFILE_REGIONS, X_MASS, X_MAX, Y_MASS, Y_MAX, Results, most_common
 from .report import Section, new_figure, save_analysis, save_figure, write_csv, write_json
 
-MASS_PARTS = ("first token (sink)", "demo inputs x_i", "'Output:' token before y_i", "demo labels y_i",
+MASS_PARTS = ("preamble (BOS, the sink)", "demo inputs x_i", "'Output:' token before y_i", "demo labels y_i",
               "elsewhere (separators, query)")
 
 
@@ -26,7 +27,8 @@ class AttentionMap:
 
     Profiles are (layers, n_demos, bins) with bins laid out as PROFILE_REGIONS (x, separator, y, demo separator),
     each region resampled to a fixed number of bins; queries whose prompt held the most common number of
-    demonstrations are averaged. With the summaries, mass_ splits each layer's attention into MASS_PARTS.
+    demonstrations are averaged. With the summaries and the preamble masses, mass_ splits each layer's attention
+    into MASS_PARTS.
 
     >>> profile = np.zeros((2, 3, 24)); profile[:, :, 20:22] = 1.0   # all attention on the label bins
     >>> am = AttentionMap().fit([profile, profile])
@@ -34,7 +36,8 @@ class AttentionMap:
     ((2, 3, 24), [1.0, 1.0])
     """
 
-    def fit(self, profiles: Sequence[np.ndarray], summaries: Sequence[np.ndarray] | None = None) -> "AttentionMap":
+    def fit(self, profiles: Sequence[np.ndarray], summaries: Sequence[np.ndarray] | None = None,
+            preambles: Sequence[np.ndarray] | None = None) -> "AttentionMap":
         """Fitted: map_ (layers, n_demos, bins), region_density_ (layers, regions), mass_ (layers, parts) or None."""
         if not profiles:
             raise RiclError("no attention profiles to average; expected one (layers, n_demos, bins) array per query")
@@ -46,17 +49,20 @@ class AttentionMap:
         self.region_density_ = np.stack([self.map_[:, :, a:b].mean(axis=(1, 2)) for a, b in zip(bounds, bounds[1:])],
                                         axis=-1)  # (L, regions): mean attention per token of each region
         self.mass_ = None
-        if summaries is not None:
-            self.mass_ = np.mean([attention_mass(summaries[i], profiles[i]) for i in keep], axis=0)  # (L, parts)
+        if summaries is not None and preambles is not None:
+            self.mass_ = np.mean([attention_mass(summaries[i], preambles[i]) for i in keep], axis=0)  # (L, parts)
         return self
 
 
-def attention_mass(summary: np.ndarray, profile: np.ndarray) -> np.ndarray:
-    """One query's attention per layer split into MASS_PARTS: (layers, 5), head-averaged, rows sum to 1."""
+def attention_mass(summary: np.ndarray, preamble: np.ndarray) -> np.ndarray:
+    """One query's attention per layer split into MASS_PARTS: (layers, 5), head-averaged, rows sum to 1.
+
+    summary: (L, H, D, 5); preamble: (L, H), the mass on the preamble, where causal LMs park spare attention.
+    """
     s = summary.mean(axis=1)  # (L, D, 5)
-    first = profile[:, 0, 0]  # (L,): the first prompt token, where causal LMs park spare attention
-    x, y, pre = s[..., X_MASS].sum(-1) - first, s[..., Y_MASS].sum(-1), s[..., PRE_LABEL].sum(-1)
-    return np.stack([first, x, pre, y, 1.0 - first - x - pre - y], axis=-1)
+    sink = preamble.mean(axis=1)  # (L,)
+    x, y, pre = s[..., X_MASS].sum(-1), s[..., Y_MASS].sum(-1), s[..., PRE_LABEL].sum(-1)
+    return np.stack([sink, x, pre, y, 1.0 - sink - x - pre - y], axis=-1)
 
 
 def span_max_weights(summary: np.ndarray) -> np.ndarray:
@@ -83,8 +89,9 @@ def selection_split(query_ids: Sequence, fraction: float = 0.7, n: int | None = 
 class HeadReconstruction:
     """The ICL prediction reconstructed from one head: argmax over labels of the summed kernel weights (Section 5).
 
-    The best head has the highest agreement with the model's ICL prediction on the selection split (ties: higher
-    accuracy, then lower layer and head); heldout_ reports it on the other queries.
+    The best head has the highest agreement with the model's raw ICL prediction on the selection split (ties:
+    higher accuracy, then lower layer and head); heldout_ reports it on the other queries. A query whose top labels
+    tie in a head (all-zero votes too) gets one of them uniformly at random (seeded); ties_ counts them per head.
 
     >>> votes = np.zeros((4, 1, 2, 2)); votes[:, 0, 0, 1] = 1; votes[:, 0, 1, 0] = 1  # head 0 votes 1, head 1 votes 0
     >>> rec = HeadReconstruction(selection_n=2).fit(votes, predictions=[1, 1, 1, 1], gold=[1, 1, 0, 0])
@@ -100,7 +107,8 @@ class HeadReconstruction:
         """votes: (queries, layers, heads, labels) summed kernel weight per label; query_ids default to positions."""
         votes = np.asarray(votes, dtype=np.float64)
         ids = list(range(len(votes))) if query_ids is None else list(query_ids)
-        self.reconstructed_ = votes.argmax(-1)  # (Q, L, H)
+        self.reconstructed_, tied = argmax_breaking_ties(votes, self.seed)  # (Q, L, H) each
+        self.ties_ = tied.sum(0)  # (L, H): queries whose top labels tied in that head
         agree = self.reconstructed_ == np.asarray(predictions)[:, None, None]  # (Q, L, H)
         right = self.reconstructed_ == np.asarray(gold)[:, None, None]
         self.selection_ = selection_split(ids, self.selection_fraction, self.selection_n, self.seed)  # (Q,)
@@ -111,9 +119,9 @@ class HeadReconstruction:
         order = np.lexsort((-self.selection_accuracy_.ravel(), -self.selection_agreement_.ravel()))
         self.best_head_ = tuple(int(v) for v in np.unravel_index(order[0], self.agreement_.shape))
         icl_right = np.asarray(predictions)[held] == np.asarray(gold)[held]
-        self.heldout_ = {"n": int(held.sum()), "agreement": rate(agree[held][:, self.best_head_[0], self.best_head_[1]]),
-                         "accuracy": rate(right[held][:, self.best_head_[0], self.best_head_[1]]),
-                         "icl_accuracy": rate(icl_right)}
+        best = (held, *self.best_head_)  # the held-out queries at the best head
+        self.heldout_ = {"n": int(held.sum()), "agreement": rate(agree[best]), "accuracy": rate(right[best]),
+                         "icl_accuracy": rate(icl_right), "ties": int(tied[best].sum())}
         return self
 
     def top_heads(self, n: int = 5) -> list[dict]:
@@ -124,18 +132,19 @@ class HeadReconstruction:
             layer, head = (int(v) for v in np.unravel_index(i, self.agreement_.shape))
             rows.append({"layer": layer, "head": head, "selection_agreement": float(self.selection_agreement_[layer, head]),
                          "heldout_agreement": float(self.heldout_agreement_[layer, head]),
-                         "heldout_accuracy": float(self.heldout_accuracy_[layer, head])})
+                         "heldout_accuracy": float(self.heldout_accuracy_[layer, head]),
+                         "ties": int(self.ties_[layer, head])})
         return rows
 
 
 def reconstruct_run(results: Results, run: str, selection_fraction: float = 0.7, selection_n: int | None = None,
                     seed: int = 0) -> HeadReconstruction:
-    """HeadReconstruction of one run from its saved attention summaries."""
+    """HeadReconstruction of one run from its saved attention summaries, against the raw (uncalibrated) prediction."""
     records = results.runs([run])[run]
     weights = [span_max_weights(s) for s in results.summaries(run)]  # each (L, H, D)
     votes = class_votes(weights, [r["demo_labels"] for r in records], results.n_labels)  # (Q, L, H, C)
     return HeadReconstruction(selection_fraction, selection_n, seed).fit(
-        votes, [r["prediction"] for r in records], [r["gold"] for r in records], [r["query_id"] for r in records])
+        votes, raw_predictions(records), [r["gold"] for r in records], [r["query_id"] for r in records])
 
 
 def plot_attention_map(am: AttentionMap, title: str):
@@ -176,7 +185,7 @@ def analyze_attention(results: Results, runs: Sequence[str] | None = None) -> di
     out, rows, sections = results.analysis_dir, [], []
     region_names = [name for name, _ in PROFILE_REGIONS]
     for run in results.runs_with_attention(runs or results.main_runs()):
-        am = AttentionMap().fit(results.profiles(run), results.summaries(run))
+        am = AttentionMap().fit(results.profiles(run), results.summaries(run), results.preambles(run))
         stem = f"attention_{file_stem(run)}"
         write_json(out / f"{stem}.json", {"run": run, "n_queries": am.n_queries_, "n_demos": am.n_demos_,
                                           "regions": PROFILE_REGIONS, "map": am.map_, "mass_parts": MASS_PARTS,
@@ -191,7 +200,7 @@ def analyze_attention(results: Results, runs: Sequence[str] | None = None) -> di
     intro = ("For each query, the attention from the position that predicts the label, over every token of every "
              "demonstration, averaged over heads and resampled to fixed bins per region (input x, the 'Output:' "
              "separator, the label y, the blank line), then averaged over queries. The bar chart splits each layer's "
-             "attention into shares: the first prompt token, the demonstrations' inputs, the 'Output:' token before "
+             "attention into shares: the preamble (BOS, the attention sink, part of no demonstration), the demonstrations' inputs, the 'Output:' token before "
              "each label, the label tokens, and the rest (separators and the query itself). The paper (Figure 2) "
              "finds the mass on the label tokens in the middle layers.")
     summary = Section("Where the attention goes (averaged over layers)", table=rows)
@@ -219,7 +228,8 @@ def reconstruction_row(run: str, rec: HeadReconstruction) -> dict:
             "best_head": rec.best_head_[1], "agreement": h["agreement"]["value"], "agreement_ci_low": h["agreement"]["ci_low"],
             "agreement_ci_high": h["agreement"]["ci_high"], "reconstructed_accuracy": h["accuracy"]["value"],
             "accuracy_ci_low": h["accuracy"]["ci_low"], "accuracy_ci_high": h["accuracy"]["ci_high"],
-            "icl_accuracy": h["icl_accuracy"]["value"]}
+            "icl_accuracy": h["icl_accuracy"]["value"], "best_head_ties": h["ties"],
+            "heads_with_ties": int((rec.ties_ > 0).sum()), "tied_votes": int(rec.ties_.sum())}
 
 
 def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, selection_fraction: float = 0.7,
@@ -234,7 +244,8 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
             {"layer": layer, "head": h, "agreement": float(rec.agreement_[layer, h]),
              "accuracy": float(rec.accuracy_[layer, h]), "selection_agreement": float(rec.selection_agreement_[layer, h]),
              "heldout_agreement": float(rec.heldout_agreement_[layer, h]),
-             "heldout_accuracy": float(rec.heldout_accuracy_[layer, h])} for layer in range(L) for h in range(H)])
+             "heldout_accuracy": float(rec.heldout_accuracy_[layer, h]), "ties": int(rec.ties_[layer, h])}
+            for layer in range(L) for h in range(H)])
         figure = save_figure(plot_heads(rec, run), out / f"{stem}.png")
         rows.append(reconstruction_row(run, rec))
         sections.append(Section(f"Heads: {run}", "The heads with the highest agreement on the selection split.",
@@ -242,10 +253,10 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
     intro = ("Section 5 of the paper: for every layer and head, the kernel weight of demonstration i is the largest "
              "attention from the prediction position to any token of its span [x_i, y_i] (input, the 'Output:' "
              "token, label). The reconstructed prediction is the label whose demonstrations have the largest summed "
-             "weight. The best head is chosen by agreement with the model's own prediction on a seeded selection "
+             "weight (ties broken at random, seeded, and counted). The best head is chosen by agreement with the "
+             "model's own raw (uncalibrated) prediction, which attention explains, on a seeded selection "
              f"split of the queries ({selection_n or f'{selection_fraction:.0%}'}; the paper: 700 of 1000) and "
-             "reported on the held-out rest. Paper, GPT-J-6B on SST-2: 89.2% agreement, 86.4% accuracy, heads in "
-             "layers 16-21.")
+             "reported on the held-out rest. " + best_head_sentence())
     summary = Section("Best head per run (held-out queries, 95% CI)", table=rows)
     save_analysis(out, "reconstruction", "ICL reconstructed from single heads (Section 5)", intro, [summary, *sections])
     write_csv(out / "reconstruction.csv", rows)

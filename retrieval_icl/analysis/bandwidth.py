@@ -58,8 +58,10 @@ class BinnedAccuracy:
 
 
 def mean_similarity(record: dict) -> float:
-    """The mean cosine of the record's demonstrations to its query (NaN with no demonstrations)."""
-    return float(np.mean(record["demo_scores"])) if record["demo_scores"] else float("nan")
+    """The mean cosine of the record's demonstrations to its query under the experiment's sentence encoder, the same
+    for every selector (NaN with no demonstrations)."""
+    sims = record["encoder_similarities"]
+    return float(np.mean(sims)) if sims else float("nan")
 
 
 def describe(spec: dict) -> str:
@@ -89,7 +91,7 @@ def condition_rows(results: Results) -> list[dict]:
 def random_bins(results: Results, n_bins: int) -> dict[int, BinnedAccuracy]:
     """For the random selectors' records at each k: accuracy binned by the mean similarity of the drawn demos."""
     random_labels = {label for label, spec in results.selector_specs().items() if spec["name"] == "random"}
-    recs = [r for r in main_records(results) if r["selector"] in random_labels and r["demo_scores"]]
+    recs = [r for r in main_records(results) if r["selector"] in random_labels and r["encoder_similarities"]]
     return {k: BinnedAccuracy(n_bins).fit([mean_similarity(r) for r in group], [r["correct"] for r in group])
             for k, group in sorted(group_by(recs, lambda r: r["k"]).items()) if len(group) >= n_bins}
 
@@ -113,7 +115,7 @@ def entropy_rows(results: Results, selection_fraction: float, selection_n: int |
         held = ~rec.selection_
         records = [r for r, h in zip(results.runs([run])[run], held) if h]
         ent = np.array([entropy(span_max_weights(s)[layer, head]) for s, h in zip(results.summaries(run), held) if h])
-        correct = np.array([r["correct"] for r in records])
+        correct = np.array([r["raw_prediction"] == r["gold"] for r in records])  # the model the attention explains
         sims = np.array([mean_similarity(r) for r in records])
         p = st.mannwhitneyu(ent[correct], ent[~correct]).pvalue if 0 < correct.sum() < correct.size else np.nan
         rho = st.spearmanr(ent, sims).statistic if ent.std() > 0 and np.nanstd(sims) > 0 else np.nan

@@ -135,14 +135,29 @@ def analyze_all(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, ta
 
 
 @friendly
-def report(results_dir: Path = RESULTS, html: bool = typer.Option(True, "--html/--no-html", help="Also write "
+def report(results_dirs: list[Path] = typer.Argument(..., help="A results directory of `ricl compare`; several make "
+                                                    "one cross-run Table 2 (models and tasks side by side) in --out."),
+           html: bool = typer.Option(True, "--html/--no-html", help="Also write "
            "report.html (self-contained, figures embedded)."),
            analyze: bool = typer.Option(True, "--analyze/--no-analyze", help="Run `analyze all` first when "
-                                        "RESULTS_DIR/analysis holds no saved analysis.")) -> None:
-    """Write RESULTS_DIR/report.md (and .html): setup, accuracy, and every saved analysis with figures and tables."""
+                                        "RESULTS_DIR/analysis holds no saved analysis."),
+           out: Optional[Path] = typer.Option(None, "--out", help="Folder of the cross-run table (several "
+                                              "directories); default results/cross_run."),
+           tau: float = TAU, selection_fraction: float = FRACTION, selection_n: Optional[int] = SELECTION_N,
+           seed: int = SEED) -> None:
+    """Write RESULTS_DIR/report.md (and .html): setup, accuracy, and every saved analysis with figures and tables.
+    With several directories: OUT/table2.md and table2.csv, Table 2 across models and tasks with the paper's rows."""
     from . import run_all
     from .report import ANALYSES, write_report
 
+    if len(results_dirs) > 1:
+        from .crossrun import write_cross_run_report
+
+        for path in write_cross_run_report(results_dirs, out or Path("results/cross_run"), tau, selection_fraction,
+                                           selection_n, seed):
+            typer.echo(f"wrote {path}")
+        return
+    results_dir = results_dirs[0]
     folder = results_dir / "analysis"
     if analyze and not any((folder / f"{n}.json").exists() for n in ANALYSES):
         run_all(_load(results_dir))

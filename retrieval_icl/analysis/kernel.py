@@ -1,12 +1,15 @@
 """Kernel regression over each query's demonstrations (Table 2): sentence-encoder kernel, head kernel, attention.
 
 y_hat(x) = argmax_c sum_i K(x, x_i) [y_i = c] / sum_i K(x, x_i), over the demonstrations that query's prompt held.
-(a) encoder kernel: K = exp(cos(x, x_i) / tau), cos = the record's demo_scores (the selection encoder's cosines);
+(a) encoder kernel: K = exp(cos(x, x_i) / tau), cos = the record's encoder_similarities: always the experiment's
+    sentence encoder (MiniLM by default), whatever kernel the selector ranked by (that one is in demo_scores);
 (b) head kernel: K = the chosen head's attention from the query's prediction position to demonstration i's own
     prediction position (the "Output:" token before y_i, summary column pre_label). Under softmax attention that is
     exp(q(x) . k(x_i) / sqrt(d)) / Z, i.e. the head's query/key kernel up to a per-query constant, which the
     normalisation cancels;
 (c) attention reconstruction: K = the head's max attention over [x_i, y_i] (see attention.py).
+Each is compared with the model's raw (uncalibrated) prediction: attention comes from the uncalibrated model.
+Ties between labels (all-zero weights included) are broken uniformly at random, seeded, and counted.
 """
 
 from __future__ import annotations
@@ -17,17 +20,14 @@ import numpy as np
 
 from ..errors import RiclError
 from ..stats import bootstrap_ci
+from ..paper import PAPER_MODEL, TABLE2, table2_reference
 from .records import PRE_LABEL, Results
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
 
-# Han et al. (2023) Table 2, GPT-J-6B: ICL accuracy, reconstruction agreement, reconstructed accuracy, MiniLM kernel.
-PAPER_TABLE2 = {
-    "sst2": (0.805, 0.797, 0.750, 0.503), "mnli": (0.383, 0.597, 0.360, 0.321),
-    "rotten_tomatoes": (0.671, 0.683, 0.527, 0.478), "tweet_hate": (0.539, 0.713, 0.587, 0.548),
-    "tweet_irony": (0.519, 0.722, 0.522, 0.491), "tweet_offensive": (0.542, 0.753, 0.513, 0.588),
-}
 TABLE2_ROWS = ("icl_accuracy", "reconstruction_agreement", "reconstructed_accuracy", "encoder_kernel_accuracy",
                "head_kernel_accuracy")
+# Rows beside the paper's: the encoder kernel's agreement with the raw prediction, accuracy after calibration.
+EXTRA_ROWS = ("encoder_kernel_agreement", "calibrated_icl_accuracy")
 TAUS = (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)
 
 
@@ -38,6 +38,25 @@ def class_votes(weights: Sequence[np.ndarray], demo_labels: Sequence[Sequence[in
         onehot = np.eye(n_labels)[np.asarray(labels, dtype=np.int64)]  # (n_demos, n_labels)
         out.append(np.asarray(w, dtype=np.float64) @ onehot)  # (..., n_demos) @ (n_demos, C) -> (..., C)
     return np.stack(out)
+
+
+def argmax_breaking_ties(votes: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax over the last axis, ties broken uniformly at random (seeded): favours no label. Returns the
+    predictions and where the top was tied (all-zero votes included), both of shape votes.shape[:-1].
+
+    >>> argmax_breaking_ties(np.array([[0.0, 0.0], [0.2, 0.7]]))[1].tolist()
+    [True, False]
+    """
+    votes = np.asarray(votes, dtype=np.float64)
+    top = votes.max(-1, keepdims=True)
+    tied = np.isclose(votes, top, rtol=1e-9, atol=1e-12)  # sums of the same weights in another order may differ by ulps
+    noise = np.random.default_rng(seed).random(votes.shape)
+    return np.where(tied, noise, -1.0).argmax(-1), tied.sum(-1) > 1
+
+
+def raw_predictions(records: Sequence[dict]) -> np.ndarray:
+    """The model's uncalibrated predictions (what attention explains), whatever `prediction` was scored by."""
+    return np.array([r["raw_prediction"] for r in records])
 
 
 def kernel_weights(similarities: Sequence[float], tau: float) -> np.ndarray:
@@ -74,7 +93,7 @@ class KernelRegression:
         """Kernel-weighted label votes per query; fitted: class_weights_ (queries, labels), predictions_ (queries,)."""
         weights = [kernel_weights(s, self.tau) for s in similarities]
         self.class_weights_ = class_votes(weights, demo_labels, n_labels)  # (Q, C)
-        self.predictions_ = self.class_weights_.argmax(-1)  # (Q,)
+        self.predictions_, self.ties_ = argmax_breaking_ties(self.class_weights_)  # (Q,), (Q,)
         return self
 
     def score(self, gold: Sequence[int]) -> float:
@@ -87,7 +106,7 @@ def head_kernel_predictions(summaries: Sequence[np.ndarray], demo_labels: Sequen
     """Kernel regression with the head's query/key kernel (pre_label attention of head (layer, h)): (queries,)."""
     layer, h = head
     weights = [normalise(s[layer, h, :, PRE_LABEL]) for s in summaries]  # each (n_demos,)
-    return class_votes(weights, demo_labels, n_labels).argmax(-1)
+    return argmax_breaking_ties(class_votes(weights, demo_labels, n_labels))[0]
 
 
 def rate(hits: np.ndarray, seed: int = 0) -> dict[str, float]:
@@ -103,10 +122,13 @@ def table2_column(results: Results, run: str, tau: float, reconstruction=None) -
     keep = np.ones(len(records), bool) if reconstruction is None else ~reconstruction.selection_
     recs = [r for r, k in zip(records, keep) if k]
     gold = np.array([r["gold"] for r in recs])
-    encoder = KernelRegression(tau).fit([r["demo_scores"] for r in recs], [r["demo_labels"] for r in recs],
+    encoder = KernelRegression(tau).fit([r["encoder_similarities"] for r in recs], [r["demo_labels"] for r in recs],
                                         results.n_labels)
-    column = {"icl_accuracy": rate(np.array([r["correct"] for r in recs])),
-              "encoder_kernel_accuracy": rate(encoder.predictions_ == gold)}
+    column = {"icl_accuracy": rate(raw_predictions(recs) == gold),
+              "encoder_kernel_accuracy": rate(encoder.predictions_ == gold),
+              "encoder_kernel_agreement": rate(encoder.predictions_ == raw_predictions(recs))}
+    if any("calibrated_log_probs" in r for r in recs):
+        column["calibrated_icl_accuracy"] = rate(np.array([r["correct"] for r in recs]))
     if reconstruction is not None:
         summaries = [s for s, k in zip(results.summaries(run), keep) if k]
         head_pred = head_kernel_predictions(summaries, [r["demo_labels"] for r in recs], results.n_labels,
@@ -123,8 +145,8 @@ def tau_sweep(records: list[dict], n_labels: int, taus: Sequence[float] = TAUS) 
     gold = np.array([r["gold"] for r in records])
     rows = []
     for tau in (0.0, *taus):
-        pred = KernelRegression(tau).fit([r["demo_scores"] for r in records], [r["demo_labels"] for r in records],
-                                         n_labels).predictions_
+        pred = KernelRegression(tau).fit([r["encoder_similarities"] for r in records],
+                                         [r["demo_labels"] for r in records], n_labels).predictions_
         rows.append({"tau": tau, **{k: v for k, v in rate(pred == gold).items()}})
     return rows
 
@@ -138,13 +160,13 @@ def cell(metric: dict[str, float]) -> str:
 
 def table2_markdown_rows(columns: dict[str, dict], task: str) -> list[dict]:
     """The paper's layout: one row per metric, one column per run (and the paper's GPT-J column for its tasks)."""
-    paper = dict(zip(("icl_accuracy", "reconstruction_agreement", "reconstructed_accuracy", "encoder_kernel_accuracy"),
-                     PAPER_TABLE2.get(task, ())))
+    paper = table2_reference(task)
+    extra = [m for m in EXTRA_ROWS if any(m in col for col in columns.values())]
     rows = []
-    for metric in (*TABLE2_ROWS, "n"):
+    for metric in (*TABLE2_ROWS, *extra, "n"):
         row = {"metric": metric, **{run: cell(col[metric]) if metric in col else "–" for run, col in columns.items()}}
         if paper:
-            row["paper (GPT-J-6B)"] = f"{paper[metric]:.3f}" if metric in paper else "–"
+            row[f"paper ({PAPER_MODEL}, {TABLE2[task].source})"] = f"{paper[metric]:.3f}" if metric in paper else "–"
         rows.append(row)
     return rows
 
@@ -190,11 +212,15 @@ def analyze_kernel(results: Results, runs: Sequence[str] | None = None, tau: flo
     write_csv(out / "kernel_tau.csv", [{"run": run, **r} for run, rows in sweeps.items() for r in rows])
     figure = save_figure(plot_table2(columns, sweeps, results.task), out / "kernel.png")
     intro = ("Table 2 of the paper, per run, on the held-out queries of the head selection (all queries for runs "
-             "without attention): the model's ICL accuracy; agreement of the best single head's reconstruction with "
+             "without attention): the model's raw (uncalibrated) ICL accuracy, which every kernel is compared with "
+             "(calibrated_icl_accuracy, when the run was calibrated, is the accuracy after contextual calibration); agreement of the best single head's reconstruction with "
              "the ICL prediction and its accuracy; kernel regression y = argmax_c sum_i K(x, x_i)[y_i = c] over the "
-             f"same demonstrations with (a) the sentence-encoder kernel exp(cos(x, x_i)/tau), tau = {tau}, and (b) the "
+             f"same demonstrations with (a) the experiment's sentence-encoder kernel exp(cos(x, x_i)/tau), tau = {tau} "
+             "(whatever kernel the selector used), and (b) the "
              "chosen head's query/key kernel, read as its attention to each demonstration's own 'Output:' position. "
-             "The paper finds the encoder kernel near chance (0.503 on SST-2): it is not the kernel the LM uses.")
+             f"The paper ({TABLE2['sst2'].source}) finds the MiniLM kernel near chance ({TABLE2['sst2'].encoder_kernel_accuracy}"
+             " on SST-2): it is not the kernel the LM uses. Label ties are broken at random (seeded) and counted in "
+             "the reconstruction files.")
     sections = [Section(f"Table 2: {results.task} (95% CI)", table=table2_markdown_rows(columns, results.task),
                         figure=figure),
                 Section("Encoder kernel accuracy against its bandwidth tau",

@@ -17,8 +17,10 @@ from ..tasks import _rows_jsonl
 log = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("task", "selector", "seed", "k", "label_format", "pool", "run", "query_id", "gold", "prediction",
-                 "correct", "label_log_probs", "demo_ids", "demo_labels", "demo_scores")
+                 "correct", "raw_prediction", "label_log_probs", "demo_ids", "demo_labels", "demo_scores",
+                 "encoder_similarities", "preamble_span")
 # The last axis of the attention summaries, as capture.SUMMARY_COLUMNS writes it (not imported: capture needs torch).
+# Each query also has "<id>/preamble", (layers, heads): the attention mass on the preamble (BOS, the sink).
 SUMMARY_COLUMNS = ("x_mass", "y_mass", "x_max", "y_max", "pre_label")
 X_MASS, Y_MASS, X_MAX, Y_MAX, PRE_LABEL = range(5)
 N_SUMMARY_COLUMNS = len(SUMMARY_COLUMNS)
@@ -86,6 +88,11 @@ class Results:
         """Per record of the run, in order: (layers, heads, n_demos, 5) float32 attention summary."""
         arrays = self._load_attention(run)
         return [arrays[str(r["query_id"])] for r in self.runs([run])[run]]
+
+    def preambles(self, run: str) -> list[np.ndarray]:
+        """Per record of the run, in order: (layers, heads) float32 attention mass on the preamble (the sink)."""
+        arrays = self._load_attention(run)
+        return [arrays[f"{r['query_id']}/preamble"] for r in self.runs([run])[run]]
 
     def profiles(self, run: str) -> list[np.ndarray]:
         """Per record of the run, in order: (layers, n_demos, bins) float32 head-averaged attention profile."""
@@ -166,16 +173,28 @@ def check_record(record: dict, where: str) -> dict:
     """One parsed record, checked: required keys, aligned demo lists, label ids within the label set."""
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
-        raise RiclError(f"{where}: missing keys {missing}; expected a record written by `ricl compare`")
+        raise RiclError(f"{where}: missing keys {missing}; expected a record written by `ricl compare` (records from "
+                        "before the preamble span and raw predictions were recorded: rerun `ricl compare`)")
     n = len(record["demo_ids"])
-    if len(record["demo_labels"]) != n or len(record["demo_scores"]) != n:
-        raise RiclError(f"{where}: demo_ids, demo_labels and demo_scores have lengths {n}, "
-                        f"{len(record['demo_labels'])}, {len(record['demo_scores'])}; expected equal lengths")
+    lengths = [len(record[k]) for k in ("demo_labels", "demo_scores", "encoder_similarities")]
+    if any(m != n for m in lengths):
+        raise RiclError(f"{where}: demo_ids, demo_labels, demo_scores and encoder_similarities have lengths "
+                        f"{[n, *lengths]}; expected equal lengths")
+    check_preamble(record, where)
     n_labels = len(record["label_log_probs"])
-    labels = [record["gold"], record["prediction"], *record["demo_labels"]]
+    labels = [record["gold"], record["prediction"], record["raw_prediction"], *record["demo_labels"]]
     if any(not isinstance(v, int) or not 0 <= v < n_labels for v in labels):
         raise RiclError(f"{where}: gold, prediction and demo_labels must be label ids in 0..{n_labels - 1}, got {labels}")
     return record
+
+
+def check_preamble(record: dict, where: str) -> None:
+    """The preamble starts the prompt and no demonstration span reaches into it (the attention sink is nobody's)."""
+    start, end = record["preamble_span"]
+    first = min((s[0] for s in record.get("x_spans", []) + record.get("y_spans", [])), default=end)
+    if start != 0 or end < 1 or first < end:
+        raise RiclError(f"{where}: preamble_span {record['preamble_span']} must be [0, n) with n >= 1 and every "
+                        f"demonstration span after it (first starts at {first})")
 
 
 def read_config(path: Path) -> dict:
@@ -212,6 +231,10 @@ def load_attention(path: Path, records: list[dict]) -> dict[str, np.ndarray]:
         shape = arrays[key].shape
         if len(shape) != 4 or shape[2:] != (n, N_SUMMARY_COLUMNS):
             raise RiclError(f"{path}: entry {key} has shape {shape}, expected (layers, heads, {n}, {N_SUMMARY_COLUMNS})")
+        preamble = arrays.get(f"{key}/preamble")
+        if preamble is None or preamble.shape != shape[:2]:
+            raise RiclError(f"{path}: entry {key}/preamble is {'missing' if preamble is None else preamble.shape}, "
+                            f"expected the preamble's attention mass, shape {shape[:2]} (rerun `ricl compare`)")
         shapes.add(shape[:2])
     if len(shapes) > 1:
         raise RiclError(f"{path}: entries disagree on (layers, heads): {sorted(shapes)}")

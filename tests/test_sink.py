@@ -1,0 +1,64 @@
+"""The attention sink: the preamble (BOS) belongs to no demonstration, so no kernel weight can inherit it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval_icl.analysis.attention import span_max_weights
+from retrieval_icl.analysis.kernel import argmax_breaking_ties, class_votes
+from retrieval_icl.capture import demo_attention_summary, span_attention_mass
+from retrieval_icl.prompts import PromptBuilder
+from retrieval_icl.tasks import Example, load_task
+
+pytestmark = pytest.mark.lm
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEMOS = [Example(1, ("a gorgeous, witty film",), 1), Example(2, ("dull and far too long",), 0),
+         Example(3, ("I loved every minute",), 1)]
+
+
+def test_a_planted_sink_leaves_demo_1s_kernel_weight_unchanged(smollm2):
+    prompt = PromptBuilder(load_task("sst2"), tokenizer=smollm2.tokenizer).build(DEMOS, ("what a ride",))
+    spans = list(zip(prompt.x_spans, prompt.y_spans))
+    rng = np.random.default_rng(0)
+    row = rng.uniform(0.0, 0.01, size=(2, 3, len(prompt.token_ids)))
+    weights, masses = [], []
+    for sink in (0.0, 0.9):  # no sink, then 90% of every head's attention on token 0
+        row[..., 0] = sink
+        summary = demo_attention_summary(row, spans).astype(np.float32)
+        weights.append(span_max_weights(summary))
+        masses.append(span_attention_mass(row, prompt.preamble_span).astype(np.float32))
+    assert np.array_equal(weights[0], weights[1])  # demo 1 (and every demo) keeps its kernel weight
+    assert np.allclose(masses[1], 0.9, atol=1e-3) and np.allclose(masses[0], 0.0)
+
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory, smollm2):
+    """24 SST-2 validation queries, 8 random demonstrations each, attention captured, on the packaged SmolLM2."""
+    from retrieval_icl.analysis import load_results
+    from retrieval_icl.experiment import CompareConfig, run_compare
+
+    tmp = tmp_path_factory.mktemp("sink")
+    config = CompareConfig(task="sst2", data_dir=str(DATA), pool_size=400, n_queries=24, k=8,
+                           selectors=[{"name": "random"}], index_root=str(tmp / "idx"), output_dir=str(tmp / "out"))
+    _, _, out = run_compare(config)
+    results = load_results(out)
+    return results, results.summaries("random-seed0")
+
+
+def test_demo_1_input_mass_is_like_the_other_demos(random_run):
+    results, summaries = random_run
+    x_mass = np.mean([s[..., 0].mean(axis=(0, 1)) for s in summaries], axis=0)  # (8,) per prompt position
+    assert x_mass[0] < 2 * x_mass[1:].mean(), x_mass
+    sink = np.mean([r["attention"]["preamble_mass"] for r in results.records])
+    assert sink > x_mass.max()  # the sink is still there, on the preamble, outside every demonstration
+
+
+def test_few_heads_vote_demo_1s_label_on_almost_every_query(random_run):
+    results, summaries = random_run
+    labels = [r["demo_labels"] for r in results.records]
+    votes = class_votes([span_max_weights(s) for s in summaries], labels, results.n_labels)  # (Q, L, H, C)
+    predicted, _ = argmax_breaking_ties(votes)
+    first = np.array([lab[0] for lab in labels])[:, None, None]
+    share = (predicted == first).mean(0)  # (L, H): how often each head votes demo 1's label
+    assert (share >= 0.9).mean() < 0.05, f"{int((share >= 0.9).sum())} of {share.size} heads"
