@@ -57,7 +57,7 @@ def make_record(run: str, qid: int, gold: int, prediction: int, demo_labels: lis
                    "preamble_span": [0, 1], "x_spans": [[10 * i + 1, 10 * i + 7] for i in range(n)],
                    "y_spans": [[10 * i + 9, 10 * i + 10] for i in range(n)], "query_span": [10 * n + 1, 10 * n + 6],
                    "attention": {"x_mass": [0.02] * n, "y_mass": [0.05 if fields.get("label_format", "default") == "default"
-                                                                  else 0.03] * n}}
+                                                                  else 0.03] * n}} | fields
 
 
 def write_dir(directory: Path, recs: list[dict], config: dict, with_attention: bool = True, seed: int = 0) -> Path:
@@ -410,3 +410,27 @@ def test_report_without_analyses_is_an_error(perfect):
 def test_doctests(module):
     failures, _ = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert failures == 0
+
+
+def test_encoder_kernel_reads_the_experiments_encoder_not_the_selectors_scores(tmp_path):
+    recs = []
+    for q, g, labels, scores in queries():
+        own = [1.0 - s for s in scores]  # the selector's own kernel ranks the other label's demos nearest
+        recs.append(make_record("lm-seed0", q, g, g, labels, own, selector="lm", demo_score_kind="cosine:lm:x",
+                                encoder_similarities=scores))
+    results = load_results(write_dir(tmp_path / "own", recs, {"task": "sst2", "selectors": SELECTORS[:1]}))
+    column = kernel.table2_column(results, "lm-seed0", tau=0.01)
+    assert column["encoder_kernel_accuracy"]["value"] == 1.0
+
+
+def test_calibrated_records_are_reconstructed_against_the_raw_prediction(tmp_path):
+    recs = []
+    for q, g, labels, scores in queries():
+        recs.append(make_record("knn-seed0", q, g, 1 - g, labels, scores) | {"raw_prediction": g, "correct": False,
+                                                                            "calibrated_log_probs": [-0.5, -1.0]})
+    results = load_results(write_dir(tmp_path / "cal", recs, {"task": "sst2", "selectors": SELECTORS[:1]}))
+    # write_dir plants head BEST on the demos of each record's `prediction`; here that is the calibrated one
+    rec = reconstruct_run(results, "knn-seed0", selection_n=20)
+    assert rec.agreement_[BEST] == 0.0 and rec.heldout_["icl_accuracy"]["value"] == 1.0
+    column = kernel.table2_column(results, "knn-seed0", tau=0.1, reconstruction=rec)
+    assert column["icl_accuracy"]["value"] == 1.0 and column["calibrated_icl_accuracy"]["value"] == 0.0
