@@ -69,3 +69,9 @@ def test_a_study_naming_a_missing_experiment_or_an_unknown_key_is_refused(tmp_pa
     path.write_text(yaml.safe_dump({"experiments": ["nope.yaml"], "output_root": "out", "grids": {}}))
     with pytest.raises(RiclError, match="grids: Extra inputs are not permitted"):
         load_study(path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_study_config_validates(path):
+    configs = study_configs(path)
+    assert configs and len({c.output_dir for c in configs}) == len(configs)
