@@ -363,10 +363,12 @@ def summarise(runs: list[Run]) -> tuple[list[dict], list[dict]]:
         lo, hi = bootstrap_ci(correct, seed=run.seed)
         sims = [np.mean(r["encoder_similarities"]) for r in run.records if r["encoder_similarities"]]
         label_mass = [sum(r["attention"]["y_mass"]) for r in run.records if "attention" in r]
+        sink_mass = [r["attention"]["preamble_mass"] for r in run.records if "attention" in r]
         rows.append({"run": run.name, "selector": run.label, "pool": run.pool, "k": run.k, "label_format": run.label_format,
                      "seed": run.seed, "n": int(correct.size), "accuracy": float(correct.mean()), "ci_low": lo,
                      "ci_high": hi, "mean_similarity": float(np.mean(sims)) if sims else float("nan"),
-                     "label_attention": float(np.mean(label_mass)) if label_mass else float("nan")})
+                     "label_attention": float(np.mean(label_mass)) if label_mass else float("nan"),
+                     "preamble_attention": float(np.mean(sink_mass)) if sink_mass else float("nan")})
     return rows, mcnemar_vs_random(runs)
 
 

@@ -73,7 +73,7 @@ def write_dir(directory: Path, recs: list[dict], config: dict, with_attention: b
             arrays = by_run.setdefault(r["run"], {})
             arrays[str(r["query_id"])] = summary(r["demo_labels"], r["prediction"], rng).astype(np.float16)
             arrays[f"{r['query_id']}/profile"] = profile(len(r["demo_labels"])).astype(np.float16)
-            arrays[f"{r['query_id']}/preamble"] = np.full((L, H), 0.3, np.float16)
+            arrays[f"{r['query_id']}/preamble"] = np.tile(np.arange(H) * 0.1, (L, 1)).astype(np.float16)  # head h: 0.1 h
         for run, arrays in by_run.items():
             save_file(arrays, str(directory / "attention" / f"{run}.safetensors"))
     return directory
@@ -240,6 +240,9 @@ def test_reconstruction_finds_the_planted_head_and_reports_it_held_out(perfect):
     assert rec.heldout_["agreement"]["value"] == 1.0 and rec.heldout_["icl_accuracy"]["value"] == 1.0
     assert rec.top_heads(3)[0] | {} == {"layer": 1, "head": 2, "selection_agreement": 1.0, "heldout_agreement": 1.0,
                                         "heldout_accuracy": 1.0, "ties": 0}
+    row = analyze_reconstruction(load_results(perfect))["runs"]["knn-seed0"]
+    assert row["best_head_preamble_mass"] == pytest.approx(0.2, abs=1e-3)  # head 2 of the planted (1, 2)
+    assert row["preamble_mass"] == pytest.approx(0.15, abs=1e-3)
 
 
 def test_best_head_is_chosen_on_the_selection_split_only():

@@ -221,15 +221,18 @@ def plot_heads(rec: HeadReconstruction, title: str):
     return fig
 
 
-def reconstruction_row(run: str, rec: HeadReconstruction) -> dict:
-    """One summary row: the best head and its held-out agreement and accuracy with CIs."""
+def reconstruction_row(run: str, rec: HeadReconstruction, preambles: Sequence[np.ndarray]) -> dict:
+    """One summary row: the best head and its held-out agreement and accuracy with CIs, ties, and the mass the best
+    head and all heads put on the preamble (the sink, outside every demonstration)."""
     h = rec.heldout_
     return {"run": run, "n_selection": int(rec.selection_.sum()), "n_heldout": h["n"], "best_layer": rec.best_head_[0],
             "best_head": rec.best_head_[1], "agreement": h["agreement"]["value"], "agreement_ci_low": h["agreement"]["ci_low"],
             "agreement_ci_high": h["agreement"]["ci_high"], "reconstructed_accuracy": h["accuracy"]["value"],
             "accuracy_ci_low": h["accuracy"]["ci_low"], "accuracy_ci_high": h["accuracy"]["ci_high"],
             "icl_accuracy": h["icl_accuracy"]["value"], "best_head_ties": h["ties"],
-            "heads_with_ties": int((rec.ties_ > 0).sum()), "tied_votes": int(rec.ties_.sum())}
+            "heads_with_ties": int((rec.ties_ > 0).sum()), "tied_votes": int(rec.ties_.sum()),
+            "best_head_preamble_mass": float(np.mean([p[rec.best_head_] for p in preambles])),
+            "preamble_mass": float(np.mean(preambles))}
 
 
 def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, selection_fraction: float = 0.7,
@@ -247,7 +250,7 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
              "heldout_accuracy": float(rec.heldout_accuracy_[layer, h]), "ties": int(rec.ties_[layer, h])}
             for layer in range(L) for h in range(H)])
         figure = save_figure(plot_heads(rec, run), out / f"{stem}.png")
-        rows.append(reconstruction_row(run, rec))
+        rows.append(reconstruction_row(run, rec, results.preambles(run)))
         sections.append(Section(f"Heads: {run}", "The heads with the highest agreement on the selection split.",
                                 table=rec.top_heads(), figure=figure))
     intro = ("Section 5 of the paper: for every layer and head, the kernel weight of demonstration i is the largest "
