@@ -151,11 +151,12 @@ class LMRunner:
         multi = any(len(c) > 1 for c in continuations)
         with _capture_attention(model, last) if capture else nullcontext() as cap:
             out = model(input_ids=ids, attention_mask=mask, use_cache=multi, logits_to_keep=last[:, None])
-        first = torch.log_softmax(out.logits[:, 0].float(), dim=-1)  # (b, V)
+        # float64: torch's float32 log_softmax on CPU is off by up to 1e-4 over Gemma 3's 262k-token vocabulary
+        first = torch.log_softmax(out.logits[:, 0].double(), dim=-1)  # (b, V)
         cache = out.cache if multi else None
         tails: dict[tuple[int, ...], torch.Tensor] = {}  # labels with the same leading tokens share one tail pass
         lp = torch.stack([self._label_log_prob(first, c, prompts, mask, cache, tails) for c in continuations], 1)
-        lp = lp.double().cpu().numpy()  # (b, L)
+        lp = lp.cpu().numpy()  # (b, L) float64
         rows = cap.rows().cpu().numpy() if capture else None  # (b, layers, heads, T)
         return [
             LabelScores(lp[i], None if rows is None else np.ascontiguousarray(rows[i, :, :, : len(p)]))
@@ -172,11 +173,11 @@ class LMRunner:
             return total
         key = tuple(cont[:-1])
         if key not in tails:
-            if self._share_prompt_cache and _croppable(cache):
+            if self._share_prompt_cache and _croppable(cache, mask.shape[1] + len(cont) - 1):
                 logits = self._tail_logits_cached(cont, mask, cache)
             else:
                 logits = self._tail_logits_full(cont, prompts)
-            tails[key] = torch.log_softmax(logits.float(), dim=-1)  # (b, m-1, V)
+            tails[key] = torch.log_softmax(logits.double(), dim=-1)  # (b, m-1, V), float64 as `first`
         targets = torch.as_tensor(list(cont[1:]), device=first.device).expand(first.shape[0], -1)  # (b, m-1)
         return total + tails[key].gather(-1, targets[..., None]).squeeze(-1).sum(-1)
 
@@ -224,11 +225,19 @@ def batch_bounds(lengths: Sequence[int], max_rows: int, overhead: int) -> list[t
     return bounds[::-1]
 
 
-def _croppable(cache: Any) -> bool:
-    """True for a KV cache whose layers are all plain (no sliding window), so crop() undoes an append exactly."""
-    from transformers.cache_utils import DynamicCache, DynamicLayer
+def _croppable(cache: Any, length: int) -> bool:
+    """True when the cache, grown to `length` slots (padded prompt + label tail), gives the tail the same attention
+    as a full forward and crop() undoes the append exactly: every layer plain, or sliding-window (Gemma 3) with
+    `length` under its window. Past the window such a layer has dropped keys, and its window counts cache slots,
+    which with right padding are not each row's positions; then the runner does full forwards instead."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-    return isinstance(cache, DynamicCache) and all(type(layer) is DynamicLayer for layer in cache.layers)
+    def exact(layer: Any) -> bool:
+        if type(layer) is DynamicSlidingWindowLayer:
+            return length < layer.sliding_window
+        return type(layer) is DynamicLayer
+
+    return isinstance(cache, DynamicCache) and all(exact(layer) for layer in cache.layers)
 
 
 def calibrate(log_probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:

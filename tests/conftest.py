@@ -1,4 +1,4 @@
-"""Shared fixtures. Models: the packaged SmolLM2 (loaded once per session) and a tiny random GPT-J."""
+"""Shared fixtures. Models: the packaged SmolLM2 and Gemma 3 (each loaded once per session) and a tiny random GPT-J."""
 
 from __future__ import annotations
 
@@ -6,18 +6,48 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="session")
-def smollm2_runner():
-    """An LMRunner holding the packaged SmolLM2-135M on CPU float32 (converted to the safetensors cache once)."""
+def packaged_cpu_runner(name: str):
+    """An LMRunner holding a packaged model on CPU float32 (converted to the safetensors cache once)."""
     from retrieval_icl.runner import LMRunner
 
-    return LMRunner("smollm2-135m", batch_size=4, device="cpu", dtype="float32").load()
+    return LMRunner(name, batch_size=4, device="cpu", dtype="float32").load()
+
+
+@pytest.fixture(scope="session")
+def smollm2_runner():
+    """The packaged SmolLM2-135M (no BOS added by its tokenizer)."""
+    return packaged_cpu_runner("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def smollm2(smollm2_runner):
     """The packaged SmolLM2 as a LoadedModel (the runner's own, so it is loaded once)."""
     return smollm2_runner.loaded
+
+
+@pytest.fixture(scope="session")
+def gemma3_runner():
+    """The packaged Gemma 3 270M (BOS-adding tokenizer, sliding-window layers; first conversion about 1.5 min)."""
+    return packaged_cpu_runner("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def gemma3(gemma3_runner):
+    """The packaged Gemma 3 as a LoadedModel."""
+    return gemma3_runner.loaded
+
+
+@pytest.fixture(params=["smollm2", "gemma3"])
+def packaged_runner(request):
+    """Each packaged model's session runner in turn: a test that holds for every packaged model takes this fixture
+    (or `packaged_lm`) and runs once per model, with the model's name in its id."""
+    return request.getfixturevalue(f"{request.param}_runner")
+
+
+@pytest.fixture
+def packaged_lm(packaged_runner):
+    """The LoadedModel of `packaged_runner`."""
+    return packaged_runner.loaded
 
 
 @pytest.fixture(scope="session")

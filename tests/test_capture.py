@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -19,31 +21,39 @@ def padded_batch(vocab: int, lengths: list[int], seed: int = 0) -> tuple[torch.T
     return ids * mask, mask
 
 
-def eager_rows(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Reference rows from the eager implementation's full attention maps: (batch, layers, heads, T)."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("eager")
+def eager_rows(model, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Reference rows from the eager implementation's full attention maps, in `dtype` (other than float32: on a copy
+    of the model): (batch, layers, heads, T) float32."""
+    reference = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    previous = reference.config._attn_implementation
+    reference.set_attn_implementation("eager")
     try:
-        with torch.inference_mode():
-            maps = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions  # layers x (b, h, T, T)
+        with torch.inference_mode():  # the base model: no logits, which over Gemma's 262k vocabulary would take GBs
+            maps = reference.base_model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
     finally:
-        model.set_attn_implementation(previous)
-    return torch.stack([m[torch.arange(len(positions)), :, positions] for m in maps], dim=1)
+        reference.set_attn_implementation(previous)
+    return torch.stack([m[torch.arange(len(positions)), :, positions] for m in maps], dim=1).float()  # m: (b,h,T,T)
 
 
-def check_capture_matches_eager(model, vocab: int, lengths: list[int]) -> None:
+def check_capture_matches_eager(model, vocab: int, lengths: list[int],
+                                reference_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Capture the rows at each row's last token of a right-padded random batch; check them against eager attention
+    and the model's output against a run without capture. Returns the rows: (batch, layers, heads, T)."""
     ids, mask = padded_batch(vocab, lengths)
     positions = mask.sum(1) - 1
     with torch.inference_mode():
-        plain = model(input_ids=ids, attention_mask=mask).logits
+        plain = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
         with capture_attention(model, positions) as cap:
-            captured = model(input_ids=ids, attention_mask=mask).logits
+            captured = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     assert model.config._attn_implementation == "sdpa"
     torch.testing.assert_close(captured, plain, atol=0, rtol=0)
     rows = cap.rows()
     n_layers, n_heads = model.config.num_hidden_layers, model.config.num_attention_heads
     assert rows.shape == (len(lengths), n_layers, n_heads, max(lengths)) and rows.dtype == torch.float32
-    torch.testing.assert_close(rows, eager_rows(model, ids, mask, positions).float(), atol=1e-5, rtol=0)
+    reference = eager_rows(model, ids, mask, positions, reference_dtype)
+    torch.testing.assert_close(rows, reference, atol=1e-5, rtol=0)
+    return rows
 
 
 def test_tiny_gptj_capture_matches_eager(tiny_gptj):
@@ -79,8 +89,23 @@ def test_bad_positions_and_empty_capture(tiny_gptj):
 
 
 @pytest.mark.lm
-def test_smollm2_capture_matches_eager(smollm2):
-    check_capture_matches_eager(smollm2.model, smollm2.tokenizer.vocab_size, [9, 16, 5, 16])
+def test_packaged_capture_matches_eager(packaged_lm):
+    check_capture_matches_eager(packaged_lm.model, packaged_lm.tokenizer.vocab_size, [9, 16, 5, 16])
+
+
+@pytest.mark.lm
+def test_gemma3_capture_past_the_sliding_window(gemma3):
+    """Rows longer than the 512-token window: the captured rows follow each layer's own mask, so the sliding layers
+    give keys 512 or more tokens back no weight while the full-attention layers still do. The eager reference runs
+    in float64: on rows this long the float32 eager and sdpa forwards each drift up to ~7e-6 from it (Gemma's hidden
+    states reach ~60), up to 1.3e-5 apart from each other; the capture stays within 1e-5 of float64."""
+    config, lengths = gemma3.model.config, [520, 513]
+    rows = check_capture_matches_eager(gemma3.model, gemma3.tokenizer.vocab_size, lengths, torch.float64)
+    sliding = torch.tensor([t == "sliding_attention" for t in config.layer_types])
+    assert config.sliding_window == 512 and int(sliding.sum()) == 15
+    for row, n in zip(rows, lengths):
+        old = row[:, :, : n - 512]  # (layers, heads, keys): the keys outside the window of the last token
+        assert old[sliding].max() == 0 and old[~sliding].sum(-1).min() > 0
 
 
 def test_demo_attention_summary_known_values():

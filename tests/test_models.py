@@ -84,13 +84,35 @@ def test_conversion_is_atomic(monkeypatch, tmp_path):
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny.Q4-10"]
 
 
+FACTS = {"smollm2-135m": (30, 9, 8192), "gemma3-270m": (18, 4, 32768)}  # layers, heads, context length
+
+
 @pytest.mark.lm
-def test_packaged_model_facts(smollm2):
-    assert smollm2.name == DEFAULT_MODEL
-    assert (smollm2.n_layers, smollm2.n_heads, smollm2.context_length) == (30, 9, 8192)
-    assert smollm2.tokenizer.pad_token is not None and smollm2.tokenizer.padding_side == "right"
-    assert not smollm2.model.training
-    assert smollm2.model.config._attn_implementation == "sdpa"
+def test_packaged_model_facts(packaged_lm):
+    lm = packaged_lm
+    assert (lm.n_layers, lm.n_heads, lm.context_length) == FACTS[lm.name]
+    assert lm.tokenizer.pad_token is not None and lm.tokenizer.padding_side == "right"
+    assert not lm.model.training
+    assert lm.model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.lm
+def test_gemma3_conversion(gemma3):
+    """The GGUF metadata becomes the Gemma 3 270M config (one KV head, query scale 256**-0.5, 5 sliding layers of
+    window 512 per full one, local/global rope bases, tied embeddings), and the converted model knows some facts."""
+    config, tok = gemma3.model.config, gemma3.tokenizer
+    assert (config.num_key_value_heads, config.head_dim, config.query_pre_attn_scalar) == (1, 256, 256)
+    assert config.sliding_window == 512 and config.layer_types == (["sliding_attention"] * 5 + ["full_attention"]) * 3
+    assert config.rope_parameters["sliding_attention"]["rope_theta"] == 10_000
+    assert config.rope_parameters["full_attention"]["rope_theta"] == 1_000_000
+    assert config.attn_logit_softcapping is None and config.final_logit_softcapping is None
+    assert gemma3.model.lm_head.weight.data_ptr() == gemma3.model.get_input_embeddings().weight.data_ptr()
+    ids = tok("The capital of France is")["input_ids"]
+    assert ids[0] == tok.bos_token_id == 2  # the tokenizer adds BOS itself
+    assert tok(" positive", add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids("▁positive")]
+    with torch.inference_mode():
+        logits = gemma3.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
+    assert " Paris" in [tok.decode(int(i)) for i in logits.topk(5).indices]
 
 
 @pytest.mark.lm

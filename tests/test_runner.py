@@ -8,7 +8,7 @@ import torch
 
 from retrieval_icl.errors import RiclError
 from retrieval_icl.models import LoadedModel
-from retrieval_icl.runner import LMRunner, batch_bounds, calibrate
+from retrieval_icl.runner import _BATCH_OVERHEAD_TOKENS, LMRunner, batch_bounds, calibrate
 
 TEXTS = [
     "Input: a gripping, beautifully acted film\nOutput:",
@@ -17,22 +17,29 @@ TEXTS = [
     "Output:",
     "Input: fine\nOutput: positive\n\nInput: bad\nOutput:",
 ]
-GOLDEN = {" positive": -11.778777, " negative": -11.371486, " very positive": -16.812826}  # TEXTS[0], CPU float32
+LABELS = ["positive", "negative", "very positive"]
+GOLDEN = {  # log-probs of LABELS after TEXTS[0], CPU float32
+    "smollm2-135m": [-11.778777, -11.371486, -16.812826],
+    "gemma3-270m": [-8.130138, -10.342619, -13.627956],
+}
 
 
 def direct_log_probs(model, prompt: list[int], conts: list[list[int]]) -> np.ndarray:
-    """Reference: one plain forward over prompt + label, log_softmax, summed over the label's tokens."""
+    """Reference: one plain forward over prompt + label, log_softmax, summed over the label's tokens. Logits only
+    where the label's tokens are predicted: Gemma's 262k vocabulary over every position would take GBs."""
     out = []
     with torch.inference_mode():
         for c in conts:
-            logits = model(input_ids=torch.tensor([prompt + c])).logits[0].double()  # (T, V)
+            where = torch.arange(len(prompt) - 1, len(prompt) + len(c) - 1)  # predicts c[0], ..., c[-1]
+            logits = model(input_ids=torch.tensor([prompt + c]), logits_to_keep=where).logits[0].double()  # (m, V)
             lsm = torch.log_softmax(logits, dim=-1)
-            out.append(sum(lsm[len(prompt) - 1 + t, tok].item() for t, tok in enumerate(c)))
+            out.append(sum(lsm[t, tok].item() for t, tok in enumerate(c)))
     return np.array(out)
 
 
 def encode(runner: LMRunner, texts: list[str]) -> list[list[int]]:
-    return [runner.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    """Token ids as the tokenizer gives them by default: Gemma's start with BOS, SmolLM2's with the text."""
+    return [runner.tokenizer(t)["input_ids"] for t in texts]
 
 
 def test_calibrate_known_answer():
@@ -97,8 +104,8 @@ def test_batch_bounds_trade_padding_for_forwards():
 
 @pytest.mark.lm
 @pytest.mark.parametrize("words", [["positive", "negative"], ["very positive", "not at all negative", "neutral"]])
-def test_label_log_probs_match_plain_forward(smollm2_runner, words):
-    runner = smollm2_runner
+def test_label_log_probs_match_plain_forward(packaged_runner, words):
+    runner = packaged_runner
     conts = runner.label_continuations(words)
     assert all(len(c) == 1 for c in conts) or sum(len(c) > 1 for c in conts) >= 2
     prompts = encode(runner, TEXTS)
@@ -109,47 +116,67 @@ def test_label_log_probs_match_plain_forward(smollm2_runner, words):
 
 
 @pytest.mark.lm
-def test_multi_token_labels_are_multi_token(smollm2_runner):
-    conts = smollm2_runner.label_continuations(["very positive", "not at all negative"])
+def test_multi_token_labels_are_multi_token(packaged_runner):
+    conts = packaged_runner.label_continuations(["very positive", "not at all negative"])
     assert [len(c) for c in conts] == [2, 4]
 
 
 @pytest.mark.lm
-def test_shared_cache_equals_full_forward(smollm2_runner):
-    prompts = encode(smollm2_runner, TEXTS)
-    conts = smollm2_runner.label_continuations(["very positive", "not at all negative"])
-    cached = np.stack([s.log_probs for s in smollm2_runner.score(prompts, conts)])
-    smollm2_runner._share_prompt_cache = False
+def test_shared_cache_equals_full_forward(packaged_runner):
+    prompts = encode(packaged_runner, TEXTS)
+    conts = packaged_runner.label_continuations(["very positive", "not at all negative"])
+    cached = np.stack([s.log_probs for s in packaged_runner.score(prompts, conts)])
+    packaged_runner._share_prompt_cache = False
     try:
-        full = np.stack([s.log_probs for s in smollm2_runner.score(prompts, conts)])
+        full = np.stack([s.log_probs for s in packaged_runner.score(prompts, conts)])
     finally:
-        smollm2_runner._share_prompt_cache = True
+        packaged_runner._share_prompt_cache = True
     np.testing.assert_allclose(cached, full, atol=1e-4)
 
 
 @pytest.mark.lm
-def test_batched_equals_one_at_a_time(smollm2_runner):
-    prompts = encode(smollm2_runner, TEXTS)
-    conts = smollm2_runner.label_continuations(["positive", "negative", "very positive"])
-    batched = smollm2_runner.score(prompts, conts, capture_attention=True)
-    smollm2_runner.batch_size = 1
+def test_batched_equals_one_at_a_time(packaged_runner):
+    prompts = encode(packaged_runner, TEXTS)
+    conts = packaged_runner.label_continuations(LABELS)
+    batched = packaged_runner.score(prompts, conts, capture_attention=True)
+    packaged_runner.batch_size = 1
     try:
-        single = smollm2_runner.score(prompts, conts, capture_attention=True)
+        single = packaged_runner.score(prompts, conts, capture_attention=True)
     finally:
-        smollm2_runner.batch_size = 4
+        packaged_runner.batch_size = 4
+    shape = (packaged_runner.loaded.n_layers, packaged_runner.loaded.n_heads)
     for b, s, p in zip(batched, single, prompts):
         np.testing.assert_allclose(b.log_probs, s.log_probs, atol=1e-4)
-        assert b.attention.shape == (30, 9, len(p)) and b.attention.dtype == np.float32
+        assert b.attention.shape == (*shape, len(p)) and b.attention.dtype == np.float32
         np.testing.assert_allclose(b.attention, s.attention, atol=1e-5)
         np.testing.assert_allclose(b.attention.sum(-1), 1.0, atol=1e-5)
 
 
 @pytest.mark.lm
-def test_golden_log_probs(smollm2_runner):
-    conts = smollm2_runner.label_continuations([w.strip() for w in GOLDEN])
-    got = smollm2_runner.score(encode(smollm2_runner, TEXTS[:1]), conts)[0]
+def test_golden_log_probs(packaged_runner):
+    conts = packaged_runner.label_continuations(LABELS)
+    got = packaged_runner.score(encode(packaged_runner, TEXTS[:1]), conts)[0]
     assert got.attention is None
-    np.testing.assert_allclose(got.log_probs, list(GOLDEN.values()), rtol=1e-3)
+    np.testing.assert_allclose(got.log_probs, GOLDEN[packaged_runner.model], rtol=1e-3)
+
+
+@pytest.mark.lm
+def test_prompts_across_gemma3_sliding_window_match_plain_forward(gemma3_runner):
+    """Right-padded batches on both sides of the 512-token window of Gemma 3's sliding layers. Label tails reuse the
+    prompt's KV cache only while padded prompt + tail stays under the window: in the 509/498 batch the tail after
+    " Sci/" (511 slots) does, the one after " not at all" (509 + 3 = 512) takes a full forward, as do the tails of
+    the 530/520 batch, whose sliding layers already mask the first keys."""
+    runner = gemma3_runner
+    assert runner.loaded.model.config.sliding_window == 512
+    text = encode(runner, [" ".join(TEXTS * 20)])[0]  # BOS, then ~1200 tokens of prompt text
+    lengths = [530, 520, 509, 498]
+    assert batch_bounds(lengths, runner.batch_size, _BATCH_OVERHEAD_TOKENS) == [(0, 2), (2, 4)]  # as the runner cuts
+    prompts = [text[:n] for n in lengths]
+    conts = runner.label_continuations(["not at all negative", "Sci/Tech"])
+    assert [len(c) for c in conts] == [4, 3]
+    expected = np.stack([direct_log_probs(runner.loaded.model, p, conts) for p in prompts])
+    got = np.stack([s.log_probs for s in runner.score(prompts, conts)])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 @pytest.mark.lm
