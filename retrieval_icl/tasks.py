@@ -117,28 +117,42 @@ def known_tasks() -> list[str]:
 def task_from_columns(text_fields: Sequence[str], label_field: str, label_names: Sequence[str], name: str = "custom") -> TaskSpec:
     """A task for a user's own file with named text and label columns, no YAML needed."""
     fields = list(text_fields)
+    if len(set(label_names)) < 2:
+        raise RiclError(f"label names {list(label_names)}: expected at least two distinct names, e.g. neg,pos")
     template = PromptTemplate(input="\n".join(f"{f.capitalize()}: {{{f}}}" for f in fields) if len(fields) > 1 else f"Input: {{{fields[0]}}}")
     return TaskSpec(name=name, text_fields=fields, label_field=label_field, label_names=list(label_names), template=template)
 
 
-def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+def _utf8_lines(path: Path, newline: str | None = None) -> Iterator[str]:
+    """The file's lines; a byte that is not UTF-8 is an error naming the file and line."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RiclError(f"{path}:{line_no}: not valid JSON ({e.msg})")
-            if not isinstance(row, dict):
-                raise RiclError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RiclError(f"{path}:{line_no}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                                "save the file as UTF-8")
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    for line_no, line in enumerate(_utf8_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RiclError(f"{path}:{line_no}: not valid JSON ({e.msg})")
+        if not isinstance(row, dict):
+            raise RiclError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        yield line_no, row
 
 
 def _rows_csv(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8", newline="") as f:
-        for line_no, row in enumerate(csv.DictReader(f), 2):
+    try:
+        for line_no, row in enumerate(csv.DictReader(_utf8_lines(path)), 2):
             yield line_no, row
+    except csv.Error as e:
+        raise RiclError(f"{path}: not valid CSV ({e})")
 
 
 def _label_id(raw: object, task: TaskSpec, where: str) -> int:

@@ -71,6 +71,24 @@ def test_bad_rows_name_file_line_and_problem(tmp_path, line, message):
         read_examples_file(path, task_from_columns(["text"], "label", ["neg", "pos"]))
 
 
+@pytest.mark.parametrize("name, content", [
+    ("latin1.jsonl", '{"text": "fine", "label": 1}\n{"text": "\u00e9t\u00e9", "label": 0}\n'.encode("latin-1")),
+    ("latin1.csv", "text,label\nfine,1\n\u00e9t\u00e9,0\n".encode("latin-1")),
+    ("utf16.csv", "text,label\nfine,1\n".encode("utf-16")),
+])
+def test_a_file_that_is_not_utf8_names_file_and_line(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    line = 1 if name == "utf16.csv" else (2 if name.endswith(".jsonl") else 3)
+    with pytest.raises(RiclError, match=rf"{name}:{line}: not UTF-8 text"):
+        read_examples_file(path, task_from_columns(["text"], "label", ["neg", "pos"]))
+
+
+def test_fewer_than_two_label_names_is_refused():
+    with pytest.raises(RiclError, match=r"label names \['pos'\]: expected at least two distinct names"):
+        task_from_columns(["text"], "label", ["pos"])
+
+
 def test_missing_file_and_missing_split_are_named(tmp_path):
     task = load_task("sst2")
     with pytest.raises(RiclError, match="no such file"):
