@@ -4,12 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from retrieval_icl.analysis.attention import span_max_weights
 from retrieval_icl.analysis.kernel import argmax_breaking_ties, class_votes
-from retrieval_icl.capture import demo_attention_summary, span_attention_mass
+from retrieval_icl.capture import capture_attention, demo_attention_summary, span_attention_mass
 from retrieval_icl.prompts import PromptBuilder
 from retrieval_icl.tasks import Example, load_task
+from test_capture import eager_rows
 
 pytestmark = pytest.mark.lm
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -62,3 +64,39 @@ def test_few_heads_vote_demo_1s_label_on_almost_every_query(random_run):
     first = np.array([lab[0] for lab in labels])[:, None, None]
     share = (predicted == first).mean(0)  # (L, H): how often each head votes demo 1's label
     assert (share >= 0.9).mean() < 0.05, f"{int((share >= 0.9).sum())} of {share.size} heads"
+
+
+@pytest.fixture(scope="module")
+def gptj_style_tokenizer():
+    """A byte-level BPE tokenizer like GPT-J's (GPT-2's): adds no BOS, `<|endoftext|>` its only special token.
+    Trained here on a few prompts, since GPT-J's own cannot be downloaded offline."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = PromptBuilder(load_task("sst2")).render(DEMOS, ("what a ride",))[0]
+    tok.train_from_iterator([text] * 20, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+def test_gptj_style_prompt_spans_exclude_the_preamble_and_capture_matches_eager(gptj_style_tokenizer, tiny_gptj):
+    tok = gptj_style_tokenizer
+    prompt = PromptBuilder(load_task("sst2"), tokenizer=tok).build(DEMOS, ("what a ride",))
+    assert prompt.token_ids[0] == tok.convert_tokens_to_ids("<|endoftext|>") and prompt.preamble_span == (0, 1)
+    assert min(s[0] for s in prompt.x_spans + prompt.y_spans) == 1
+    assert [tok.decode(prompt.token_ids[slice(*s)]).strip() for s in prompt.y_spans] == ["positive", "negative",
+                                                                                          "positive"]
+    ids = torch.tensor([prompt.token_ids])
+    position = torch.tensor([prompt.prediction_position])
+    with torch.inference_mode(), capture_attention(tiny_gptj, position) as cap:
+        tiny_gptj(input_ids=ids)
+    rows = cap.rows()
+    torch.testing.assert_close(rows, eager_rows(tiny_gptj, ids, torch.ones_like(ids), position), atol=1e-5, rtol=0)
+    summary = demo_attention_summary(rows[0].numpy(), list(zip(prompt.x_spans, prompt.y_spans)))
+    total = summary[..., 0].astype(np.float32).sum(-1) + span_attention_mass(rows[0].numpy(), prompt.preamble_span)
+    assert np.all(total <= 1.0 + 1e-2)  # the preamble and the demo inputs are disjoint parts of one softmax row
