@@ -243,6 +243,16 @@ def test_reconstruction_finds_the_planted_head_and_reports_it_held_out(perfect):
     row = analyze_reconstruction(load_results(perfect))["runs"]["knn-seed0"]
     assert row["best_head_preamble_mass"] == pytest.approx(0.2, abs=1e-3)  # head 2 of the planted (1, 2)
     assert row["preamble_mass"] == pytest.approx(0.15, abs=1e-3)
+    assert row["heads_following_demo_1"] == 0  # demo 1 holds the gold label on half of the queries only
+
+
+def test_heads_following_a_position_are_counted():
+    reconstructed = np.zeros((10, 2, 3), dtype=int)
+    labels = [1, 0, 1, 1, 0, 1, 1, 0, 1, 0]
+    reconstructed[:, 0, 0] = labels  # head (0, 0) follows them on every query
+    reconstructed[:, 1, 2] = labels[:9] + [1]  # head (1, 2) on 9 of 10; the other heads (all 0) on 4 of 10
+    assert attention.heads_following(reconstructed, labels) == 2
+    assert attention.heads_following(reconstructed, labels, share=0.95) == 1
 
 
 def test_best_head_is_chosen_on_the_selection_split_only():

@@ -235,6 +235,13 @@ def reconstruction_row(run: str, rec: HeadReconstruction, preambles: Sequence[np
             "preamble_mass": float(np.mean(preambles))}
 
 
+def heads_following(reconstructed: np.ndarray, labels: Sequence[int], share: float = 0.9) -> int:
+    """How many heads predict the given per-query label (e.g. demo 1's) on at least `share` of the queries: a head
+    that does so reads a position, not the kernel (the attention sink inside demo 1's span once made 132 of 270)."""
+    hits = reconstructed == np.asarray(labels)[:, None, None]  # (Q, L, H)
+    return int((hits.mean(0) >= share).sum())
+
+
 def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, selection_fraction: float = 0.7,
                            selection_n: int | None = None, seed: int = 0) -> dict:
     """Per run: layers x heads heatmap, full grid CSV, top heads; summary of the best head on held-out queries."""
@@ -250,7 +257,9 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
              "heldout_accuracy": float(rec.heldout_accuracy_[layer, h]), "ties": int(rec.ties_[layer, h])}
             for layer in range(L) for h in range(H)])
         figure = save_figure(plot_heads(rec, run), out / f"{stem}.png")
-        rows.append(reconstruction_row(run, rec, results.preambles(run)))
+        first = [r["demo_labels"][0] for r in results.runs([run])[run]]
+        rows.append(reconstruction_row(run, rec, results.preambles(run)) |
+                    {"heads_following_demo_1": heads_following(rec.reconstructed_, first)})
         sections.append(Section(f"Heads: {run}", "The heads with the highest agreement on the selection split.",
                                 table=rec.top_heads(), figure=figure))
     intro = ("Section 5 of the paper: for every layer and head, the kernel weight of demonstration i is the largest "
@@ -259,7 +268,9 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
              "weight (ties broken at random, seeded, and counted). The best head is chosen by agreement with the "
              "model's own raw (uncalibrated) prediction, which attention explains, on a seeded selection "
              f"split of the queries ({selection_n or f'{selection_fraction:.0%}'}; the paper: 700 of 1000) and "
-             "reported on the held-out rest. " + best_head_sentence())
+             "reported on the held-out rest. heads_following_demo_1 counts the heads that vote the first "
+             "demonstration's label on 90% or more of the queries: a check that no head reads a position (the "
+             "attention sink sits in the preamble, outside every demonstration). " + best_head_sentence())
     summary = Section("Best head per run (held-out queries, 95% CI)", table=rows)
     save_analysis(out, "reconstruction", "ICL reconstructed from single heads (Section 5)", intro, [summary, *sections])
     write_csv(out / "reconstruction.csv", rows)
