@@ -269,8 +269,9 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
              "model's own raw (uncalibrated) prediction, which attention explains, on a seeded selection "
              f"split of the queries ({selection_n or f'{selection_fraction:.0%}'}; the paper: 700 of 1000) and "
              "reported on the held-out rest. heads_following_demo_1 counts the heads that vote the first "
-             "demonstration's label on 90% or more of the queries: a check that no head reads a position (the "
-             "attention sink sits in the preamble, outside every demonstration). " + best_head_sentence())
+             "demonstration's label on 90% or more of the queries: with random demonstrations, a check that no head "
+             "reads a position (the attention sink sits in the preamble, outside every demonstration); with knn, "
+             "whose demonstrations mostly share one label, a head that reads the kernel votes it too. " + best_head_sentence())
     summary = Section("Best head per run (held-out queries, 95% CI)", table=rows)
     save_analysis(out, "reconstruction", "ICL reconstructed from single heads (Section 5)", intro, [summary, *sections])
     write_csv(out / "reconstruction.csv", rows)
