@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import RiclError
-from .base import ORDERS, Selection, Selector, order_selection, text_seed
+from .base import ORDERS, Selection, Selector, make_selector, order_selection, text_seed
 
 
 class BalancedSelector(Selector):
@@ -34,8 +34,6 @@ class BalancedSelector(Selector):
         self._new_base()  # an unknown base or base parameter fails here, with the registry's message
 
     def _new_base(self) -> Selector:
-        from . import make_selector  # the registry imports this module
-
         return make_selector(self.base, seed=self.seed, **self.base_params)
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 
@@ -27,10 +27,16 @@ class Selection:
 
 
 class Selector(ABC):
-    """Chooses demonstrations from a fitted DemoIndex; returns ids and scores, nothing else."""
+    """Chooses demonstrations from a fitted DemoIndex; returns ids and scores, nothing else. A subclass with a
+    `name` is registered under it (SELECTORS), so `make_selector` can build it."""
 
     name: str = ""
     uses_seed: bool = True  # False when the seed cannot change the selection
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            SELECTORS[cls.name] = cls
 
     def fit(self, index: "DemoIndex") -> "Selector":
         self.index_ = index
@@ -57,6 +63,19 @@ class Selector(ABC):
         if not hasattr(self, "index_"):
             raise RiclError(f"{type(self).__name__} is not fitted; call .fit(index) first")
         return self.index_
+
+
+SELECTORS: dict[str, type[Selector]] = {}  # filled as each strategy module defines its class
+
+
+def make_selector(name: str, **params: Any) -> Selector:
+    """A selector by registered name; an unknown name or parameter lists what is valid."""
+    if name not in SELECTORS:
+        raise RiclError(f"unknown selector {name!r}; known: {sorted(SELECTORS)}")
+    try:
+        return SELECTORS[name](**params)
+    except TypeError as e:
+        raise RiclError(f"selector {name!r}: {e}")
 
 
 def order_selection(ids: list[int], scores: list[float], order: str, rng: np.random.Generator) -> Selection:
