@@ -13,12 +13,13 @@ import yaml
 from safetensors.numpy import save_file
 
 from retrieval_icl.analysis import applicable, load_results, run_all, write_report
-from retrieval_icl.analysis import attention, bandwidth, distribution, kernel, label_format, records, report
+from retrieval_icl.analysis import attention, bandwidth, distribution, kernel, label_format, records, report, votes
 from retrieval_icl.analysis.attention import (AttentionMap, HeadReconstruction, analyze_reconstruction,
                                               reconstruct_run, selection_split, span_max_weights)
 from retrieval_icl.analysis.bandwidth import BinnedAccuracy, analyze_bandwidth, condition_rows, entropy
 from retrieval_icl.analysis.distribution import analyze_distribution
-from retrieval_icl.analysis.kernel import KernelRegression, class_votes, head_kernel_predictions, kernel_weights
+from retrieval_icl.analysis.kernel import KernelRegression, head_kernel_predictions, kernel_weights
+from retrieval_icl.analysis.votes import argmax_breaking_ties, class_votes
 from retrieval_icl.analysis.label_format import analyze_label_format, compare_formats
 from retrieval_icl.errors import RiclError
 
@@ -277,7 +278,7 @@ def test_tied_and_all_zero_votes_are_counted_and_favour_no_label():
     zero, tied = rec.reconstructed_[:, 0, 0], rec.reconstructed_[:, 0, 1]
     assert np.bincount(zero, minlength=3).min() > 100  # all-zero votes: each of 3 labels about a third
     assert set(tied.tolist()) == {0, 1} and abs(float(np.mean(tied)) - 0.5) < 0.1
-    predictions, ties = kernel.argmax_breaking_ties(np.array([[0.2, 0.2 + 1e-15, 0.1], [0.3, 0.1, 0.2]]))
+    predictions, ties = argmax_breaking_ties(np.array([[0.2, 0.2 + 1e-15, 0.1], [0.3, 0.1, 0.2]]))
     assert ties.tolist() == [True, False] and predictions[1] == 0 and predictions[0] in (0, 1)
 
 
@@ -419,7 +420,7 @@ def test_report_without_analyses_is_an_error(perfect):
         report.write_report(perfect)
 
 
-@pytest.mark.parametrize("module", [records, kernel, attention, bandwidth, label_format, distribution])
+@pytest.mark.parametrize("module", [records, votes, kernel, attention, bandwidth, label_format, distribution])
 def test_doctests(module):
     failures, _ = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert failures == 0

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from retrieval_icl.analysis.attention import span_max_weights
-from retrieval_icl.analysis.kernel import argmax_breaking_ties, class_votes
+from retrieval_icl.analysis.votes import argmax_breaking_ties, class_votes
 from retrieval_icl.capture import capture_attention, demo_attention_summary, span_attention_mass
 from retrieval_icl.prompts import PromptBuilder
 from retrieval_icl.tasks import Example, load_task

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import RiclError
 from ..paper import best_head_sentence
-from .kernel import argmax_breaking_ties, class_votes, rate, raw_predictions
+from .votes import argmax_breaking_ties, class_votes, rate, raw_predictions
 from .records import PRE_LABEL, PROFILE_REGIONS, X_MASS, X_MAX, Y_MASS, Y_MAX, Results, most_common
 from .report import Section, new_figure, save_analysis, save_figure, write_csv, write_json
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
+
+from ..cli_errors import friendly_errors
 
 analyze_app = typer.Typer(help="Analyse a `ricl compare` results directory (no model needed); files go to "
                           "RESULTS_DIR/analysis/.", no_args_is_help=True)
@@ -22,18 +23,6 @@ TAU = typer.Option(0.1, "--tau", min=0.0, help="Bandwidth of the encoder kernel 
 BINS = typer.Option(5, "--bins", min=2, help="Quantile bins of similarity for random selections.")
 
 
-def friendly(fn: Callable) -> Callable:
-    """retrieval_icl.cli.friendly_errors, looked up at call time (that module imports this one at its end)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from ..cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def _load(results_dir: Path):
     from .records import load_results
 
@@ -47,7 +36,7 @@ def _done(results, *names: str) -> None:
 
 
 @analyze_app.command("attention")
-@friendly
+@friendly_errors
 def attention(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS) -> None:
     """Figure 2: attention from the prediction position over each demonstration's tokens, per layer."""
     from .attention import analyze_attention
@@ -58,7 +47,7 @@ def attention(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS) -> N
 
 
 @analyze_app.command("reconstruct")
-@friendly
+@friendly_errors
 def reconstruct(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, selection_fraction: float = FRACTION,
                 selection_n: Optional[int] = SELECTION_N, seed: int = SEED) -> None:
     """ICL prediction reconstructed from each head's attention; best head chosen on a selection split."""
@@ -73,7 +62,7 @@ def reconstruct(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, se
 
 
 @analyze_app.command("kernel")
-@friendly
+@friendly_errors
 def kernel(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, tau: float = TAU,
            selection_fraction: float = FRACTION, selection_n: Optional[int] = SELECTION_N, seed: int = SEED) -> None:
     """Table 2: ICL vs kernel regression with the encoder kernel, the head kernel and the reconstruction."""
@@ -85,7 +74,7 @@ def kernel(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, tau: fl
 
 
 @analyze_app.command("bandwidth")
-@friendly
+@friendly_errors
 def bandwidth(results_dir: Path = RESULTS, bins: int = BINS, selection_fraction: float = FRACTION,
               selection_n: Optional[int] = SELECTION_N, seed: int = SEED) -> None:
     """Accuracy by similarity of the demonstrations (bands, k, random bins) and kernel entropy."""
@@ -97,7 +86,7 @@ def bandwidth(results_dir: Path = RESULTS, bins: int = BINS, selection_fraction:
 
 
 @analyze_app.command("label-format")
-@friendly
+@friendly_errors
 def label_format(results_dir: Path = RESULTS, selection_fraction: float = FRACTION,
                  selection_n: Optional[int] = SELECTION_N, seed: int = SEED) -> None:
     """The same selections under several label formats: accuracy, label attention, reconstruction."""
@@ -109,7 +98,7 @@ def label_format(results_dir: Path = RESULTS, selection_fraction: float = FRACTI
 
 
 @analyze_app.command("distribution")
-@friendly
+@friendly_errors
 def distribution(results_dir: Path = RESULTS) -> None:
     """In-distribution vs shifted pools, representative vs random selections."""
     from .distribution import analyze_distribution
@@ -120,7 +109,7 @@ def distribution(results_dir: Path = RESULTS) -> None:
 
 
 @analyze_app.command("all")
-@friendly
+@friendly_errors
 def analyze_all(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, tau: float = TAU,
                 selection_fraction: float = FRACTION, selection_n: Optional[int] = SELECTION_N, seed: int = SEED,
                 bins: int = BINS) -> None:
@@ -134,7 +123,7 @@ def analyze_all(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, ta
     typer.echo(f"files in {results.analysis_dir}")
 
 
-@friendly
+@friendly_errors
 def report(results_dirs: list[Path] = typer.Argument(..., help="A results directory of `ricl compare`; several make "
                                                     "one cross-run Table 2 (models and tasks side by side) in --out."),
            html: bool = typer.Option(True, "--html/--no-html", help="Also write "

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import RiclError
 from ..stats import mcnemar
 from .bandwidth import mean_similarity
-from .kernel import rate
+from .votes import rate
 from .records import Results, group_by
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
 

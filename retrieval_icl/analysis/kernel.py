@@ -19,44 +19,17 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import RiclError
-from ..stats import bootstrap_ci
 from ..paper import PAPER_MODEL, TABLE2, table2_reference
+from .attention import reconstruct_run
 from .records import PRE_LABEL, Results
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .votes import argmax_breaking_ties, class_votes, normalise, rate, raw_predictions
 
 TABLE2_ROWS = ("icl_accuracy", "reconstruction_agreement", "reconstructed_accuracy", "encoder_kernel_accuracy",
                "head_kernel_accuracy")
 # Rows beside the paper's: the encoder kernel's agreement with the raw prediction, accuracy after calibration.
 EXTRA_ROWS = ("encoder_kernel_agreement", "calibrated_icl_accuracy")
 TAUS = (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)
-
-
-def class_votes(weights: Sequence[np.ndarray], demo_labels: Sequence[Sequence[int]], n_labels: int) -> np.ndarray:
-    """Per query, the summed weight of the demonstrations of each label: (queries, ..., n_labels)."""
-    out = []
-    for w, labels in zip(weights, demo_labels):
-        onehot = np.eye(n_labels)[np.asarray(labels, dtype=np.int64)]  # (n_demos, n_labels)
-        out.append(np.asarray(w, dtype=np.float64) @ onehot)  # (..., n_demos) @ (n_demos, C) -> (..., C)
-    return np.stack(out)
-
-
-def argmax_breaking_ties(votes: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Argmax over the last axis, ties broken uniformly at random (seeded): favours no label. Returns the
-    predictions and where the top was tied (all-zero votes included), both of shape votes.shape[:-1].
-
-    >>> argmax_breaking_ties(np.array([[0.0, 0.0], [0.2, 0.7]]))[1].tolist()
-    [True, False]
-    """
-    votes = np.asarray(votes, dtype=np.float64)
-    top = votes.max(-1, keepdims=True)
-    tied = np.isclose(votes, top, rtol=1e-9, atol=1e-12)  # sums of the same weights in another order may differ by ulps
-    noise = np.random.default_rng(seed).random(votes.shape)
-    return np.where(tied, noise, -1.0).argmax(-1), tied.sum(-1) > 1
-
-
-def raw_predictions(records: Sequence[dict]) -> np.ndarray:
-    """The model's uncalibrated predictions (what attention explains), whatever `prediction` was scored by."""
-    return np.array([r["raw_prediction"] for r in records])
 
 
 def kernel_weights(similarities: Sequence[float], tau: float) -> np.ndarray:
@@ -68,13 +41,6 @@ def kernel_weights(similarities: Sequence[float], tau: float) -> np.ndarray:
         return s
     w = (s == s.max()).astype(np.float64) if tau == 0 else np.exp((s - s.max()) / tau)
     return w / w.sum()
-
-
-def normalise(weights: np.ndarray) -> np.ndarray:
-    """Weights summed to 1 over the last axis (uniform where they sum to 0)."""
-    w = np.clip(np.asarray(weights, dtype=np.float64), 0, None)
-    total = w.sum(-1, keepdims=True)
-    return np.where(total > 0, w / np.where(total > 0, total, 1), 1.0 / max(w.shape[-1], 1))
 
 
 class KernelRegression:
@@ -107,13 +73,6 @@ def head_kernel_predictions(summaries: Sequence[np.ndarray], demo_labels: Sequen
     layer, h = head
     weights = [normalise(s[layer, h, :, PRE_LABEL]) for s in summaries]  # each (n_demos,)
     return argmax_breaking_ties(class_votes(weights, demo_labels, n_labels))[0]
-
-
-def rate(hits: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Mean of a 0/1 vector with its 95% bootstrap CI."""
-    hits = np.asarray(hits, dtype=bool)
-    lo, hi = bootstrap_ci(hits, seed=seed)
-    return {"value": float(hits.mean()) if hits.size else float("nan"), "ci_low": lo, "ci_high": hi}
 
 
 def table2_column(results: Results, run: str, tau: float, reconstruction=None) -> dict[str, dict[str, float]]:
@@ -199,8 +158,6 @@ def plot_table2(columns: dict[str, dict], sweeps: dict[str, list[dict]], title: 
 def analyze_kernel(results: Results, runs: Sequence[str] | None = None, tau: float = 0.1,
                    selection_fraction: float = 0.7, selection_n: int | None = None, seed: int = 0) -> dict:
     """Table 2 per task: ICL, reconstruction and kernel-regression accuracies of each run; files in analysis/."""
-    from .attention import reconstruct_run
-
     out, columns, sweeps = results.analysis_dir, {}, {}
     for run, records in results.runs(runs or results.main_runs()).items():
         rec = reconstruct_run(results, run, selection_fraction, selection_n, seed) if results.has_attention(run) else None

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import RiclError
 from ..stats import mcnemar
 from .attention import reconstruct_run
-from .kernel import rate
+from .votes import rate
 from .records import Results, group_by
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
 
