@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from .analysis.cli import analyze_app, report
+from .cli_errors import friendly_errors
 from .errors import RiclError
 
 app = typer.Typer(help="Demonstration retrieval for in-context learning.", no_args_is_help=True,
@@ -19,20 +20,6 @@ app = typer.Typer(help="Demonstration retrieval for in-context learning.", no_ar
 index_app = typer.Typer(help="Build and inspect demonstration indexes.", no_args_is_help=True)
 app.add_typer(index_app, name="index")
 console = Console()
-
-
-def friendly_errors(fn: Callable) -> Callable:
-    """Bad input ends in one line on stderr and exit code 2, not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (RiclError, FileNotFoundError, IsADirectoryError, PermissionError) as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2)
-
-    return wrapper
 
 
 @app.callback()
@@ -243,7 +230,5 @@ def serve(
 
 
 # Analyses of saved results (retrieval_icl/analysis/cli.py): `ricl analyze ...` and `ricl report`.
-from .analysis.cli import analyze_app, report  # noqa: E402
-
 app.add_typer(analyze_app, name="analyze")
 app.command("report")(report)
