@@ -1,0 +1,207 @@
+"""What a comparison runs on: its typed config (saved with every result), the task, queries, pools and indexes."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .encoders import DEFAULT_ENCODER
+from .errors import RiclError
+from .index import DemoIndex
+from .lm_encoder import make_encoder
+from .models import DEFAULT_MODEL
+from .perturb import perturb_examples
+from .selectors import make_selector
+from .tasks import Example, TaskSpec, fingerprint, load_examples, load_task, sample_examples, task_from_columns
+from .yaml_config import read_yaml, validation_message
+
+log = logging.getLogger(__name__)
+
+
+class SelectorConfig(BaseModel):
+    """A selector by registered name, its parameters, and the label its results go under."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+    encoder: str | None = None  # its own index over the same pool, e.g. an LM kernel "lm:smollm2-135m:layer=15"
+
+    @property
+    def run_label(self) -> str:
+        return self.label or self.name
+
+
+class PoolConfig(BaseModel):
+    """Where demonstrations come from: the task's pool, a perturbed copy of it, or another task with the same labels."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "in_distribution"
+    perturb: Literal["typos", "rare_words", "shuffle"] | None = None
+    rate: float = Field(0.3, ge=0.0, le=1.0)
+    task: str | None = None  # another corpus; its label names must equal the task's
+    split: str | None = None
+
+
+class ColumnsConfig(BaseModel):
+    """A user's own files without a task YAML: which columns hold the text(s) and the label, and the label names."""
+
+    model_config = ConfigDict(extra="forbid")
+    text_fields: list[str] = Field(min_length=1, max_length=2)
+    label_field: str = "label"
+    label_names: list[str] = Field(min_length=2)
+
+
+class CompareConfig(BaseModel):
+    """Everything `ricl compare` needs; saved, resolved, next to every result."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str | None = None  # a task name or task YAML; or give `columns` and file paths as the splits
+    columns: ColumnsConfig | None = None
+    data_dir: str | None = None  # a folder laid out like ../shared/data; None reads the Hugging Face hub
+    pool_split: str | None = None  # default: the task's
+    query_split: str | None = None
+    pool_size: int | None = Field(None, gt=0)  # a seeded subsample of the pool
+    n_queries: int | None = Field(None, gt=0)  # a seeded subset of the query split
+    query_seed: int = 0
+    k: int = Field(8, gt=0)
+    k_values: list[int] | None = None  # a sweep of k; replaces k when given
+    selectors: list[SelectorConfig] = Field(default_factory=lambda: [SelectorConfig(name="random"), SelectorConfig(name="knn")])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    model: str = DEFAULT_MODEL
+    encoder: str = DEFAULT_ENCODER
+    index_type: Literal["flat", "ivf", "hnsw"] = "flat"
+    index_root: str = "indexes"  # each pool's index is saved as <index_root>/<task>-<split>-<pool fingerprint>
+    pools: list[PoolConfig] = Field(default_factory=lambda: [PoolConfig()], min_length=1)
+    label_format: str = "default"
+    label_formats: list[str] | None = None  # several label formats on the same selections; replaces label_format
+    calibrate: bool = False
+    capture_attention: bool = True
+    batch_size: int = Field(8, gt=0)
+    max_prompt_tokens: int | None = Field(None, gt=0)  # default: the model's context length
+    device: str | None = None
+    dtype: str = "auto"
+    output_dir: str = "results/compare"
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> "CompareConfig":
+        if (self.task is None) == (self.columns is None):
+            raise ValueError("give either `task` (a name or YAML path) or `columns` (with file paths as the splits)")
+        if self.columns is not None and not (self.pool_split and self.query_split):
+            raise ValueError("with `columns`, pool_split and query_split must be the paths of your JSONL/CSV files")
+        labels = [s.run_label for s in self.selectors]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"selector labels must be unique, got {labels}; give each a `label`")
+        for sel in self.selectors:
+            make_selector(sel.name, **sel.params)  # an unknown name or parameter fails here, before any work
+        names = [p.name for p in self.pools]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pool names must be unique, got {names}")
+        if self.k_values is not None and (not self.k_values or min(self.k_values) <= 0):
+            raise ValueError(f"k_values must be positive integers, got {self.k_values}")
+        return self
+
+    @property
+    def ks(self) -> list[int]:
+        return self.k_values or [self.k]
+
+    @property
+    def formats(self) -> list[str]:
+        return self.label_formats or [self.label_format]
+
+
+def load_compare_config(path: str | Path, **overrides: Any) -> CompareConfig:
+    """A CompareConfig from YAML (validated, never executed), with CLI overrides applied."""
+    path = Path(path)
+    data = read_yaml(path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return CompareConfig(**data)
+    except ValidationError as e:
+        raise RiclError(validation_message(path, e))
+
+
+@dataclass
+class Pool:
+    """One demonstration pool of a comparison and its index."""
+
+    config: PoolConfig
+    task_name: str
+    split: str
+    examples: list[Example]
+
+
+@dataclass
+class Inputs:
+    """The task, the queries and the demonstration pools one comparison runs on."""
+
+    task: TaskSpec
+    queries: list[Example]
+    query_split: str
+    pools: list[Pool]
+
+    @property
+    def pool(self) -> list[Example]:
+        return self.pools[0].examples
+
+    @property
+    def pool_split(self) -> str:
+        return self.pools[0].split
+
+
+def load_pool(pool: PoolConfig, config: CompareConfig, task: TaskSpec) -> Pool:
+    """The pool's examples: subsampled, from another corpus with the same labels, or perturbed, as configured."""
+    source = load_task(pool.task) if pool.task else task
+    if source.label_names != task.label_names:
+        raise RiclError(f"pool {pool.name!r}: task {source.name} has labels {source.label_names}, "
+                        f"expected the same labels as {task.name} ({task.label_names})")
+    if len(source.text_fields) != len(task.text_fields):
+        raise RiclError(f"pool {pool.name!r}: task {source.name} has {len(source.text_fields)} text fields, "
+                        f"{task.name} has {len(task.text_fields)}")
+    split = pool.split or (config.pool_split if pool.task is None else None) or source.pool_split
+    examples = sample_examples(load_examples(source, split, config.data_dir), config.pool_size, config.query_seed)
+    if pool.perturb:
+        examples = perturb_examples(examples, pool.perturb, pool.rate, config.query_seed)
+    return Pool(pool, source.name, split, examples)
+
+
+def resolve_task(config: CompareConfig) -> TaskSpec:
+    """The task by name or YAML, or one made from the user's columns."""
+    if config.columns is None:
+        return load_task(config.task)
+    c = config.columns
+    return task_from_columns(c.text_fields, c.label_field, c.label_names, name=Path(config.pool_split).stem)
+
+
+def load_inputs(config: CompareConfig) -> Inputs:
+    task = resolve_task(config)
+    query_split = config.query_split or task.query_split
+    queries = sample_examples(load_examples(task, query_split, config.data_dir), config.n_queries, config.query_seed)
+    return Inputs(task, queries, query_split, [load_pool(p, config, task) for p in config.pools])
+
+
+def get_index(config: CompareConfig, pool: Pool, task: TaskSpec, encoder_name: str) -> DemoIndex:
+    """Load the pool's index if it was built before (checked against encoder and pool), else build and save it."""
+    fp = fingerprint(pool.examples)
+    tag = "" if encoder_name == config.encoder else "-" + hashlib.sha256(encoder_name.encode()).hexdigest()[:8]
+    directory = (Path(config.index_root) /
+                 f"{pool.task_name}-{Path(pool.split).stem}-{pool.config.perturb or 'orig'}-{fp}{tag}")
+    encoder = make_encoder(encoder_name)
+    if directory.exists():
+        index = DemoIndex.load(directory, encoder=encoder)
+        if index.manifest.dataset_fingerprint != fp:
+            raise RiclError(f"index at {directory} holds another pool (fingerprint {index.manifest.dataset_fingerprint}, "
+                            f"expected {fp}); remove it")
+        log.info("loaded index %s (%d examples)", directory, len(index))
+        return index
+    index = DemoIndex(encoder, index_type=config.index_type)
+    index.build(pool.examples, dataset_fingerprint=fp, task=task.name, label_names=task.label_names,
+                text_fields=task.text_fields, show_progress=True)
+    index.save(directory)
+    log.info("built index %s (%d examples)", directory, len(index))
+    return index
