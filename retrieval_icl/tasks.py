@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import json
 import logging
 import random
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -14,7 +16,7 @@ from typing import Iterator, Sequence
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RiclError
-from .yaml_config import read_yaml, validation_message
+from .yaml_config import check_file, not_utf8, read_yaml, validation_message
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ class TaskSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "TaskSpec":
+        self._check_label_formats()
+        self._check_template()
+        return self
+
+    def _check_label_formats(self) -> None:
         self.label_formats.setdefault("default", list(self.label_names))
         for fmt, words in self.label_formats.items():
             if len(words) != len(self.label_names):
@@ -81,14 +88,18 @@ class TaskSpec(BaseModel):
                 )
             if len(set(words)) != len(words):
                 raise ValueError(f"label format {fmt!r} repeats a word: {words}")
+
+    def _check_template(self) -> None:
+        try:
+            self.template.input.format(**{f: "" for f in self.text_fields})
+        except KeyError as e:
+            raise ValueError(f"template.input names {e}, expected only the text fields {self.text_fields}")
+        except (IndexError, ValueError, AttributeError) as e:  # `{0}`, `{text`, `{text.x}`: pydantic lets these escape
+            raise ValueError(f"template.input {self.template.input!r} is not a format string over {self.text_fields} "
+                             f"({e})")
         for field in self.text_fields:
-            try:
-                self.template.input.format(**{f: "" for f in self.text_fields})
-            except KeyError as e:
-                raise ValueError(f"template.input names {e}, expected only the text fields {self.text_fields}")
             if "{" + field + "}" not in self.template.input:
                 raise ValueError(f"template.input {self.template.input!r} does not use text field {field!r}")
-        return self
 
     def label_words(self, label_format: str = "default") -> list[str]:
         """The verbalizer: label id -> the word written after the output prefix."""
@@ -123,36 +134,76 @@ def task_from_columns(text_fields: Sequence[str], label_field: str, label_names:
     return TaskSpec(name=name, text_fields=fields, label_field=label_field, label_names=list(label_names), template=template)
 
 
-def _utf8_lines(path: Path, newline: str | None = None) -> Iterator[str]:
-    """The file's lines; a byte that is not UTF-8 is an error naming the file and line."""
-    with path.open("rb") as f:
+def _utf8_lines(path: Path) -> Iterator[str]:
+    """The file's lines, a leading UTF-8 byte-order mark dropped; bytes that are not UTF-8 text are an error."""
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise RiclError(f"{path}: cannot read ({e.strerror})")
+    with f:
         for line_no, raw in enumerate(f, 1):
+            if line_no == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # accepted and dropped: Excel and Notepad write it
             try:
-                yield raw.decode("utf-8")
+                line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise RiclError(f"{path}:{line_no}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
-                                "save the file as UTF-8")
+                raise not_utf8(path, line_no, raw, e.start)
+            if "\0" in line:  # never in JSON or in text a person wrote: a binary file, or UTF-16 without a BOM
+                raise RiclError(f"{path}:{line_no}: a NUL byte at column {line.index(chr(0)) + 1}; expected UTF-8 text "
+                                "(is this a binary or UTF-16 file?)")
+            yield line
 
 
 def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines file."""
     for line_no, line in enumerate(_utf8_lines(path), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise RiclError(f"{path}:{line_no}: not valid JSON ({e.msg})")
+            raise RiclError(f"{path}:{line_no}: not valid JSON ({e.msg}, column {e.colno}); "
+                            "expected one JSON object per line")
+        except (ValueError, RecursionError):  # json's limits: integers over 4300 digits, nesting past the stack
+            raise RiclError(f"{path}:{line_no}: not valid JSON (a number too long or nesting too deep); "
+                            "expected one JSON object per line")
         if not isinstance(row, dict):
             raise RiclError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
         yield line_no, row
 
 
+def _ragged(path: Path, start: int, end: int, row: list[str], header: list[str]) -> RiclError:
+    """A row whose field count differs from the header's: said, not guessed at (a stray comma shifts the label)."""
+    runs_on = f"; the row runs on to line {end}: an unclosed quote?" if end > start else ""
+    return RiclError(f"{path}:{start}: {len(row)} field(s), expected {len(header)} like the header "
+                     f"({','.join(header)}){runs_on}")
+
+
 def _rows_csv(path: Path) -> Iterator[tuple[int, dict]]:
+    """(first line, {column: value}) for each row of a CSV file with a header line; blank lines are skipped."""
+    reader, header, end = csv.reader(_utf8_lines(path)), None, 0
     try:
-        for line_no, row in enumerate(csv.DictReader(_utf8_lines(path)), 2):
-            yield line_no, row
+        for row in reader:
+            start, end = end + 1, reader.line_num
+            if not row:
+                continue
+            if header is None:
+                header = _csv_header(path, start, row)
+            elif len(row) != len(header):
+                raise _ragged(path, start, end, row, header)
+            else:
+                yield start, dict(zip(header, row))
     except csv.Error as e:
-        raise RiclError(f"{path}: not valid CSV ({e})")
+        raise RiclError(f"{path}:{reader.line_num}: not valid CSV ({e})")
+
+
+def _csv_header(path: Path, line_no: int, header: list[str]) -> list[str]:
+    """The column names; a repeated one is an error, as a dict would silently keep only its last value."""
+    for name in header:
+        if header.count(name) > 1:
+            raise RiclError(f"{path}:{line_no}: column {name!r} appears {header.count(name)} times in the header; "
+                            "expected distinct column names")
+    return header
 
 
 def _label_id(raw: object, task: TaskSpec, where: str) -> int:
@@ -162,8 +213,11 @@ def _label_id(raw: object, task: TaskSpec, where: str) -> int:
         return task.label_names.index(raw)
     try:
         label = int(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise RiclError(f"{where}: {task.label_field}={raw!r} is not a label id 0..{n - 1} or one of {task.label_names}")
+        if isinstance(raw, float) and label != raw:
+            raise ValueError("not a whole number")  # int(1.5) would silently pick label 1
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON label of 1e999 is infinity
+        raise RiclError(f"{where}: {task.label_field}={reprlib.repr(raw)} is not a label id 0..{n - 1} "
+                        f"or one of {task.label_names}")
     if not 0 <= label < n:
         raise RiclError(f"{where}: {task.label_field}={label} is outside the label set 0..{n - 1} ({task.label_names})")
     return label
@@ -175,7 +229,10 @@ def _example(row: dict, task: TaskSpec, fallback_id: int, where: str) -> Example
         if field not in row:
             raise RiclError(f"{where}: no column {field!r}; columns are {sorted(row)}")
         text = row[field]
-        if not isinstance(text, str) or not text.strip():
+        if not isinstance(text, str):
+            raise RiclError(f"{where}: {field}={reprlib.repr(text)} is not a string ({type(text).__name__}); "
+                            "expected text")
+        if not text.strip():
             raise RiclError(f"{where}: {field} is empty; every example needs non-empty text")
         texts.append(text.strip())
     if task.label_field not in row:
@@ -183,17 +240,22 @@ def _example(row: dict, task: TaskSpec, fallback_id: int, where: str) -> Example
     return Example(id=fallback_id, texts=tuple(texts), label=_label_id(row[task.label_field], task, where))
 
 
+# Each example file type: its row reader and the layout an empty file is missing.
+_READERS = {".jsonl": (_rows_jsonl, "one JSON object per line"), ".json": (_rows_jsonl, "one JSON object per line"),
+            ".csv": (_rows_csv, "a header line, then one row per example")}
+
+
 def read_examples_file(path: str | Path, task: TaskSpec) -> list[Example]:
-    """Examples from one JSONL or CSV file; the id is the row's position, so it is stable for a given file."""
+    """Examples from one UTF-8 JSONL or CSV file (a UTF-8 byte-order mark is dropped); the id is the row's position,
+    so it is stable for a given file. Every problem with the file is a RiclError naming it and, for a row, the line."""
     path = Path(path)
-    if not path.exists():
-        raise RiclError(f"{path}: no such file")
-    rows = {".jsonl": _rows_jsonl, ".json": _rows_jsonl, ".csv": _rows_csv}.get(path.suffix)
-    if rows is None:
+    check_file(path, "a .jsonl or .csv file of examples")
+    if path.suffix not in _READERS:
         raise RiclError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl or .csv")
+    rows, layout = _READERS[path.suffix]
     examples = [_example(row, task, i, f"{path}:{line}") for i, (line, row) in enumerate(rows(path))]
     if not examples:
-        raise RiclError(f"{path}: no examples")
+        raise RiclError(f"{path}: no examples; expected {layout}")
     return examples
 
 
