@@ -1,15 +1,18 @@
-"""Selection strategies behind one interface, registered by name."""
+"""Selection strategies behind one interface, registered by name, and the array steps they compose."""
 
 from __future__ import annotations
 
+from .arrays import best_first, cosines, first_excluding, mmr_order, nearest
 from .balanced import BalancedSelector
 from .band import SimilarityBandSelector
-from .base import ORDERS, SELECTORS, Selection, Selector, make_selector
+from .base import SELECTORS, Selection, Selector, make_selector, order_selection, text_seed
 from .bm25 import BM25Selector
+from .checks import ORDERS
 from .knn import KNNSelector
 from .mmr import MMRSelector
 from .random import RandomSelector
 from .representative import KMeansSelector, VoteKSelector
 
 __all__ = ["ORDERS", "SELECTORS", "BM25Selector", "BalancedSelector", "KMeansSelector", "KNNSelector", "MMRSelector",
-           "RandomSelector", "Selection", "Selector", "SimilarityBandSelector", "VoteKSelector", "make_selector"]
+           "RandomSelector", "Selection", "Selector", "SimilarityBandSelector", "VoteKSelector", "best_first",
+           "cosines", "first_excluding", "make_selector", "mmr_order", "nearest", "order_selection", "text_seed"]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from ..errors import RiclError
-from .base import ORDERS, Selection, Selector, make_selector, order_selection, text_seed
+from .base import Ranking, Selector, make_selector
+from .checks import check_k, check_order
 
 
 class BalancedSelector(Selector):
@@ -24,20 +24,20 @@ class BalancedSelector(Selector):
     """
 
     name = "balanced"
+    fits_state = True
 
     def __init__(self, base: str = "knn", order: str = "nearest_last", seed: int = 0, **base_params: Any):
         if base == self.name:
             raise RiclError("balanced cannot wrap itself; expected another selector as base, e.g. base='knn'")
-        if order not in ORDERS:
-            raise RiclError(f"unknown order {order!r}; expected one of {ORDERS}")
-        self.base, self.order, self.seed, self.base_params = base, order, seed, base_params
+        self.base, self.order, self.seed, self.base_params = base, check_order(order), seed, base_params
         self._new_base()  # an unknown base or base parameter fails here, with the registry's message
 
     def _new_base(self) -> Selector:
         return make_selector(self.base, seed=self.seed, **self.base_params)
 
     @property
-    def uses_seed(self) -> bool:  # type: ignore[override]
+    def uses_seed(self) -> bool:
+        """False when the seed cannot change the selection."""
         return self.order == "random" or self._new_base().uses_seed
 
     def fit(self, index) -> "BalancedSelector":
@@ -46,40 +46,33 @@ class BalancedSelector(Selector):
 
         super().fit(index)
         examples = index.examples
-        vectors = index.embeddings(index.ids)  # (n, d), FAISS row order == examples order
+        vectors = index.embeddings(self.pool_.ids)  # (n, d), FAISS row order == examples order
         self.parts_: dict[int, Selector] = {}
-        self.text_counts_: dict[int, Counter] = {}
         for label in sorted({ex.label for ex in examples}):
             rows = [r for r, ex in enumerate(examples) if ex.label == label]
             part = DemoIndex(index.encoder).build([examples[r] for r in rows], embeddings=vectors[rows])
             self.parts_[label] = self._new_base().fit(part)
-            self.text_counts_[label] = Counter(examples[r].text for r in rows)
-        self.fitted_size_ = len(index)
         return self
 
-    def _select(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
-        if self.fitted_size_ != len(self.index_):
-            raise RiclError(f"the index has {len(self.index_)} examples but balanced was fitted on "
-                            f"{self.fitted_size_}; call fit(index) again after adding examples")
-        return [self._one(text, emb, k) for text, emb in zip(texts, embeddings)]
+    def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
+        return [self._merged(text, emb, k) for text, emb in zip(texts, embeddings)]
 
-    def _one(self, text: str, emb: np.ndarray, k: int) -> Selection:
+    def _merged(self, text: str, emb: np.ndarray, k: int) -> Ranking:
+        """Each label's quota of demonstrations from its part, merged by cosine, most similar first."""
         ids: list[int] = []
         scores: list[float] = []
         for label, quota in self.quotas(text, emb, k).items():
             if quota:
-                chosen = self.parts_[label]._select([text], emb[None], quota)[0]
+                chosen = self.parts_[label].select_embedded([text], emb[None], quota)[0]
                 ids += chosen.demo_ids
                 scores += chosen.scores
         best = np.argsort(-np.asarray(scores), kind="stable")
-        return order_selection([ids[i] for i in best], [scores[i] for i in best], self.order,
-                               text_seed(self.seed, text))
+        return [ids[i] for i in best], [scores[i] for i in best]
 
     def quotas(self, text: str, emb: np.ndarray, k: int) -> dict[int, int]:
         """Slots per label for one query (text and its unit embedding (d,)): round-robin, nearest label first."""
-        available = {label: sum(counts.values()) - counts[text] for label, counts in self.text_counts_.items()}
-        if sum(available.values()) < k:
-            raise RiclError(f"k={k} is larger than the pool without the query ({sum(available.values())} examples)")
+        available = {label: part.pool_.available(text) for label, part in self.parts_.items()}
+        check_k(k, sum(available.values()))
         nearest = {label: float(part.index_.search(emb[None], 1)[0][0, 0]) for label, part in self.parts_.items()}
         preference = sorted(nearest, key=lambda label: (-nearest[label], label))
         quota = dict.fromkeys(preference, 0)

@@ -4,35 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import RiclError
-from .base import Selection, order_selection, text_seed
-from .knn import KNNSelector
+from .arrays import best_first
+from .base import Ranking, Selector
+from .checks import check_fraction, check_order
 
 
-class SimilarityBandSelector(KNNSelector):
-    """The k pool examples starting at quantile `position` of the ranking by cosine (0 nearest, 0.5 middle, 1 farthest)."""
+class SimilarityBandSelector(Selector):
+    """The k pool examples from quantile `position` of the ranking by cosine (0 nearest, 0.5 middle, 1 farthest)."""
 
     name = "band"
 
     def __init__(self, position: float = 0.5, order: str = "nearest_last", seed: int = 0):
-        super().__init__(order=order, seed=seed)
-        if not 0.0 <= position <= 1.0:
-            raise RiclError(f"position must be in [0, 1] (0 = nearest, 1 = farthest), got {position}")
-        self.position = position
+        self.order, self.seed = check_order(order), seed
+        self.position = check_fraction("position", position, " (0 = nearest, 1 = farthest)")
 
-    def _select(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
-        index = self.index_
-        pool_ids = np.asarray([ex.id for ex in index.examples])
-        pool_texts = np.asarray([ex.text for ex in index.examples], dtype=object)
-        vectors = index.embeddings(pool_ids)  # (pool, d)
-        return [self._one(t, vectors @ e, k, pool_ids, pool_texts) for t, e in zip(texts, embeddings)]
+    def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
+        pool = self.pool_
+        vectors = self.index_.embeddings(pool.ids)  # (pool, d)
+        return [self._band(vectors @ emb, pool.texts != text, k) for text, emb in zip(texts, embeddings)]
 
-    def _one(self, text: str, sims: np.ndarray, k: int, pool_ids: np.ndarray, pool_texts: np.ndarray) -> Selection:
-        keep = pool_texts != text
-        if keep.sum() < k:
-            raise RiclError(f"k={k} is larger than the pool without the query ({int(keep.sum())} examples)")
-        ranked = np.flatnonzero(keep)[np.argsort(-sims[keep], kind="stable")]  # most similar first
+    def _band(self, sims: np.ndarray, keep: np.ndarray, k: int) -> Ranking:
+        """The band of k rows for one query: sims (pool,) cosines, keep (pool,) rows without the query's text."""
+        ranked = best_first(sims, keep)  # most similar first
         start = round(self.position * (len(ranked) - k))
         band = ranked[start:start + k]
-        return order_selection([int(i) for i in pool_ids[band]], [float(s) for s in sims[band]], self.order,
-                               text_seed(self.seed, text))
+        return [int(i) for i in self.pool_.ids[band]], [float(s) for s in sims[band]]

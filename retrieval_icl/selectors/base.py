@@ -1,8 +1,17 @@
-"""The Selector interface: queries and k in, one Selection (demo ids, similarity scores, order) per query out."""
+"""The Selector interface: queries and k in, one Selection (demo ids, similarity scores, order) per query out.
+
+`Selector.select` does every step that is the same for all strategies, once: it checks the request (fitted, k a
+positive integer, queries with text, an index the same size as at fit for a selector that fitted state on it,
+k no larger than the pool without the query), embeds the queries, asks the subclass's `_choose` for each query's
+demonstrations best first, and arranges them in the prompt order `order` (seeded by `text_seed`).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence, Union
 
@@ -10,12 +19,13 @@ import numpy as np
 
 from ..errors import RiclError
 from ..tasks import Example
+from .checks import ORDERS, check_fresh, check_k, check_positive_int
 
 if TYPE_CHECKING:
     from ..index import DemoIndex
 
 Query = Union[str, Example]
-ORDERS = ("nearest_last", "nearest_first", "random")
+Ranking = tuple[list[int], list[float]]  # demo ids and their cosines to the query, best first
 
 
 @dataclass(frozen=True)
@@ -26,38 +36,91 @@ class Selection:
     scores: list[float]  # cosine similarity of each demonstration to the query, same order
 
 
+class PoolTexts:
+    """The pool's ids (n,) and texts (n,) in FAISS row order, and how many examples share each text."""
+
+    def __init__(self, index: "DemoIndex") -> None:
+        self.ids = index.ids
+        self.texts = np.asarray([ex.text for ex in index.examples], dtype=object)  # compares elementwise with ==
+        self.counts = Counter(self.texts.tolist())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def available(self, text: str) -> int:
+        """How many pool examples a query with this text may get: those with another text."""
+        return len(self.ids) - self.counts[text]
+
+
 class Selector(ABC):
     """Chooses demonstrations from a fitted DemoIndex; returns ids and scores, nothing else. A subclass with a
     `name` is registered under it (SELECTORS), so `make_selector` can build it."""
 
     name: str = ""
-    uses_seed: bool = True  # False when the seed cannot change the selection
+    order: str | None = None  # prompt order of the chosen demonstrations; None keeps `_choose`'s order
+    seed: int = 0
+    seeded_choice: bool = False  # True when the seed changes which demonstrations `_choose` picks
+    fits_state: bool = False  # True when fit computes state from the pool, so a grown pool needs a new fit
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.name:
             SELECTORS[cls.name] = cls
 
+    @property
+    def uses_seed(self) -> bool:
+        """False when the seed cannot change the selection."""
+        return self.seeded_choice or self.order == "random"
+
     def fit(self, index: "DemoIndex") -> "Selector":
+        """Remember the index and its pool's texts; a subclass fitting more state extends this. Returns self."""
         self.index_ = index
+        self.pool_ = PoolTexts(index)
         return self
 
     def select(self, queries: Sequence[Query], k: int) -> list[Selection]:
         """One Selection of k demonstrations per query; a pool example with the query's text is never chosen."""
-        index = self._fitted_index()
-        if not isinstance(k, int) or k <= 0:
-            raise RiclError(f"k must be a positive integer, got {k!r}")
-        if k > len(index):
-            raise RiclError(f"k={k} is larger than the pool ({len(index)} examples)")
         texts = [q.text if isinstance(q, Example) else q for q in queries]
+        self._check_request(texts, k)
+        if not texts:
+            return []
+        return self._arranged(texts, self.index_.encoder.encode(texts), k)
+
+    def select_embedded(self, texts: Sequence[str], embeddings: np.ndarray, k: int) -> list[Selection]:
+        """`select` for queries already embedded: texts[i] has the unit embedding embeddings[i], (n, d)."""
+        texts = list(texts)
+        self._check_request(texts, k)
+        if len(embeddings) != len(texts):
+            raise RiclError(f"got {len(embeddings)} embeddings for {len(texts)} query texts; expected one per text")
+        return self._arranged(texts, embeddings, k) if texts else []
+
+    def _check_request(self, texts: list[str], k: int) -> None:
+        index = self._fitted_index()
+        check_positive_int("k", k)
         if any(not t.strip() for t in texts):
             raise RiclError("a query text is empty; every query needs non-empty text")
-        embeddings = index.encoder.encode(texts) if texts else np.zeros((0, 0), np.float32)
-        return self._select(texts, embeddings, k)
+        if len(self.pool_) != len(index):
+            if self.fits_state:
+                check_fresh(self.name, len(self.pool_), len(index))
+            self.pool_ = PoolTexts(index)  # the index grew since fit: nothing fitted, so re-read the pool
+        for available in [self.pool_.available(t) for t in texts] or [len(self.pool_)]:
+            check_k(k, available)  # the first query short of k names its own count
+
+    def _arranged(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
+        selections = []
+        for text, (ids, scores) in zip(texts, self._choose(texts, embeddings, k)):
+            check_k(k, len(ids))  # an approximate index (IVF, HNSW) may find fewer than the pool holds
+            if self.order is None:
+                selections.append(Selection(ids, scores))
+            else:
+                selections.append(order_selection(ids, scores, self.order, text_seed(self.seed, text)))
+        return selections
 
     @abstractmethod
-    def _select(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
-        """Selections for queries already validated and embedded: texts[i] has embeddings[i] (n, d)."""
+    def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
+        """k demonstrations per query, best first, none with the query's text; texts[i] has embeddings[i] (n, d).
+
+        Called after the checks: the selector is fitted and the pool without each query holds at least k."""
 
     def _fitted_index(self) -> "DemoIndex":
         if not hasattr(self, "index_"):
@@ -75,7 +138,8 @@ def make_selector(name: str, **params: Any) -> Selector:
     try:
         return SELECTORS[name](**params)
     except TypeError as e:
-        raise RiclError(f"selector {name!r}: {e}")
+        accepted = [p.name for p in inspect.signature(SELECTORS[name]).parameters.values() if p.kind != p.VAR_KEYWORD]
+        raise RiclError(f"selector {name!r}: {e}; its parameters: {accepted}")
 
 
 def order_selection(ids: list[int], scores: list[float], order: str, rng: np.random.Generator) -> Selection:
@@ -92,7 +156,5 @@ def order_selection(ids: list[int], scores: list[float], order: str, rng: np.ran
 
 def text_seed(seed: int, text: str) -> np.random.Generator:
     """A generator seeded by (seed, query text): a query's random draw does not depend on its batch."""
-    import hashlib
-
     digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
     return np.random.default_rng([seed, digest])

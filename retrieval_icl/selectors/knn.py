@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import RiclError
-from .base import ORDERS, Selection, Selector, order_selection, text_seed
+from .arrays import nearest
+from .base import Ranking, Selector
+from .checks import check_order
 
 
 class KNNSelector(Selector):
@@ -14,32 +15,14 @@ class KNNSelector(Selector):
     name = "knn"
 
     def __init__(self, order: str = "nearest_last", seed: int = 0):
-        if order not in ORDERS:
-            raise RiclError(f"unknown order {order!r}; expected one of {ORDERS}")
-        self.order = order
-        self.seed = seed
+        self.order, self.seed = check_order(order), seed
 
-    @property
-    def uses_seed(self) -> bool:  # type: ignore[override]
-        return self.order == "random"
+    def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
+        ids, scores = nearest(self.index_, embeddings, k, texts)  # (n, k) each
+        return [_as_ranking(i, s) for i, s in zip(ids, scores)]
 
-    def _select(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
-        index = self.index_
-        fetch = min(k + 8, len(index))
-        selections: list[Selection | None] = [None] * len(texts)
-        todo = list(range(len(texts)))
-        while todo:
-            scores, ids = index.search(embeddings[todo], fetch)
-            retry = []
-            for row, q in enumerate(todo):
-                kept = [(int(i), float(s)) for i, s in zip(ids[row], scores[row])
-                        if i >= 0 and index.example(int(i)).text != texts[q]][:k]
-                if len(kept) == k:
-                    selections[q] = order_selection([i for i, _ in kept], [s for _, s in kept], self.order,
-                                                    text_seed(self.seed, texts[q]))
-                elif fetch >= len(index):
-                    raise RiclError(f"k={k} is larger than the pool without the query ({len(kept)} examples)")
-                else:
-                    retry.append(q)
-            todo, fetch = retry, min(2 * fetch, len(index))
-        return selections  # type: ignore[return-value]
+
+def _as_ranking(ids: np.ndarray, scores: np.ndarray) -> Ranking:
+    """One query's row of `nearest` as python ids and floats, without the -1 padding."""
+    found = ids >= 0
+    return [int(i) for i in ids[found]], [float(s) for s in scores[found]]

@@ -4,33 +4,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import RiclError
-from .base import Selection, Selector, text_seed
+from .arrays import cosines, first_excluding
+from .base import Ranking, Selector, text_seed
 
 
 class RandomSelector(Selector):
-    """k pool examples drawn uniformly per query (seeded), never one with the query's own text."""
+    """k pool examples drawn uniformly per query (seeded), never one with the query's own text; kept in draw order."""
 
     name = "random"
+    seeded_choice = True
 
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def _select(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
-        index = self.index_
-        pool_ids = np.array([ex.id for ex in index.examples])
-        pool_texts = [ex.text for ex in index.examples]
-        return [self._one(text, emb, k, pool_ids, pool_texts) for text, emb in zip(texts, embeddings)]
+    def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
+        return [self._draw(text, emb, k) for text, emb in zip(texts, embeddings)]
 
-    def _one(self, text: str, emb: np.ndarray, k: int, pool_ids: np.ndarray, pool_texts: list[str]) -> Selection:
-        rng = text_seed(self.seed, text)
-        ids: list[int] = []
-        for pos in rng.permutation(len(pool_ids)):
-            if pool_texts[pos] != text:
-                ids.append(int(pool_ids[pos]))
-                if len(ids) == k:
-                    break
-        if len(ids) < k:
-            raise RiclError(f"k={k} is larger than the pool without the query ({len(ids)} examples)")
-        scores = self.index_.embeddings(ids) @ emb
-        return Selection(ids, [float(s) for s in scores])
+    def _draw(self, text: str, emb: np.ndarray, k: int) -> Ranking:
+        pool = self.pool_
+        rows = first_excluding(text_seed(self.seed, text).permutation(len(pool)), pool.texts, text, k)
+        ids = [int(pool.ids[r]) for r in rows]
+        return ids, [float(s) for s in cosines(self.index_, ids, emb)]

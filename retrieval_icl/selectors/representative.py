@@ -13,60 +13,55 @@ from abc import abstractmethod
 import numpy as np
 
 from ..errors import RiclError
-from .base import ORDERS, Selection, Selector, order_selection, text_seed
+from .arrays import best_first, cosines, first_excluding
+from .base import Ranking, Selector
+from .checks import check_count, check_greater, check_order, check_positive_int
 
 
 class RepresentativeSelector(Selector):
     """Shared machinery: a query-independent ranking of the pool, cached per labelled-set size."""
 
+    fits_state = True
+
     def __init__(self, budget: int | None = None, order: str = "nearest_last", seed: int = 0):
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0):
-            raise RiclError(f"budget must be a positive integer or None, got {budget!r}")
-        if order not in ORDERS:
-            raise RiclError(f"unknown order {order!r}; expected one of {ORDERS}")
-        self.budget, self.order, self.seed = budget, order, seed
+        self.budget = check_positive_int("budget", budget, allow_none=True)
+        self.order, self.seed = check_order(order), seed
 
     def fit(self, index) -> "RepresentativeSelector":
         """Remember the pool; rankings are computed on first use for each labelled-set size."""
         super().fit(index)
-        self.pool_ids_, self.pool_texts_ = index.ids, [ex.text for ex in index.examples]
         self.rankings_: dict[int, np.ndarray] = {}
         return self
 
     def representatives(self, m: int) -> list[int]:
         """The ids of the m examples to label, most representative first (needs fit)."""
         self._fitted_index()
-        if isinstance(m, bool) or not isinstance(m, int) or not 0 < m <= len(self.pool_ids_):
-            raise RiclError(f"m must be an integer in 1..{len(self.pool_ids_)} (the pool size), got {m!r}")
-        return [int(self.pool_ids_[r]) for r in self._ranking(m)[:m]]
+        if isinstance(m, bool) or not isinstance(m, int) or not 0 < m <= len(self.pool_):
+            raise RiclError(f"m must be an integer in 1..{len(self.pool_)} (the pool size), got {m!r}")
+        return [int(self.pool_.ids[r]) for r in self._ranking(m)[:m]]
 
     def _ranking(self, m: int) -> np.ndarray:
         if m not in self.rankings_:
-            self.rankings_[m] = self._rank(self.index_.embeddings(self.pool_ids_), m)
+            self.rankings_[m] = self._rank_pool(self.index_.embeddings(self.pool_.ids), m)
         return self.rankings_[m]
 
     @abstractmethod
-    def _rank(self, vectors: np.ndarray, m: int) -> np.ndarray:
+    def _rank_pool(self, vectors: np.ndarray, m: int) -> np.ndarray:
         """Every pool row (n,), the labelled set of size m first; vectors are the pool's unit rows (n, d)."""
 
-    def _select(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
+    def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
         m = self.budget or k
         if k > m:
             raise RiclError(f"k={k} is larger than the labelled budget={m}; raise budget or lower k")
-        if len(self.pool_ids_) != len(self.index_):
-            raise RiclError(f"the index has {len(self.index_)} examples but {self.name} was fitted on "
-                            f"{len(self.pool_ids_)}; call fit(index) again after adding examples")
-        ranking = self._ranking(min(m, len(self.pool_ids_)))
-        return [self._one(text, emb, k, m, ranking) for text, emb in zip(texts, embeddings)]
+        ranking = self._ranking(min(m, len(self.pool_)))
+        return [self._nearest_labelled(text, emb, k, m, ranking) for text, emb in zip(texts, embeddings)]
 
-    def _one(self, text: str, emb: np.ndarray, k: int, m: int, ranking: np.ndarray) -> Selection:
-        labelled = [int(self.pool_ids_[r]) for r in ranking if self.pool_texts_[r] != text][:m]
-        if len(labelled) < k:
-            raise RiclError(f"k={k} is larger than the pool without the query ({len(labelled)} examples)")
-        cosines = self.index_.embeddings(labelled) @ emb  # (m,)
-        best = np.argsort(-cosines, kind="stable")[:k]
-        return order_selection([labelled[i] for i in best], [float(cosines[i]) for i in best], self.order,
-                               text_seed(self.seed, text))
+    def _nearest_labelled(self, text: str, emb: np.ndarray, k: int, m: int, ranking: np.ndarray) -> Ranking:
+        """The k of the query's labelled set (the first m of the ranking without its text) nearest to it."""
+        labelled = [int(self.pool_.ids[r]) for r in first_excluding(ranking, self.pool_.texts, text, m)]
+        similarity = cosines(self.index_, labelled, emb)  # (m,)
+        best = best_first(similarity)[:k]
+        return [labelled[i] for i in best], [float(similarity[i]) for i in best]
 
 
 class KMeansSelector(RepresentativeSelector):
@@ -80,19 +75,19 @@ class KMeansSelector(RepresentativeSelector):
     """
 
     name = "kmeans"
+    seeded_choice = True
 
     def __init__(self, budget: int | None = None, n_init: int = 4, order: str = "nearest_last", seed: int = 0):
         super().__init__(budget=budget, order=order, seed=seed)
-        if isinstance(n_init, bool) or not isinstance(n_init, int) or n_init <= 0:
-            raise RiclError(f"n_init must be a positive integer, got {n_init!r}")
-        self.n_init = n_init
+        self.n_init = check_positive_int("n_init", n_init)
 
-    def _rank(self, vectors: np.ndarray, m: int) -> np.ndarray:
+    def _rank_pool(self, vectors: np.ndarray, m: int) -> np.ndarray:
         from sklearn.cluster import KMeans
 
         labels = KMeans(n_clusters=m, n_init=self.n_init, random_state=self.seed).fit_predict(vectors)
         # A pool with fewer distinct points than m leaves some clusters empty.
-        clusters = [_by_centrality(vectors, rows) for rows in (np.flatnonzero(labels == c) for c in range(m)) if len(rows)]
+        members = (np.flatnonzero(labels == c) for c in range(m))
+        clusters = [_by_centrality(vectors, rows) for rows in members if len(rows)]
         clusters.sort(key=lambda rows: (-len(rows), rows[0]))
         depth = max(len(rows) for rows in clusters)
         return np.array([rows[d] for d in range(depth) for rows in clusters if d < len(rows)], dtype=np.int64)
@@ -120,19 +115,11 @@ class VoteKSelector(RepresentativeSelector):
     def __init__(self, budget: int | None = None, n_neighbors: int = 10, rho: float = 10.0, backups: int = 16,
                  order: str = "nearest_last", seed: int = 0):
         super().__init__(budget=budget, order=order, seed=seed)
-        if isinstance(n_neighbors, bool) or not isinstance(n_neighbors, int) or n_neighbors <= 0:
-            raise RiclError(f"n_neighbors must be a positive integer, got {n_neighbors!r}")
-        if isinstance(backups, bool) or not isinstance(backups, int) or backups < 0:
-            raise RiclError(f"backups must be a non-negative integer, got {backups!r}")
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or rho <= 1:
-            raise RiclError(f"rho must be a number greater than 1, got {rho!r}")
-        self.n_neighbors, self.rho, self.backups = n_neighbors, float(rho), backups
+        self.n_neighbors = check_positive_int("n_neighbors", n_neighbors)
+        self.backups = check_count("backups", backups)
+        self.rho = float(check_greater("rho", rho, 1))
 
-    @property
-    def uses_seed(self) -> bool:  # type: ignore[override]
-        return self.order == "random"
-
-    def _rank(self, vectors: np.ndarray, m: int) -> np.ndarray:
+    def _rank_pool(self, vectors: np.ndarray, m: int) -> np.ndarray:
         voters = self._vote_matrix(vectors)  # (n, n) csr: voters[u, v] = 1 when v votes for u
         weight = np.ones(len(vectors))  # (n,) the current weight of each voter
         picked: list[int] = []
@@ -154,7 +141,7 @@ class VoteKSelector(RepresentativeSelector):
         n = len(vectors)
         width = min(self.n_neighbors, n - 1)
         _, ids = self.index_.search(vectors, width + 1)  # (n, width + 1) example ids, v itself usually first
-        row_of = {int(i): r for r, i in enumerate(self.pool_ids_)}
+        row_of = {int(i): r for r, i in enumerate(self.pool_.ids)}
         rows: list[int] = []
         cols: list[int] = []
         for v in range(n):

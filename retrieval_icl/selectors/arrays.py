@@ -1,0 +1,71 @@
+"""Array-level steps that selectors compose: nearest neighbours without the query, rankings, cosines, MMR order.
+
+Each takes plain arrays (or a DemoIndex to search) and returns ids, rows or scores; none knows about selectors.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..index import DemoIndex
+
+
+def nearest(index: "DemoIndex", embeddings: np.ndarray, k: int,
+            exclude_texts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k examples nearest each query by cosine, best first, skipping any whose text is exclude_texts[q].
+
+    embeddings: (n, d) unit rows. Returns ids (n, k) int64 and scores (n, k) float32, padded with -1 / -inf where
+    fewer than k remain (as FAISS pads). Searches k + 8 deep, and twice as deep again for the queries that lost
+    too many neighbours to the exclusion.
+    """
+    ids = np.full((len(embeddings), k), -1, dtype=np.int64)
+    scores = np.full((len(embeddings), k), -np.inf, dtype=np.float32)
+    fetch, todo = min(k + 8, len(index)), list(range(len(embeddings)))
+    while todo:
+        found_scores, found_ids = index.search(embeddings[todo], fetch)  # (len(todo), fetch) each
+        retry = []
+        for row, q in enumerate(todo):
+            skip = exclude_texts[q] if exclude_texts is not None else None
+            cols = [c for c, i in enumerate(found_ids[row]) if i >= 0 and index.example(int(i)).text != skip][:k]
+            ids[q, :len(cols)], scores[q, :len(cols)] = found_ids[row, cols], found_scores[row, cols]
+            if len(cols) < k and fetch < len(index):
+                retry.append(q)
+        todo, fetch = retry, min(2 * fetch, len(index))
+    return ids, scores
+
+
+def best_first(scores: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Positions of `scores` (n,) from highest to lowest, ties in position order; only where `keep` (n,) is True."""
+    rows = np.arange(len(scores)) if keep is None else np.flatnonzero(keep)
+    return rows[np.argsort(-scores[rows], kind="stable")]
+
+
+def first_excluding(rows: Iterable[int], texts: Sequence[str], text: str, m: int) -> list[int]:
+    """The first m of `rows` (positions into `texts`) whose text is not `text`; fewer when the rows run out."""
+    kept: list[int] = []
+    for row in rows:
+        if len(kept) == m:
+            break
+        if texts[row] != text:
+            kept.append(int(row))
+    return kept
+
+
+def cosines(index: "DemoIndex", ids: Sequence[int], embedding: np.ndarray) -> np.ndarray:
+    """Cosine of each example in `ids` to one query's unit embedding (d,): float32 (len(ids),)."""
+    return index.embeddings(ids) @ embedding
+
+
+def mmr_order(relevance: np.ndarray, similarity: np.ndarray, k: int, lambda_mult: float) -> list[int]:
+    """Positions of k candidates in MMR pick order; relevance (n,), pairwise similarity (n, n)."""
+    chosen = [int(np.argmax(relevance))]
+    redundancy = similarity[chosen[0]].copy()  # (n,) max similarity to anything chosen so far
+    while len(chosen) < min(k, len(relevance)):
+        gain = lambda_mult * relevance - (1 - lambda_mult) * redundancy
+        gain[chosen] = -np.inf
+        chosen.append(int(np.argmax(gain)))
+        redundancy = np.maximum(redundancy, similarity[chosen[-1]])
+    return chosen
