@@ -60,3 +60,19 @@ def tiny_gptj():
         n_layer=2, n_head=4, n_embd=64, rotary_dim=8, vocab_size=1000, n_positions=256, bos_token_id=0, eos_token_id=0
     )
     return GPTJForCausalLM(config).eval()
+
+
+@pytest.fixture
+def perfect(tmp_path):
+    """A hand-made results directory: one knn run, prediction always gold, head (1, 2) follows it (no model)."""
+    from handmade_results import perfect_dir
+
+    return perfect_dir(tmp_path / "perfect")
+
+
+@pytest.fixture
+def study(tmp_path):
+    """A hand-made results directory with every condition: 4 selectors x 2 label formats x 2 pools (no model)."""
+    from handmade_results import study_dir
+
+    return study_dir(tmp_path / "study")

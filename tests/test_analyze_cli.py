@@ -1,6 +1,7 @@
-"""End to end: a small real `compare` run with the packaged SmolLM2, then `ricl analyze all` and `ricl report`.
+"""`ricl analyze ...` and `ricl report`: the commands' printed lines and errors on hand-made results (no model), and
+end to end on a small real `compare` run with the packaged SmolLM2.
 
-The run scores 6 runs x 16 queries (k=4); on 2 idle CPU cores that takes about 45 s, the analyses about 5 s.
+The real run scores 6 runs x 16 queries (k=4); on 2 idle CPU cores that takes about 45 s, the analyses about 5 s.
 """
 
 from __future__ import annotations
@@ -9,12 +10,13 @@ import csv
 from pathlib import Path
 
 import pytest
+from handmade_results import study_dir
 from typer.testing import CliRunner
 
+from retrieval_icl.analysis.registry import ANALYSES
 from retrieval_icl.cli import app
 from retrieval_icl.experiment import CompareConfig, run_compare
 
-pytestmark = pytest.mark.lm
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 runner = CliRunner()
 
@@ -26,6 +28,59 @@ def ricl(*args):
 def rows(path: Path) -> list[dict]:
     with path.open() as f:
         return list(csv.DictReader(f))
+
+
+def test_each_analysis_command_prints_the_file_it_wrote(tmp_path):
+    study = study_dir(tmp_path / "small", n_queries=20, selectors=("knn", "random", "kmeans"))
+    for analysis in ANALYSES:
+        one_run = ["--run", "knn-default-in_distribution-seed0"] if "runs" in analysis.takes else []  # faster
+        seed = ["--seed", "1"] if "seed" in analysis.takes else []
+        result = ricl("analyze", analysis.command, study, *one_run, *seed)
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[-1] == f"{analysis.name}: {study / 'analysis' / analysis.name}.json"
+
+
+def test_reconstruct_prints_the_best_head_of_each_run(perfect):
+    result = ricl("analyze", "reconstruct", perfect, "--run", "knn-seed0", "--selection-fraction", "0.7")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "knn-seed0: best head L1H2, held-out agreement 1.000, accuracy 1.000 (n=12)",
+        f"reconstruction: {perfect / 'analysis' / 'reconstruction.json'}"]
+
+
+def test_analyze_all_lists_every_analysis_done_or_skipped_then_report(perfect):
+    result = ricl("analyze", "all", perfect, "--bins", "3", "--tau", "0.05")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "attention: done", "reconstruction: done", "kernel: done", "bandwidth: done",
+        "label_format: skipped (every run uses a single label format)",
+        "distribution: skipped (one demonstration pool and no representative (kmeans/votek) selector)",
+        f"files in {perfect / 'analysis'}"]
+    report = ricl("report", perfect, "--no-html", "--no-analyze")
+    assert report.exit_code == 0 and report.output.splitlines() == [f"wrote {perfect / 'report.md'}"]
+
+
+def test_report_runs_the_analyses_first_unless_told_not_to(perfect):
+    (perfect / "attention" / "knn-seed0.safetensors").unlink()  # fewer analyses to run
+    refused = ricl("report", perfect, "--no-analyze")
+    assert refused.exit_code == 2 and "no analyses saved" in refused.stderr
+    result = ricl("report", perfect)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"wrote {perfect / 'report.md'}", f"wrote {perfect / 'report.html'}"]
+    assert (perfect / "analysis" / "index.json").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["analyze", "attention", "no/such/dir"], "no such results directory"),
+    (["analyze", "distribution", "{run}"], "nothing to compare"),
+    (["analyze", "reconstruct", "{run}", "--run", "nope"], "no run named 'nope'"),
+    (["analyze", "reconstruct", "{run}", "--selection-n", "40"], "selection split needs"),
+])
+def test_bad_input_is_one_line_and_exit_2(perfect, args, message):
+    result = ricl(*[a.replace("{run}", str(perfect)) for a in args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +95,7 @@ def run_dir(tmp_path_factory, smollm2):  # smollm2: the model is converted into 
     return run_compare(config)[2]
 
 
+@pytest.mark.lm
 def test_analyze_all_then_report(run_dir):
     result = ricl("analyze", "all", run_dir, "--selection-n", "10")
     assert result.exit_code == 0, result.output
@@ -67,16 +123,3 @@ def test_analyze_all_then_report(run_dir):
     figures = [line.split("](")[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert len(figures) >= 8 and all((run_dir / f).exists() for f in figures)
     assert "data:image/png;base64," in (run_dir / "report.html").read_text()
-
-
-@pytest.mark.parametrize("args, message", [
-    (["analyze", "attention", "no/such/dir"], "no such results directory"),
-    (["analyze", "distribution", "{run}"], "nothing to compare"),
-    (["analyze", "reconstruct", "{run}", "--run", "nope"], "no run named 'nope'"),
-    (["analyze", "reconstruct", "{run}", "--selection-n", "16"], "selection split needs"),
-])
-def test_bad_input_is_one_line_and_exit_2(run_dir, args, message):
-    result = ricl(*[a.replace("{run}", str(run_dir)) for a in args])
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

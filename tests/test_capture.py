@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_icl.capture import (PROFILE_REGIONS, SUMMARY_COLUMNS, X_MASS, Y_MAX, capture_attention,
-                                   demo_attention_profile, demo_attention_summary)
+from retrieval_icl.attention_summary import (
+    PROFILE_REGIONS,
+    SUMMARY_COLUMNS,
+    X_MASS,
+    Y_MAX,
+    demo_attention_profile,
+    demo_attention_summary,
+)
+from retrieval_icl.capture import capture_attention
 from retrieval_icl.errors import RiclError
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from handmade_results import SELECTORS, make_record, queries, write_dir
 from typer.testing import CliRunner
 
 from retrieval_icl.analysis.crossrun import collect, write_cross_run_report
 from retrieval_icl.cli import app
 from retrieval_icl.errors import RiclError
 from retrieval_icl.study import load_study, study_configs
-from test_analysis import SELECTORS, make_record, queries, write_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

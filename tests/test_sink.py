@@ -5,13 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from standin import byte_level_tokenizer
+from test_capture import eager_rows
 
 from retrieval_icl.analysis.attention import span_max_weights
 from retrieval_icl.analysis.votes import argmax_breaking_ties, class_votes
-from retrieval_icl.capture import capture_attention, demo_attention_summary, span_attention_mass
+from retrieval_icl.attention_summary import demo_attention_summary, span_attention_mass
+from retrieval_icl.capture import capture_attention
 from retrieval_icl.prompts import PromptBuilder
 from retrieval_icl.tasks import Example, load_task
-from test_capture import eager_rows
 
 pytestmark = pytest.mark.lm
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -68,20 +70,9 @@ def test_few_heads_vote_demo_1s_label_on_almost_every_query(random_run):
 
 @pytest.fixture(scope="module")
 def gptj_style_tokenizer():
-    """A byte-level BPE tokenizer like GPT-J's (GPT-2's): adds no BOS, `<|endoftext|>` its only special token.
-    Trained here on a few prompts, since GPT-J's own cannot be downloaded offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.post_processor = processors.ByteLevel(trim_offsets=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    """A byte-level BPE tokenizer like GPT-J's: adds no BOS, `<|endoftext|>` its only special token."""
     text = PromptBuilder(load_task("sst2")).render(DEMOS, ("what a ride",))[0]
-    tok.train_from_iterator([text] * 20, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    return byte_level_tokenizer([text] * 20, vocab_size=600)
 
 
 def test_gptj_style_prompt_spans_exclude_the_preamble_and_capture_matches_eager(gptj_style_tokenizer, tiny_gptj):

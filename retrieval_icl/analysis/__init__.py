@@ -6,62 +6,55 @@ bandwidth, label format, demonstration distribution, and the report that gathers
     run_all(results)                      # every analysis the records allow, files in results/.../analysis/
     write_report(results.directory)       # report.md + report.html
 
-Modules: records.py (load and check a results directory), attention.py (Figure 2 map, HeadReconstruction),
-kernel.py (KernelRegression, Table 2), bandwidth.py, label_format.py, distribution.py, report.py, cli.py.
+Modules: registry.py (each analysis declared once: name, command, when it applies, how it runs), records.py (load
+and check a results directory), attention.py (Figure 2 map, HeadReconstruction), kernel.py (KernelRegression,
+Table 2), bandwidth.py, label_format.py, distribution.py, report.py, cli.py.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Sequence
 
+from . import report
 from .records import Results, load_results
-from .report import write_json, write_report
+from .registry import ANALYSES, Options, names
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Results", "load_results", "applicable", "run_all", "write_report"]
+__all__ = ["Results", "Options", "load_results", "applicable", "run_all", "run_analyses", "write_report"]
 
 
 def applicable(results: Results, runs: Sequence[str] | None = None) -> dict[str, str | None]:
     """Analysis name -> None if the records allow it, else the reason it is skipped."""
-    from .distribution import REPRESENTATIVE
+    return {a.name: a.applies(results, runs) for a in ANALYSES}
 
-    names = list(runs) if runs else results.main_runs()
-    attention = None if any(results.has_attention(r) for r in results.runs(names)) else \
-        "no attention captured (capture_attention: false)"
-    formats = {(r["selector"], r["seed"], r["k"], r["pool"], r["label_format"]) for r in results.records}
-    varied = len(formats) > len({f[:4] for f in formats})
-    reps = any(s["name"] in REPRESENTATIVE for s in results.selector_specs().values())
-    return {"attention": attention, "reconstruction": attention, "kernel": None, "bandwidth": None,
-            "label_format": None if varied else "every run uses a single label format",
-            "distribution": None if len(results.pool_order()) > 1 or reps else
-            "one demonstration pool and no representative (kmeans/votek) selector"}
+
+def run_analyses(results: Results, options: Options = Options()) -> dict[str, dict | str]:
+    """Every analysis the records allow; name -> its result dict, or the reason it was skipped (also saved)."""
+    done: dict[str, dict | str] = {}
+    reasons = applicable(results, options.runs)
+    for analysis in ANALYSES:
+        reason = reasons[analysis.name]
+        if reason is None:
+            log.info("analysis %s", analysis.name)
+            done[analysis.name] = analysis.run(results, options)
+        else:
+            log.info("skipping %s: %s", analysis.name, reason)
+            done[analysis.name] = reason
+    report.write_json(results.analysis_dir / "index.json",
+                      {n: "done" if isinstance(v, dict) else v for n, v in done.items()})
+    return done
 
 
 def run_all(results: Results, runs: Sequence[str] | None = None, tau: float = 0.1, selection_fraction: float = 0.7,
             selection_n: int | None = None, seed: int = 0, n_bins: int = 5) -> dict[str, dict | str]:
-    """Every analysis the records allow; name -> its result dict, or the reason it was skipped (also saved)."""
-    from .attention import analyze_attention, analyze_reconstruction
-    from .bandwidth import analyze_bandwidth
-    from .distribution import analyze_distribution
-    from .kernel import analyze_kernel
-    from .label_format import analyze_label_format
+    """`run_analyses` with the options as keywords."""
+    return run_analyses(results, Options(runs=runs, tau=tau, selection_fraction=selection_fraction,
+                                         selection_n=selection_n, seed=seed, bins=n_bins))
 
-    split = {"selection_fraction": selection_fraction, "selection_n": selection_n, "seed": seed}
-    steps = {"attention": lambda: analyze_attention(results, runs),
-             "reconstruction": lambda: analyze_reconstruction(results, runs, **split),
-             "kernel": lambda: analyze_kernel(results, runs, tau=tau, **split),
-             "bandwidth": lambda: analyze_bandwidth(results, n_bins=n_bins, **split),
-             "label_format": lambda: analyze_label_format(results, **split),
-             "distribution": lambda: analyze_distribution(results)}
-    done: dict[str, dict | str] = {}
-    for name, reason in applicable(results, runs).items():
-        if reason is None:
-            log.info("analysis %s", name)
-            done[name] = steps[name]()
-        else:
-            log.info("skipping %s: %s", name, reason)
-            done[name] = reason
-    write_json(results.analysis_dir / "index.json", {n: "done" if isinstance(v, dict) else v for n, v in done.items()})
-    return done
+
+def write_report(directory: str | Path, html: bool = True) -> list[Path]:
+    """Write RESULTS_DIR/report.md (and report.html) from the saved analyses, in registry order; returns the paths."""
+    return report.write_report(directory, names(), html)

@@ -7,11 +7,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..attention_summary import PRE_LABEL, PROFILE_REGIONS, X_MASS, X_MAX, Y_MASS, Y_MAX
 from ..errors import RiclError
 from ..paper import best_head_sentence
-from .votes import argmax_breaking_ties, class_votes, rate, raw_predictions
-from .records import PRE_LABEL, PROFILE_REGIONS, X_MASS, X_MAX, Y_MASS, Y_MAX, Results, most_common
+from .records import Results, most_common
 from .report import Section, new_figure, save_analysis, save_figure, write_csv, write_json
+from .votes import argmax_breaking_ties, class_votes, rate, raw_predictions
 
 MASS_PARTS = ("preamble (BOS, the sink)", "demo inputs x_i", "'Output:' token before y_i", "demo labels y_i",
               "elsewhere (separators, query)")

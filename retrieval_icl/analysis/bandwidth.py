@@ -15,9 +15,9 @@ from scipy import stats as st
 
 from ..stats import bootstrap_ci
 from .attention import reconstruct_run, span_max_weights
-from .votes import normalise, rate
 from .records import Results, group_by
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .votes import normalise, rate
 
 
 class BinnedAccuracy:

@@ -1,13 +1,22 @@
-"""`ricl analyze ...` and `ricl report`: analyses of a saved results directory, and the report gathering them."""
+"""`ricl analyze ...` and `ricl report`: analyses of a saved results directory, and the report gathering them.
+
+One subcommand per analysis in the registry, made by `add_command` from its name, description and options; `all`
+takes every option. The analyses are imported when a command runs, so `ricl --help` stays fast.
+"""
 
 from __future__ import annotations
 
+from inspect import Parameter, Signature
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import typer
 
 from ..cli_errors import friendly_errors
+from .registry import ANALYSES, OPTION_NAMES, Analysis, Options, names
+
+if TYPE_CHECKING:
+    from .records import Results
 
 analyze_app = typer.Typer(help="Analyse a `ricl compare` results directory (no model needed); files go to "
                           "RESULTS_DIR/analysis/.", no_args_is_help=True)
@@ -21,106 +30,58 @@ SELECTION_N = typer.Option(None, "--selection-n", min=1, help="Number of selecti
 SEED = typer.Option(0, "--seed", help="Seed of the selection split and bootstrap.")
 TAU = typer.Option(0.1, "--tau", min=0.0, help="Bandwidth of the encoder kernel exp(cos/tau); 0 = nearest neighbour.")
 BINS = typer.Option(5, "--bins", min=2, help="Quantile bins of similarity for random selections.")
+# Each registry Options field: its type and its typer option (real types: typer reads them from the signature).
+OPTIONS = {"runs": (Optional[list[str]], RUNS), "tau": (float, TAU), "selection_fraction": (float, FRACTION),
+           "selection_n": (Optional[int], SELECTION_N), "seed": (int, SEED), "bins": (int, BINS)}
 
 
-def _load(results_dir: Path):
+def _load(results_dir: Path) -> Results:
+    """The results directory, loaded and checked."""
     from .records import load_results
 
     return load_results(results_dir)
 
 
-def _done(results, *names: str) -> None:
-    folder = results.analysis_dir
-    for name in names:
-        typer.echo(f"{name}: {folder / (name + '.json')}")
+def with_options(command: Callable[..., None], takes: Sequence[str]) -> Callable[..., None]:
+    """`command(results_dir, **options)` given the signature typer reads: RESULTS, then the options `takes` names."""
+    params = [Parameter("results_dir", Parameter.POSITIONAL_OR_KEYWORD, default=RESULTS, annotation=Path)]
+    params += [Parameter(t, Parameter.KEYWORD_ONLY, default=OPTIONS[t][1], annotation=OPTIONS[t][0]) for t in takes]
+    command.__signature__ = Signature(params, return_annotation=None)
+    command.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    return command
 
 
-@analyze_app.command("attention")
-@friendly_errors
-def attention(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS) -> None:
-    """Figure 2: attention from the prediction position over each demonstration's tokens, per layer."""
-    from .attention import analyze_attention
+def add_command(analysis: Analysis) -> None:
+    """`ricl analyze <command>`: run the analysis alone, print its summary lines and the file written."""
 
-    results = _load(results_dir)
-    analyze_attention(results, run)
-    _done(results, "attention")
+    def command(results_dir: Path, **options: Any) -> None:
+        results = _load(results_dir)
+        found = analysis.run(results, Options(**options))
+        for line in analysis.summary(found):
+            typer.echo(line)
+        typer.echo(f"{analysis.name}: {results.analysis_dir / (analysis.name + '.json')}")
 
-
-@analyze_app.command("reconstruct")
-@friendly_errors
-def reconstruct(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, selection_fraction: float = FRACTION,
-                selection_n: Optional[int] = SELECTION_N, seed: int = SEED) -> None:
-    """ICL prediction reconstructed from each head's attention; best head chosen on a selection split."""
-    from .attention import analyze_reconstruction
-
-    results = _load(results_dir)
-    found = analyze_reconstruction(results, run, selection_fraction, selection_n, seed)
-    for name, row in found["runs"].items():
-        typer.echo(f"{name}: best head L{row['best_layer']}H{row['best_head']}, held-out agreement "
-                   f"{row['agreement']:.3f}, accuracy {row['reconstructed_accuracy']:.3f} (n={row['n_heldout']})")
-    _done(results, "reconstruction")
+    command.__name__ = command.__qualname__ = analysis.name
+    analyze_app.command(analysis.command, help=analysis.description)(
+        friendly_errors(with_options(command, analysis.takes)))
 
 
-@analyze_app.command("kernel")
-@friendly_errors
-def kernel(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, tau: float = TAU,
-           selection_fraction: float = FRACTION, selection_n: Optional[int] = SELECTION_N, seed: int = SEED) -> None:
-    """Table 2: ICL vs kernel regression with the encoder kernel, the head kernel and the reconstruction."""
-    from .kernel import analyze_kernel
-
-    results = _load(results_dir)
-    analyze_kernel(results, run, tau, selection_fraction, selection_n, seed)
-    _done(results, "kernel")
+for _analysis in ANALYSES:
+    add_command(_analysis)
 
 
-@analyze_app.command("bandwidth")
-@friendly_errors
-def bandwidth(results_dir: Path = RESULTS, bins: int = BINS, selection_fraction: float = FRACTION,
-              selection_n: Optional[int] = SELECTION_N, seed: int = SEED) -> None:
-    """Accuracy by similarity of the demonstrations (bands, k, random bins) and kernel entropy."""
-    from .bandwidth import analyze_bandwidth
-
-    results = _load(results_dir)
-    analyze_bandwidth(results, bins, selection_fraction, selection_n, seed)
-    _done(results, "bandwidth")
-
-
-@analyze_app.command("label-format")
-@friendly_errors
-def label_format(results_dir: Path = RESULTS, selection_fraction: float = FRACTION,
-                 selection_n: Optional[int] = SELECTION_N, seed: int = SEED) -> None:
-    """The same selections under several label formats: accuracy, label attention, reconstruction."""
-    from .label_format import analyze_label_format
-
-    results = _load(results_dir)
-    analyze_label_format(results, selection_fraction, selection_n, seed)
-    _done(results, "label_format")
-
-
-@analyze_app.command("distribution")
-@friendly_errors
-def distribution(results_dir: Path = RESULTS) -> None:
-    """In-distribution vs shifted pools, representative vs random selections."""
-    from .distribution import analyze_distribution
-
-    results = _load(results_dir)
-    analyze_distribution(results)
-    _done(results, "distribution")
-
-
-@analyze_app.command("all")
-@friendly_errors
-def analyze_all(results_dir: Path = RESULTS, run: Optional[list[str]] = RUNS, tau: float = TAU,
-                selection_fraction: float = FRACTION, selection_n: Optional[int] = SELECTION_N, seed: int = SEED,
-                bins: int = BINS) -> None:
+def analyze_all(results_dir: Path, **options: Any) -> None:
     """Every analysis the records allow (the others are listed as skipped, with the reason)."""
-    from . import run_all
+    from . import run_analyses
 
     results = _load(results_dir)
-    done = run_all(results, run, tau, selection_fraction, selection_n, seed, bins)
+    done = run_analyses(results, Options(**options))
     for name, value in done.items():
         typer.echo(f"{name}: " + ("done" if isinstance(value, dict) else f"skipped ({value})"))
     typer.echo(f"files in {results.analysis_dir}")
+
+
+analyze_app.command("all")(friendly_errors(with_options(analyze_all, OPTION_NAMES)))
 
 
 @friendly_errors
@@ -136,8 +97,7 @@ def report(results_dirs: list[Path] = typer.Argument(..., help="A results direct
            seed: int = SEED) -> None:
     """Write RESULTS_DIR/report.md (and .html): setup, accuracy, and every saved analysis with figures and tables.
     With several directories: OUT/table2.md and table2.csv, Table 2 across models and tasks with the paper's rows."""
-    from . import run_all
-    from .report import ANALYSES, write_report
+    from . import run_all, write_report
 
     if len(results_dirs) > 1:
         from .crossrun import write_cross_run_report
@@ -148,7 +108,7 @@ def report(results_dirs: list[Path] = typer.Argument(..., help="A results direct
         return
     results_dir = results_dirs[0]
     folder = results_dir / "analysis"
-    if analyze and not any((folder / f"{n}.json").exists() for n in ANALYSES):
+    if analyze and not any((folder / f"{n}.json").exists() for n in names()):
         run_all(_load(results_dir))
     for path in write_report(results_dir, html=html):
         typer.echo(f"wrote {path}")

@@ -11,9 +11,9 @@ import numpy as np
 from ..errors import RiclError
 from ..stats import mcnemar
 from .bandwidth import mean_similarity
-from .votes import rate
 from .records import Results, group_by
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .votes import rate
 
 REPRESENTATIVE = ("kmeans", "votek")
 

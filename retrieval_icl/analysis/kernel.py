@@ -18,10 +18,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ..attention_summary import PRE_LABEL
 from ..errors import RiclError
 from ..paper import PAPER_MODEL, TABLE2, table2_reference
 from .attention import reconstruct_run
-from .records import PRE_LABEL, Results
+from .records import Results
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
 from .votes import argmax_breaking_ties, class_votes, normalise, rate, raw_predictions
 

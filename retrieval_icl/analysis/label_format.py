@@ -15,9 +15,9 @@ import numpy as np
 from ..errors import RiclError
 from ..stats import mcnemar
 from .attention import reconstruct_run
-from .votes import rate
 from .records import Results, group_by
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .votes import rate
 
 METRICS = (("accuracy", "accuracy"), ("label_attention", "attention mass on label tokens"),
            ("reconstruction_agreement", "best head's agreement with ICL (held out)"))

@@ -9,23 +9,16 @@ from pathlib import Path
 from typing import Callable, Hashable, Iterable
 
 import numpy as np
-import yaml
 
+from ..attention_summary import N_SUMMARY_COLUMNS
 from ..errors import RiclError
+from ..record import RunRecord
 from ..tasks import _rows_jsonl
+from ..yaml_config import read_yaml
 
 log = logging.getLogger(__name__)
 
-REQUIRED_KEYS = ("task", "selector", "seed", "k", "label_format", "pool", "run", "query_id", "gold", "prediction",
-                 "correct", "raw_prediction", "label_log_probs", "demo_ids", "demo_labels", "demo_scores",
-                 "encoder_similarities", "preamble_span")
-# The last axis of the attention summaries, as capture.SUMMARY_COLUMNS writes it (not imported: capture needs torch).
-# Each query also has "<id>/preamble", (layers, heads): the attention mass on the preamble (BOS, the sink).
-SUMMARY_COLUMNS = ("x_mass", "y_mass", "x_max", "y_max", "pre_label")
-X_MASS, Y_MASS, X_MAX, Y_MAX, PRE_LABEL = range(5)
-N_SUMMARY_COLUMNS = len(SUMMARY_COLUMNS)
 ATTENTION_CACHE_RUNS = 4  # runs whose attention arrays stay in memory
-PROFILE_REGIONS = (("x", 16), ("separator", 4), ("y", 2), ("demo_separator", 2))  # capture.PROFILE_REGIONS
 
 
 @dataclass
@@ -160,7 +153,7 @@ def load_results(directory: str | Path) -> Results:
     path = directory / "records.jsonl"
     if not path.exists():
         raise RiclError(f"{path}: no such file; {directory} is not a `ricl compare` results directory")
-    records = [check_record(row, f"{path}:{no}") for no, row in _rows_jsonl(path)]
+    records = [RunRecord.check(row, f"{path}:{no}") for no, row in _rows_jsonl(path)]
     if not records:
         raise RiclError(f"{path}: no records")
     n_labels = {len(r["label_log_probs"]) for r in records}
@@ -169,46 +162,12 @@ def load_results(directory: str | Path) -> Results:
     return Results(directory, records, read_config(directory / "config.yaml"))
 
 
-def check_record(record: dict, where: str) -> dict:
-    """One parsed record, checked: required keys, aligned demo lists, label ids within the label set."""
-    missing = [k for k in REQUIRED_KEYS if k not in record]
-    if missing:
-        raise RiclError(f"{where}: missing keys {missing}; expected a record written by `ricl compare` (records from "
-                        "before the preamble span and raw predictions were recorded: rerun `ricl compare`)")
-    n = len(record["demo_ids"])
-    lengths = [len(record[k]) for k in ("demo_labels", "demo_scores", "encoder_similarities")]
-    if any(m != n for m in lengths):
-        raise RiclError(f"{where}: demo_ids, demo_labels, demo_scores and encoder_similarities have lengths "
-                        f"{[n, *lengths]}; expected equal lengths")
-    check_preamble(record, where)
-    n_labels = len(record["label_log_probs"])
-    labels = [record["gold"], record["prediction"], record["raw_prediction"], *record["demo_labels"]]
-    if any(not isinstance(v, int) or not 0 <= v < n_labels for v in labels):
-        raise RiclError(f"{where}: gold, prediction and demo_labels must be label ids in 0..{n_labels - 1}, got {labels}")
-    return record
-
-
-def check_preamble(record: dict, where: str) -> None:
-    """The preamble starts the prompt and no demonstration span reaches into it (the attention sink is nobody's)."""
-    start, end = record["preamble_span"]
-    first = min((s[0] for s in record.get("x_spans", []) + record.get("y_spans", [])), default=end)
-    if start != 0 or end < 1 or first < end:
-        raise RiclError(f"{where}: preamble_span {record['preamble_span']} must be [0, n) with n >= 1 and every "
-                        f"demonstration span after it (first starts at {first})")
-
-
 def read_config(path: Path) -> dict:
     """The resolved config saved next to the records ({} when absent)."""
     if not path.exists():
         log.warning("%s not found; selector parameters and label names are unknown", path)
         return {}
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise RiclError(f"{path}: not valid YAML: {e}")
-    if not isinstance(data, dict):
-        raise RiclError(f"{path}: expected a mapping, got {type(data).__name__}")
-    return data
+    return read_yaml(path)
 
 
 def load_attention(path: Path, records: list[dict]) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
 """What analyses write (sections of text, tables, PNG figures in RESULTS_DIR/analysis/) and the report built from them.
 
 Each analysis saves `analysis/<name>.json`: a title, an introduction and sections (heading, text, table rows, figure
-file). `write_report` puts the experiment's setup and accuracy table first, then every saved analysis in ANALYSES
-order, into one `report.md` and a self-contained `report.html` (figures embedded).
+file). `write_report` puts the experiment's setup and accuracy table first, then every saved analysis in the order
+it is given (the package's `write_report` gives the registry's), into one `report.md` and a self-contained
+`report.html` (figures embedded). This module imports no analysis: the analyses import it to write.
 """
 
 from __future__ import annotations
@@ -14,11 +15,10 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import RiclError
 
-ANALYSES = ("attention", "reconstruction", "kernel", "bandwidth", "label_format", "distribution")
 HTML_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.45;padding:0 1em}}
@@ -54,6 +54,7 @@ def _plain(value: Any) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Data as indented JSON, numpy values as plain ones."""
     path.write_text(json.dumps(data, indent=1, default=_plain))
 
 
@@ -98,6 +99,7 @@ def table_markdown(rows: list[dict]) -> str:
 
 
 def section_markdown(section: dict, level: int = 3) -> str:
+    """One saved section: heading, text, figure link, table."""
     parts = [f"{'#' * level} {section['heading']}\n"]
     if section.get("text"):
         parts.append(section["text"] + "\n")
@@ -109,6 +111,7 @@ def section_markdown(section: dict, level: int = 3) -> str:
 
 
 def analysis_markdown(data: dict) -> str:
+    """One saved analysis: its title, introduction and sections."""
     body = [f"## {data['title']}\n", data.get("intro", "") + "\n"]
     body += [section_markdown(s) for s in data["sections"]]
     return "\n".join(body)
@@ -122,10 +125,10 @@ def setup_markdown(directory: Path) -> str:
     return re.sub(r"^## (?!Experiment)", "### ", text, flags=re.M)
 
 
-def report_markdown(directory: Path) -> str:
-    """The whole report as Markdown: setup, then each saved analysis."""
+def report_markdown(directory: Path, names: Sequence[str]) -> str:
+    """The whole report as Markdown: setup, then each saved analysis of `names`, in that order."""
     analysis = directory / "analysis"
-    saved = [analysis / f"{n}.json" for n in ANALYSES if (analysis / f"{n}.json").exists()]
+    saved = [analysis / f"{n}.json" for n in names if (analysis / f"{n}.json").exists()]
     if not saved:
         raise RiclError(f"no analyses saved under {analysis}; run `ricl analyze all {directory}` first")
     intro = (f"# In-context learning as kernel regression: report for `{directory.name}`\n\n"
@@ -158,12 +161,12 @@ def markdown_to_html(text: str, directory: Path, title: str) -> str:
     return HTML_PAGE.format(title=title, body=body)
 
 
-def write_report(directory: str | Path, html: bool = True) -> list[Path]:
-    """Write RESULTS_DIR/report.md (and report.html) from the saved analyses; returns the paths written."""
+def write_report(directory: str | Path, names: Sequence[str], html: bool = True) -> list[Path]:
+    """Write RESULTS_DIR/report.md (and report.html) from the saved analyses of `names`; returns the paths written."""
     directory = Path(directory)
     if not directory.is_dir():
         raise RiclError(f"{directory}: no such results directory")
-    text = report_markdown(directory)
+    text = report_markdown(directory, names)
     written = [directory / "report.md"]
     written[0].write_text(text)
     if html:

@@ -1,0 +1,78 @@
+"""kernel.py: kernel regression with the encoder and head kernels, and Table 2 (hand-made records, no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from handmade_results import BEST, SELECTORS, H, L, doctest_failures, make_record, queries, write_dir
+
+from retrieval_icl.analysis import kernel, load_results
+from retrieval_icl.analysis.attention import reconstruct_run
+from retrieval_icl.analysis.kernel import KernelRegression, head_kernel_predictions, kernel_weights
+from retrieval_icl.attention_summary import PRE_LABEL
+from retrieval_icl.errors import RiclError
+
+
+def test_kernel_with_tau_to_zero_returns_the_nearest_neighbours_label():
+    rng = np.random.default_rng(0)
+    sims = rng.uniform(-1, 1, size=(50, 6))
+    labels = rng.integers(0, 3, size=(50, 6))
+    nearest = labels[np.arange(50), sims.argmax(1)]
+    for tau in (0.0, 1e-6):
+        assert np.array_equal(KernelRegression(tau).fit(sims, labels, 3).predictions_, nearest)
+
+
+def test_kernel_with_a_wide_bandwidth_is_the_majority_vote():
+    sims, labels = [[0.9, 0.1, 0.2]], [[1, 0, 0]]
+    assert KernelRegression(tau=1e4).fit(sims, labels, 2).predictions_.tolist() == [0]
+    assert KernelRegression(tau=0.01).fit(sims, labels, 2).predictions_.tolist() == [1]
+    w = kernel_weights([0.5, 0.5, 0.1], 0.0)
+    assert w.tolist() == [0.5, 0.5, 0.0]  # ties share the weight
+    with pytest.raises(RiclError, match="tau must be >= 0"):
+        kernel_weights([0.1], -1)
+
+
+def test_head_kernel_reads_the_pre_label_attention_of_the_chosen_head():
+    s = np.zeros((L, H, 3, 5))
+    s[1, 2, 2, PRE_LABEL] = 0.7  # the head looks at demo 2's "Output:" position
+    s[0, 0, 0, PRE_LABEL] = 0.9  # another head looks elsewhere
+    assert head_kernel_predictions([s], [[0, 0, 1]], 2, (1, 2)).tolist() == [1]
+    assert head_kernel_predictions([s], [[0, 0, 1]], 2, (0, 0)).tolist() == [0]
+
+
+def test_table2_on_a_perfect_head_and_a_gold_nearest_neighbour(perfect):
+    out = kernel.analyze_kernel(load_results(perfect), tau=0.01)
+    col = out["runs"]["knn-seed0"]
+    for metric in ("icl_accuracy", "reconstruction_agreement", "reconstructed_accuracy", "encoder_kernel_accuracy",
+                   "head_kernel_accuracy"):
+        assert col[metric]["value"] == 1.0, metric
+    text = (perfect / "analysis" / "kernel.json").read_text()
+    assert "paper (GPT-J-6B (28 layers x 16 heads), Table 2)" in text and "0.503" in text
+
+
+def test_encoder_kernel_reads_the_experiments_encoder_not_the_selectors_scores(tmp_path):
+    recs = []
+    for q, g, labels, scores in queries():
+        own = [1.0 - s for s in scores]  # the selector's own kernel ranks the other label's demos nearest
+        recs.append(make_record("lm-seed0", q, g, g, labels, own, selector="lm", demo_score_kind="cosine:lm:x",
+                                encoder_similarities=scores))
+    results = load_results(write_dir(tmp_path / "own", recs, {"task": "sst2", "selectors": SELECTORS[:1]}))
+    column = kernel.table2_column(results, "lm-seed0", tau=0.01)
+    assert column["encoder_kernel_accuracy"]["value"] == 1.0
+
+
+def test_calibrated_records_are_reconstructed_against_the_raw_prediction(tmp_path):
+    recs = []
+    for q, g, labels, scores in queries():
+        recs.append(make_record("knn-seed0", q, g, 1 - g, labels, scores) | {"raw_prediction": g, "correct": False,
+                                                                            "calibrated_log_probs": [-0.5, -1.0]})
+    results = load_results(write_dir(tmp_path / "cal", recs, {"task": "sst2", "selectors": SELECTORS[:1]}))
+    # write_dir plants head BEST on the demos of each record's `prediction`; here that is the calibrated one
+    rec = reconstruct_run(results, "knn-seed0", selection_n=20)
+    assert rec.agreement_[BEST] == 0.0 and rec.heldout_["icl_accuracy"]["value"] == 1.0
+    column = kernel.table2_column(results, "knn-seed0", tau=0.1, reconstruction=rec)
+    assert column["icl_accuracy"]["value"] == 1.0 and column["calibrated_icl_accuracy"]["value"] == 0.0
+
+
+def test_doctests():
+    assert doctest_failures(kernel) == 0

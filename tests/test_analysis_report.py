@@ -1,0 +1,33 @@
+"""report.py: what analyses write (sections, tables) and the report gathering them, in the registry's order."""
+
+from __future__ import annotations
+
+import pytest
+
+from retrieval_icl.analysis import load_results, write_report
+from retrieval_icl.analysis.registry import names
+from retrieval_icl.analysis.report import Section, save_analysis, table_markdown
+from retrieval_icl.errors import RiclError
+
+
+def test_report_without_analyses_is_an_error(perfect):
+    with pytest.raises(RiclError, match="no analyses saved"):
+        write_report(perfect)
+
+
+def test_report_follows_the_registry_order_whatever_was_saved_first(perfect):
+    folder = load_results(perfect).analysis_dir
+    for name in reversed(names()):
+        save_analysis(folder, name, f"Title {name}", "Intro.", [Section("Part", "Text.", table=[{"a": 0.5}])])
+    save_analysis(folder, "unregistered", "Title unregistered", "Intro.", [])
+    [md] = write_report(perfect, html=False)
+    text = md.read_text()
+    positions = [text.index(f"## Title {n}\n") for n in names()]
+    assert positions == sorted(positions) and "Title unregistered" not in text
+    assert "| a |\n|---|\n| 0.500 |\n" in text
+
+
+def test_table_cells_have_three_decimals_and_a_dash_for_missing_values():
+    rows = [{"a": 0.12345, "b": None}, {"b": float("nan"), "c": 2}]
+    assert table_markdown(rows) == "| a | b | c |\n|---|---|---|\n| 0.123 | – | – |\n| – | – | 2 |\n"
+    assert table_markdown([]) == ""
