@@ -23,7 +23,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-
 from common import DATA, interleave, peak_delta_mb, print_machine, print_table, timing_rows
 
 from retrieval_icl.prompts import PromptBuilder

@@ -31,7 +31,7 @@ from typing import Any
 
 from common import DATA, ROOT, print_machine, print_table
 
-import retrieval_icl.capture as capture_module
+import retrieval_icl.assemble as assemble_module
 import retrieval_icl.experiment as experiment
 from retrieval_icl.capture import AttentionCapture
 from retrieval_icl.encoders import Encoder
@@ -81,8 +81,8 @@ def instrument() -> None:
     stopwatch(PromptBuilder, "build", "tokenisation")
     stopwatch(AttentionCapture, "record", "capture: record (in forward)")
     stopwatch(AttentionCapture, "rows", "capture: rows")
-    stopwatch(capture_module, "demo_attention_summary", "capture: summaries")
-    stopwatch(capture_module, "demo_attention_profile", "capture: summaries")
+    stopwatch(assemble_module, "demo_attention_summary", "capture: summaries")
+    stopwatch(assemble_module, "demo_attention_profile", "capture: summaries")
     stopwatch(experiment, "write_results", "write results")
     load: Callable = LMRunner.load
 
@@ -123,8 +123,9 @@ def main() -> None:
     wall = time.perf_counter() - start
     info = json.loads((out / "run_info.json").read_text())
     timings = info["timings"]
-    runs = [k for k in timings if k.startswith("run:")]
-    run_seconds = sum(timings[k] for k in runs) + SECONDS["write results"] - SECONDS["encoder load (set-up)"]
+    runs = [r["run"] for r in rows]
+    run_seconds = (timings["plan"] + timings["score"] + timings["assemble"] + SECONDS["write results"]
+                   - SECONDS["encoder load (set-up)"])
     per = args.n_queries * len(runs)
     print(f"\n## `ricl compare` {Path(args.config).name}: {args.n_queries} queries x {len(runs)} runs "
           f"({', '.join(r['run'] for r in rows)}), k={config.k}, capture on\n")

@@ -21,11 +21,10 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-
 from common import DATA, ROOT, interleave, peak_delta_mb, print_machine, print_table, timing_rows
 
 from retrieval_icl.encoders import Encoder

@@ -68,24 +68,16 @@ def index_build(
 ) -> None:
     """Embed a dataset split and save a FAISS index of it (atomic: an existing index is never half-replaced)."""
     from .encoders import DEFAULT_ENCODER
-    from .index import DemoIndex
-    from .lm_encoder import make_encoder
-    from .tasks import fingerprint
+    from .task_index import build_task_index
 
     if out.exists() and not overwrite:
         raise RiclError(f"{out} exists; pass --overwrite to replace it")
     spec, examples, _ = _task_and_examples(task, split, data_dir, file, text_field, label_field, labels)
-    meta = {"dataset_fingerprint": fingerprint(examples), "task": spec.name, "label_names": spec.label_names,
-            "text_fields": spec.text_fields}
     if ray_workers is not None:
-        from .scale import build_index_distributed, connect_ray
+        from .scale import connect_ray
 
         connect_ray(ray_address)
-        index = build_index_distributed(examples, out, encoder or DEFAULT_ENCODER, index_type, ray_workers, **meta)
-    else:
-        index = DemoIndex(make_encoder(encoder or DEFAULT_ENCODER), index_type=index_type)
-        index.build(examples, show_progress=True, **meta)
-        index.save(out)
+    index = build_task_index(examples, spec, encoder or DEFAULT_ENCODER, index_type, out, ray_workers)
     console.print(f"saved {len(index)} examples ({index.manifest.index_type}, dim {index.manifest.dimension}) to {out}")
 
 
@@ -102,22 +94,33 @@ def index_info(directory: Path = typer.Argument(..., help="A saved index directo
     console.print(table)
 
 
-@app.command("select")
+def _strategies() -> str:
+    """Every registered selector with the first line of its docstring, for `ricl select --help`."""
+    from .selectors import SELECTORS
+
+    lines = [f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in sorted(SELECTORS.items())]
+    return "Strategies (--selector):\n\n" + "\n\n".join(lines)
+
+
+@app.command("select", epilog=_strategies())
 @friendly_errors
 def select(
     query: str = typer.Argument(..., help="The query text (for two-field tasks, the fields joined by a newline)."),
     index: Path = typer.Option(..., "--index", help="A saved index directory."),
     k: int = typer.Option(8, "--k", "-k", help="How many demonstrations."),
-    selector: str = typer.Option("knn", help="Selector name (random, knn)."),
-    order: Optional[str] = typer.Option(None, help="knn order: nearest_last, nearest_first or random."),
+    selector: str = typer.Option("knn", help="Selector name; every strategy is listed below."),
+    order: Optional[str] = typer.Option(None, help="Prompt order of selectors that rank: nearest_last, nearest_first "
+                                        "or random."),
     seed: int = typer.Option(0, help="Seed for random choices."),
+    param: Optional[list[str]] = typer.Option(None, "--param", help="Another selector parameter as KEY=VALUE "
+                                              "(repeatable; the value is read as YAML), e.g. lambda_mult=0.3."),
 ) -> None:
     """Print the demonstrations a selector picks for one query, in prompt order."""
     from .index import DemoIndex
     from .selectors import make_selector
 
     demo_index = DemoIndex.load(index)
-    params = {"seed": seed} | ({"order": order} if order else {})
+    params = {"seed": seed} | ({"order": order} if order else {}) | _key_values(param or [])
     chosen = make_selector(selector, **params).fit(demo_index).select([query], k)[0]
     names = demo_index.manifest.label_names
     table = Table("rank", "id", "score", "label", "text")
@@ -125,6 +128,22 @@ def select(
         ex = demo_index.example(i)
         table.add_row(str(rank), str(i), f"{score:.3f}", names[ex.label] if names else str(ex.label), ex.text[:100])
     console.print(table)
+
+
+def _key_values(items: list[str]) -> dict:
+    """KEY=VALUE strings as a dict, each value parsed as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RiclError(f"--param {item!r}: expected KEY=VALUE, e.g. lambda_mult=0.3")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise RiclError(f"--param {item!r}: the value is not valid YAML") from None
+    return out
 
 
 @app.command("compare")
@@ -145,23 +164,41 @@ def compare(
 
     cfg = load_compare_config(config, n_queries=n_queries, output_dir=output_dir)
     if ray_workers is not None:
-        from .scale import connect_ray, run_compare_distributed
+        from .experiment import run_compare_distributed
+        from .scale import connect_ray
 
         connect_ray(ray_address)
         rows, tests, out = run_compare_distributed(cfg, ray_workers, overwrite=overwrite, num_gpus=ray_gpus)
     else:
         rows, tests, out = run_compare(cfg, overwrite=overwrite)
-    _print_rows("Accuracy (95% bootstrap CI)", rows)
+    print_summary(rows, tests, console)
+    console.print(f"results in {out} (every column in summary.md)")
+
+
+def print_summary(rows: list[dict], tests: list[dict], out: Console) -> None:
+    """The compare summary in a few columns that stay readable at 80 characters; summary.md has them all."""
+    attention = "label_attention" in rows[0]
+    table = _table("Accuracy (95% bootstrap CI)", "run", "n", "accuracy [95% CI]", "similarity",
+                   *(["label attn"] if attention else []))
+    for r in rows:
+        table.add_row(r["run"], str(r["n"]), f"{r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]",
+                      f"{r['mean_similarity']:.3f}", *([f"{r['label_attention']:.3f}"] if attention else []))
+    out.print(table)
     if tests:
-        _print_rows("Paired McNemar tests", tests)
-    console.print(f"results in {out}")
+        mcnemar = _table("Paired McNemar tests (exact)", "comparison", "diff", "only a", "only b", "p")
+        for t in tests:
+            mcnemar.add_row(t["comparison"], f"{t['accuracy_diff']:+.3f}", str(t["only_a_right"]),
+                            str(t["only_b_right"]), f"{t['p_value']:.3g}")
+        out.print(mcnemar)
 
 
-def _print_rows(title: str, rows: list[dict]) -> None:
-    table = Table(*rows[0].keys(), title=title)
-    for row in rows:
-        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
-    console.print(table)
+def _table(title: str, text_column: str, *number_columns: str) -> Table:
+    """A table whose first (text) column folds long names onto more lines and whose numbers never wrap."""
+    table = Table(title=title)
+    table.add_column(text_column, overflow="fold")
+    for name in number_columns:
+        table.add_column(name, no_wrap=True)
+    return table
 
 
 @app.command("study")
@@ -181,12 +218,11 @@ def study(
 @friendly_errors
 def validate(path: Path = typer.Argument(..., help="An experiment YAML or a task YAML.")) -> None:
     """Check a config file without running anything."""
-    import yaml
-
     from .experiment import load_compare_config
     from .tasks import load_task
+    from .yaml_config import read_yaml
 
-    data = yaml.safe_load(path.read_text()) if path.exists() else None
+    data = read_yaml(path) if path.exists() else None
     if isinstance(data, dict) and ("task" in data and "text_fields" not in data or "columns" in data):
         cfg = load_compare_config(path)
         if cfg.task:
@@ -223,7 +259,8 @@ def serve(
     max_batch: int = typer.Option(256, min=1, help="Most examples one POST /examples may add."),
 ) -> None:
     """Serve POST /select, POST /examples and GET /health over HTTP (OpenAPI schema at /openapi.json)."""
-    from .service import Limits, serve as run_service
+    from .service import Limits
+    from .service import serve as run_service
 
     limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch)
     run_service(index, host=host, port=port, strategy=strategy, seed=seed, api_key=api_key, limits=limits)

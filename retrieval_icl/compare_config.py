@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,14 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .encoders import DEFAULT_ENCODER
 from .errors import RiclError
 from .index import DemoIndex
-from .lm_encoder import make_encoder
 from .models import DEFAULT_MODEL
 from .perturb import perturb_examples
 from .selectors import make_selector
+from .task_index import load_or_build_index
 from .tasks import Example, TaskSpec, fingerprint, load_examples, load_task, sample_examples, task_from_columns
 from .yaml_config import read_yaml, validation_message
-
-log = logging.getLogger(__name__)
 
 
 class SelectorConfig(BaseModel):
@@ -186,22 +183,8 @@ def load_inputs(config: CompareConfig) -> Inputs:
 
 
 def get_index(config: CompareConfig, pool: Pool, task: TaskSpec, encoder_name: str) -> DemoIndex:
-    """Load the pool's index if it was built before (checked against encoder and pool), else build and save it."""
-    fp = fingerprint(pool.examples)
+    """The pool's index under `encoder_name`, saved as <index_root>/<task>-<split>-<perturbation>-<fingerprint>[-tag]."""
     tag = "" if encoder_name == config.encoder else "-" + hashlib.sha256(encoder_name.encode()).hexdigest()[:8]
-    directory = (Path(config.index_root) /
-                 f"{pool.task_name}-{Path(pool.split).stem}-{pool.config.perturb or 'orig'}-{fp}{tag}")
-    encoder = make_encoder(encoder_name)
-    if directory.exists():
-        index = DemoIndex.load(directory, encoder=encoder)
-        if index.manifest.dataset_fingerprint != fp:
-            raise RiclError(f"index at {directory} holds another pool (fingerprint {index.manifest.dataset_fingerprint}, "
-                            f"expected {fp}); remove it")
-        log.info("loaded index %s (%d examples)", directory, len(index))
-        return index
-    index = DemoIndex(encoder, index_type=config.index_type)
-    index.build(pool.examples, dataset_fingerprint=fp, task=task.name, label_names=task.label_names,
-                text_fields=task.text_fields, show_progress=True)
-    index.save(directory)
-    log.info("built index %s (%d examples)", directory, len(index))
-    return index
+    name = f"{pool.task_name}-{Path(pool.split).stem}-{pool.config.perturb or 'orig'}-{fingerprint(pool.examples)}"
+    directory = Path(config.index_root) / (name + tag)
+    return load_or_build_index(directory, pool.examples, task, encoder_name, config.index_type)

@@ -126,6 +126,7 @@ class Encoder:
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
         backend: str = "torch",
+        loaded_model: "SentenceTransformer | None" = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise RiclError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -137,7 +138,7 @@ class Encoder:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.use_cache = use_cache
         self.backend = backend
-        self._model: SentenceTransformer | None = None
+        self._model: SentenceTransformer | None = loaded_model  # given: used as is, `model` only names it
 
     def __repr__(self) -> str:
         return f"Encoder({self.name!r}, batch_size={self.batch_size}, loaded={self.loaded})"
@@ -150,6 +151,11 @@ class Encoder:
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    @property
+    def loaded_model(self) -> "SentenceTransformer | None":
+        """The model behind `encode` once loaded (or as given to the constructor), else None."""
+        return self._model
 
     @property
     def dimension(self) -> int:
@@ -241,3 +247,17 @@ class Encoder:
                 found.update(zip(batch, vecs))
                 bar.update(len(batch))
         return found
+
+
+LM_PREFIX = "lm:"
+
+
+def make_encoder(name: str, **kwargs) -> Encoder:
+    """The encoder a name stands for: an LMEncoder for `lm:MODEL[:layer=N][:pooling=P]`, else a sentence-transformers
+    Encoder. Nothing is loaded (torch included) until the first `encode` or `load`."""
+    if name.startswith(LM_PREFIX):
+        from .lm_encoder import LMEncoder
+
+        model, layer, pooling = LMEncoder.parse(name)
+        return LMEncoder(model, layer=layer, pooling=pooling, **kwargs)
+    return Encoder(name, **kwargs)

@@ -17,8 +17,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
-from .encoders import Encoder
-from .lm_encoder import make_encoder
+from .encoders import Encoder, make_encoder
 from .errors import RiclError
 from .tasks import Example, fingerprint
 
@@ -253,11 +252,11 @@ class DemoIndex:
         try:
             tmp.mkdir()
             faiss.write_index(faiss_index, str(tmp / INDEX_FILE))
-            _write_text(tmp / EXAMPLES_FILE, "".join(_example_line(ex) for ex in self.examples))
+            _write_text(tmp / EXAMPLES_FILE, "".join(example_line(ex) for ex in self.examples))
             _write_text(tmp / MANIFEST_FILE, self.manifest.model_dump_json(indent=2) + "\n")
             _fsync(tmp / INDEX_FILE)
             _fsync(tmp)
-            _swap_in(tmp, target)
+            swap_in(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
@@ -292,7 +291,7 @@ class DemoIndex:
         return index
 
 
-_SCORE_BLOCK = 1 << 24  # floats in one (queries, pool) block of exact scores: 64 MB
+SCORE_BLOCK = 1 << 24  # floats in one (queries, pool) block of exact scores: 64 MB
 
 
 def _flat_search(index: faiss.IndexFlat, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -303,7 +302,7 @@ def _flat_search(index: faiss.IndexFlat, queries: np.ndarray, k: int) -> tuple[n
     pool = faiss.rev_swig_ptr(index.get_xb(), n_pool * index.d).reshape(n_pool, index.d)  # (N, d), no copy
     scores = np.full((len(queries), k), -np.finfo(np.float32).max, dtype=np.float32)
     rows = np.full((len(queries), k), -1, dtype=np.int64)
-    step = max(1, _SCORE_BLOCK // max(n_pool, 1))
+    step = max(1, SCORE_BLOCK // max(n_pool, 1))
     for start in range(0, len(queries) if kk else 0, step):
         block = queries[start : start + step] @ pool.T  # (b, N)
         if kk < n_pool:
@@ -326,7 +325,7 @@ def _check_encoder(encoder: Encoder, manifest: IndexManifest, where: str) -> Non
                         f"refusing to use it with encoder {shown}")
 
 
-def _example_line(ex: Example) -> str:
+def example_line(ex: Example) -> str:
     return json.dumps({"id": ex.id, "texts": list(ex.texts), "label": ex.label}, ensure_ascii=False) + "\n"
 
 
@@ -346,7 +345,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _swap_in(tmp: Path, target: Path) -> None:
+def swap_in(tmp: Path, target: Path) -> None:
     """Replace `target` by `tmp` with renames; the previous index is restored if the second rename fails."""
     old = None
     if target.exists():

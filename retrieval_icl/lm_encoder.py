@@ -16,10 +16,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .encoders import Encoder
+from .encoders import LM_PREFIX, Encoder
 from .errors import RiclError
 
-PREFIX = "lm:"
 POOLINGS = ("mean", "last")
 
 
@@ -106,7 +105,7 @@ class LMEncoder(Encoder):
     @property
     def name(self) -> str:
         layer = "middle" if self.layer is None else self.layer
-        return f"{PREFIX}{self.model}:layer={layer}:pooling={self.pooling}"
+        return f"{LM_PREFIX}{self.model}:layer={layer}:pooling={self.pooling}"
 
     @property
     def dimension(self) -> int:
@@ -125,7 +124,7 @@ class LMEncoder(Encoder):
     @staticmethod
     def parse(name: str) -> tuple[str, int | None, str]:
         """`lm:MODEL[:layer=N|middle][:pooling=mean|last]` -> (model, layer, pooling)."""
-        model, *options = name[len(PREFIX):].split(":")
+        model, *options = name[len(LM_PREFIX):].split(":")
         layer, pooling = None, "mean"
         for option in options:
             key, _, value = option.partition("=")
@@ -139,11 +138,3 @@ class LMEncoder(Encoder):
         if not model:
             raise RiclError(f"LM encoder name {name!r} names no model; expected e.g. 'lm:smollm2-135m:layer=15'")
         return model, layer, pooling
-
-
-def make_encoder(name: str, **kwargs) -> Encoder:
-    """A sentence-transformers Encoder, or an LMEncoder for names starting with 'lm:'."""
-    if name.startswith(PREFIX):
-        model, layer, pooling = LMEncoder.parse(name)
-        return LMEncoder(model, layer=layer, pooling=pooling, **kwargs)
-    return Encoder(name, **kwargs)

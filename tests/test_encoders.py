@@ -14,7 +14,7 @@ from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.tasks import Example
 
-SST2 = Path("/work/shared/data/sst2/validation.jsonl")
+SST2 = Path(__file__).resolve().parent / "data" / "sst2" / "train.jsonl"  # 40 hand-made reviews
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,9 @@ def test_similar_sentences_score_higher(encoder):
     assert a @ b > a @ c + 0.2 and a @ b > b @ c + 0.2
 
 
-def test_cache_skips_the_model(encoder, monkeypatch):
-    counter = CountingModel(encoder._model)
-    monkeypatch.setattr(encoder, "_model", counter)
+def test_cache_skips_the_model(encoder):
+    counter = CountingModel(encoder.load().loaded_model)
+    encoder = Encoder(DEFAULT_ENCODER, cache_dir=encoder.cache_dir, loaded_model=counter)
     texts = [f"cache probe sentence number {i}" for i in range(10)] + ["cache probe sentence number 0"]
     first = encoder.encode(texts)
     assert counter.texts == 10  # the repeated text is encoded once
@@ -77,25 +77,23 @@ def test_cache_skips_the_model(encoder, monkeypatch):
     assert counter.texts == 11
 
 
-def test_cache_persists_across_encoders(encoder, monkeypatch):
+def test_cache_persists_across_encoders(encoder):
     texts = ["persisted across instances", "and a second one"]
     first = encoder.encode(texts)
-    fresh = Encoder(DEFAULT_ENCODER, cache_dir=encoder.cache_dir).load()
-    counter = CountingModel(fresh._model)
-    monkeypatch.setattr(fresh, "_model", counter)
+    counter = CountingModel(encoder.load().loaded_model)
+    fresh = Encoder(DEFAULT_ENCODER, cache_dir=encoder.cache_dir, loaded_model=counter)
     np.testing.assert_array_equal(fresh.encode(texts), first)
     assert counter.texts == 0
-    uncached = Encoder(DEFAULT_ENCODER, use_cache=False)
-    uncached._model = counter
+    uncached = Encoder(DEFAULT_ENCODER, use_cache=False, loaded_model=counter)
     np.testing.assert_allclose(uncached.encode(texts), first, atol=1e-5)
     assert counter.texts == 2
 
 
 def test_bfloat16_backend_agrees_and_keeps_its_own_cache(encoder, tmp_path):
-    texts = [json.loads(line)["sentence"] for line in SST2.read_text().splitlines()[:64]]
+    texts = [json.loads(line)["sentence"] for line in SST2.read_text().splitlines()]
     fast = Encoder("all-MiniLM-L6-v2", cache_dir=encoder.cache_dir, backend="bfloat16")
     got, want = fast.encode(texts), encoder.encode(texts)
-    assert got.dtype == np.float32 and got.shape == (64, 384)
+    assert got.dtype == np.float32 and got.shape == (40, 384)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     cosine = (got * want).sum(1)
     assert cosine.min() >= 0.99 and not np.array_equal(got, want)  # close, and really computed in bfloat16
@@ -131,8 +129,8 @@ def test_unknown_model_is_a_clear_error(tmp_path):
         Encoder(str(tmp_path / "no-such-model")).load()
 
 
-def test_end_to_end_index_on_sst2(encoder, tmp_path):
-    rows = [json.loads(line) for line in SST2.read_text().splitlines()[:50]]
+def test_end_to_end_index_on_reviews(encoder, tmp_path):
+    rows = [json.loads(line) for line in SST2.read_text().splitlines()]
     examples = [Example(id=r["idx"], texts=(r["sentence"],), label=r["label"]) for r in rows]
     idx = DemoIndex(encoder).build(examples, task="sst2", label_names=["negative", "positive"])
     scores, ids = idx.search_texts([examples[17].text, examples[3].text], k=5)

@@ -1,4 +1,5 @@
-"""End to end: `ricl compare` on a small SST-2 slice with the packaged model and encoder."""
+"""End to end: `ricl compare` on a small SST-2 slice with the packaged model and encoder (the pipeline's logic on
+tiny data with a stand-in scorer is in test_pipeline.py)."""
 
 import csv
 import json
@@ -11,7 +12,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from retrieval_icl.experiment import CompareConfig, summarise, Run
+from retrieval_icl.experiment import CompareConfig
 
 pytestmark = pytest.mark.lm
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,75 +96,6 @@ def test_rerun_refuses_to_overwrite_and_reuses_the_index(results):
                           cwd=ROOT, timeout=300)
     assert proc.returncode == 2 and "exists; pass --overwrite" in proc.stderr
     assert (out / "records.jsonl").read_text() == before
-
-
-def test_mcnemar_pairs_seeded_runs_by_seed():
-    runs = [Run("random", s, records=[{"correct": c, "encoder_similarities": [0.1]} for c in [True, False]])
-            for s in (0, 1)]
-    runs += [Run("knn", 0, records=[{"correct": True, "encoder_similarities": [0.5]}] * 2)]
-    runs += [Run("random", 0, k=2, name="random-k2-seed0",
-                 records=[{"correct": True, "encoder_similarities": [0.1]}] * 2)]
-    _, tests = summarise(runs)
-    assert [t["comparison"] for t in tests] == ["knn-seed0 vs random-seed0", "knn-seed0 vs random-seed1"]
-
-
-def test_conditions_label_formats_pools_and_k_sweep(tmp_path, smollm2):
-    from retrieval_icl.experiment import PoolConfig, SelectorConfig, run_compare
-
-    config = CompareConfig(task="sst2", data_dir=str(DATA), pool_size=150, n_queries=12, k_values=[1, 3],
-                           label_formats=["default", "swapped"], capture_attention=False,
-                           pools=[PoolConfig(), PoolConfig(name="typos", perturb="typos", rate=0.5)],
-                           selectors=[SelectorConfig(name="random"), SelectorConfig(name="knn")],
-                           index_root=str(tmp_path / "idx"), output_dir=str(tmp_path / "out"))
-    rows, tests, out = run_compare(config)
-    assert len(rows) == 2 * 2 * 2 * 2 and len(tests) == 8
-    assert {r["run"] for r in rows} >= {"knn-k1-default-in_distribution-seed0", "random-k3-swapped-typos-seed0"}
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    by_run = {}
-    for r in records:
-        by_run.setdefault((r["selector"], r["k"], r["pool"]), {}).setdefault(r["label_format"], []).append(r)
-    for (_, k, _), formats in by_run.items():
-        default, swapped = formats["default"], formats["swapped"]
-        assert [r["demo_ids"] for r in default] == [r["demo_ids"] for r in swapped]  # same demos, other labels
-        assert all(len(r["demo_ids"]) == k for r in default)
-    typo_index = next((tmp_path / "idx").glob("sst2-train-typos-*"))
-    orig_index = next((tmp_path / "idx").glob("sst2-train-orig-*"))
-    typo_text = [json.loads(line)["texts"][0] for line in (typo_index / "examples.jsonl").read_text().splitlines()]
-    orig_text = [json.loads(line)["texts"][0] for line in (orig_index / "examples.jsonl").read_text().splitlines()]
-    assert sum(a != b for a, b in zip(typo_text, orig_text)) > 50
-
-
-def test_users_own_files_without_a_task_yaml(tmp_path, smollm2):
-    from retrieval_icl.experiment import run_compare
-
-    rows = [("a gorgeous, witty film", "pos"), ("dull and far too long", "neg"), ("I loved every minute", "pos"),
-            ("a tedious mess", "neg"), ("warm and funny", "pos"), ("an ugly, boring slog", "neg")]
-    (tmp_path / "train.csv").write_text("review,sentiment\n" + "".join(f'"{t}",{s}\n' for t, s in rows))
-    (tmp_path / "test.jsonl").write_text('{"review": "funny and warm", "sentiment": "pos"}\n'
-                                         '{"review": "boring and ugly", "sentiment": "neg"}\n')
-    config = load_config_text(tmp_path, f"""
-columns: {{text_fields: [review], label_field: sentiment, label_names: [neg, pos]}}
-pool_split: {tmp_path / 'train.csv'}
-query_split: {tmp_path / 'test.jsonl'}
-k: 4
-capture_attention: false
-index_root: {tmp_path / 'idx'}
-output_dir: {tmp_path / 'out'}
-""")
-    summary, _, out = run_compare(config)
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert len(records) == 4 and {r["gold"] for r in records} == {0, 1}
-    assert all(len(r["demo_ids"]) == 4 for r in records)
-    knn = [r for r in records if r["selector"] == "knn"]
-    assert all(set(r["demo_labels"][-2:]) == {r["gold"]} for r in knn)  # the two nearest share the query's label
-
-
-def load_config_text(tmp_path, text):
-    from retrieval_icl.experiment import load_compare_config
-
-    path = tmp_path / "exp.yaml"
-    path.write_text(text)
-    return load_compare_config(path)
 
 
 def test_calibrated_run_records_both_predictions_and_reconstruction_uses_the_raw_one(tmp_path, smollm2):

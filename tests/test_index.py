@@ -69,7 +69,7 @@ def test_flat_matches_brute_force_ties_allowed():
 def test_blockwise_flat_search_equals_faiss(monkeypatch):
     examples, x = pool(500, seed=3)
     idx = DemoIndex(fake_encoder()).build(examples, embeddings=x)
-    monkeypatch.setattr(index_mod, "_SCORE_BLOCK", 500 * 7)  # blocks of 7 queries, the last one short
+    monkeypatch.setattr(index_mod, "SCORE_BLOCK", 500 * 7)  # blocks of 7 queries, the last one short
     q = unit(np.random.default_rng(4).standard_normal((23, DIM)))
     scores, ids = idx.search(q, 12)
     reference = faiss.IndexFlatIP(DIM)
@@ -172,7 +172,7 @@ def test_interrupted_save_keeps_old_index(tmp_path, monkeypatch, step):
     if step == "write_index":
         monkeypatch.setattr(index_mod.faiss, "write_index", crash)
     else:
-        monkeypatch.setattr(index_mod, "_example_line", crash)
+        monkeypatch.setattr(index_mod, "example_line", crash)
     with pytest.raises(KeyboardInterrupt):
         new.save(path)
     monkeypatch.undo()
@@ -183,7 +183,7 @@ def test_interrupted_save_keeps_old_index(tmp_path, monkeypatch, step):
 
 def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
     idx, _, _ = built("flat", n=5)
-    monkeypatch.setattr(index_mod, "_swap_in", lambda tmp, target: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(index_mod, "swap_in", lambda tmp, target: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         idx.save(tmp_path / "idx")
     assert list(tmp_path.iterdir()) == []

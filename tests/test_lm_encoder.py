@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from retrieval_icl.encoders import make_encoder
 from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
-from retrieval_icl.lm_encoder import LMEncoder, make_encoder
+from retrieval_icl.lm_encoder import LMEncoder
 from retrieval_icl.selectors import KNNSelector
 from retrieval_icl.tasks import Example
 

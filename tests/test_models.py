@@ -74,11 +74,11 @@ def test_conversion_is_atomic(monkeypatch, tmp_path):
         (out / "partial.bin").write_bytes(b"x")
         raise OSError("disk full")
 
-    monkeypatch.setattr(models, "_convert_gguf", failing)
+    monkeypatch.setattr(models, "convert_gguf", failing)
     with pytest.raises(OSError):
         converted_dir(gguf)
     assert list((tmp_path / "models").iterdir()) == []  # no half-written folder left behind
-    monkeypatch.setattr(models, "_convert_gguf", lambda src, out: (out / "config.json").write_text("{}"))
+    monkeypatch.setattr(models, "convert_gguf", lambda src, out: (out / "config.json").write_text("{}"))
     target = converted_dir(gguf)
     assert target.name == "tiny.Q4-10" and (target / "config.json").is_file()
     assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny.Q4-10"]

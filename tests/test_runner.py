@@ -8,7 +8,8 @@ import torch
 
 from retrieval_icl.errors import RiclError
 from retrieval_icl.models import LoadedModel
-from retrieval_icl.runner import _BATCH_OVERHEAD_TOKENS, LMRunner, batch_bounds, calibrate
+from retrieval_icl.runner import _BATCH_OVERHEAD_TOKENS, LMRunner, batch_bounds
+from retrieval_icl.scoring import calibrate
 
 TEXTS = [
     "Input: a gripping, beautifully acted film\nOutput:",
@@ -68,27 +69,25 @@ class _PadOnly:
 
 
 def test_tiny_gptj_matches_plain_forward(tiny_gptj):
-    runner = LMRunner(batch_size=3)
-    runner._loaded = LoadedModel(tiny_gptj, _PadOnly(), "tiny-gptj", 256, 2, 4)
+    loaded = LoadedModel(tiny_gptj, _PadOnly(), "tiny-gptj", 256, 2, 4)
     gen = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, 1000, (n,), generator=gen).tolist() for n in (5, 17, 9, 12)]
     conts = [[7], [8, 9, 10], [11, 12]]
     expected = np.stack([direct_log_probs(tiny_gptj, p, conts) for p in prompts])
     for share in (True, False):
-        runner._share_prompt_cache = share
+        runner = LMRunner(batch_size=3, loaded=loaded, share_prompt_cache=share)
         got = np.stack([s.log_probs for s in runner.score(prompts, conts)])
         np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
 def test_labels_sharing_leading_tokens_match_plain_forward(tiny_gptj):
-    runner = LMRunner(batch_size=2)
-    runner._loaded = LoadedModel(tiny_gptj, _PadOnly(), "tiny-gptj", 256, 2, 4)
+    loaded = LoadedModel(tiny_gptj, _PadOnly(), "tiny-gptj", 256, 2, 4)
     gen = torch.Generator().manual_seed(2)
     prompts = [torch.randint(1, 1000, (n,), generator=gen).tolist() for n in (6, 11, 8)]
     conts = [[8, 9, 10], [8, 9, 11], [8, 12], [8], [7, 9, 10]]  # one tail pass serves the first two
     expected = np.stack([direct_log_probs(tiny_gptj, p, conts) for p in prompts])
     for share in (True, False):
-        runner._share_prompt_cache = share
+        runner = LMRunner(batch_size=2, loaded=loaded, share_prompt_cache=share)
         got = np.stack([s.log_probs for s in runner.score(prompts, conts)])
         np.testing.assert_allclose(got, expected, atol=1e-4)
     assert len(set(expected[0].round(3))) == len(conts)  # distinct labels, so a mixed-up memo would show
@@ -126,11 +125,8 @@ def test_shared_cache_equals_full_forward(packaged_runner):
     prompts = encode(packaged_runner, TEXTS)
     conts = packaged_runner.label_continuations(["very positive", "not at all negative"])
     cached = np.stack([s.log_probs for s in packaged_runner.score(prompts, conts)])
-    packaged_runner._share_prompt_cache = False
-    try:
-        full = np.stack([s.log_probs for s in packaged_runner.score(prompts, conts)])
-    finally:
-        packaged_runner._share_prompt_cache = True
+    full_forward = LMRunner(packaged_runner.model, loaded=packaged_runner.loaded, share_prompt_cache=False)
+    full = np.stack([s.log_probs for s in full_forward.score(prompts, conts)])
     np.testing.assert_allclose(cached, full, atol=1e-4)
 
 

@@ -17,7 +17,8 @@ from retrieval_icl.encoders import Encoder  # noqa: E402
 from retrieval_icl.errors import RiclError  # noqa: E402
 from retrieval_icl.index import DemoIndex  # noqa: E402
 from retrieval_icl.prompts import PromptBuilder  # noqa: E402
-from retrieval_icl.scale import build_index_distributed, embed_distributed, score_distributed  # noqa: E402
+from retrieval_icl.scale import embed_distributed, score_distributed  # noqa: E402
+from retrieval_icl.task_index import build_task_index  # noqa: E402
 from retrieval_icl.tasks import load_examples, load_task  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -44,11 +45,8 @@ def sst2():
 def test_embeddings_index_and_searches_equal_single_process(sst2, tmp_path):
     task, examples = sst2
     pool, queries = examples[:150], [ex.text for ex in examples[150:170]]
-    meta = {"task": task.name, "label_names": task.label_names, "text_fields": task.text_fields}
-    single = DemoIndex(Encoder(cache_dir=tmp_path / "a")).build(pool, **meta)
-    single.save(tmp_path / "single")
-    build_index_distributed(pool, tmp_path / "spread", n_workers=WORKERS, rows_per_call=32,
-                            encoder_kwargs={"cache_dir": str(tmp_path / "b")}, **meta)
+    single = build_task_index(pool, task, directory=tmp_path / "single", cache_dir=tmp_path / "a")
+    build_task_index(pool, task, directory=tmp_path / "spread", ray_workers=WORKERS, cache_dir=str(tmp_path / "b"))
     spread = DemoIndex.load(tmp_path / "spread", encoder=Encoder(cache_dir=tmp_path / "a"))
     a, b = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("single", "spread"))
     assert {k: v for k, v in a.items() if k != "created"} == {k: v for k, v in b.items() if k != "created"}

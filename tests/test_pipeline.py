@@ -1,0 +1,137 @@
+"""plan -> score -> assemble on tiny data with the stand-in scorer (no model weights): the compare pipeline's logic.
+The same pipeline with the packaged model is tested end to end in test_experiment.py."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from standin import TINY_DATA, VoteScorer, tiny_tokenizer
+
+from retrieval_icl.analysis import load_results
+from retrieval_icl.assemble import Run, summarise
+from retrieval_icl.compare_config import CompareConfig, PoolConfig, SelectorConfig
+from retrieval_icl.experiment import build_indexes, prepare_inputs, run_compare
+from retrieval_icl.plan import plan_compare, score_requests
+from retrieval_icl.record import RunRecord
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def config(tmp_path, **changes) -> CompareConfig:
+    base = {"task": "sst2", "data_dir": str(TINY_DATA), "k": 4, "index_root": str(tmp_path / "idx"),
+            "output_dir": str(tmp_path / "out")}
+    return CompareConfig(**(base | changes))
+
+
+def read_records(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+
+
+def majority(labels: list[int]) -> int:
+    """The most frequent label, ties to the lowest id (the stand-in's argmax)."""
+    counts = Counter(labels)
+    return min(counts, key=lambda label: (-counts[label], label))
+
+
+def test_labels_are_single_tokens_of_the_stand_in(tokenizer):
+    scorer = VoteScorer(tokenizer)
+    assert all(len(c) == 1 for c in scorer.label_continuations(["negative", "positive"]))
+
+
+def test_compare_with_the_stand_in_writes_checked_records_and_attention(tmp_path, tokenizer):
+    scorer = VoteScorer(tokenizer)
+    rows, tests, out = run_compare(config(tmp_path), scorer=scorer)
+    records = read_records(out)
+    assert len(records) == 16 and [r["run"] for r in rows] == ["random-seed0", "knn-seed0"]
+    for i, r in enumerate(records):
+        RunRecord.check(r, f"record {i}")
+        assert r["prediction"] == majority(r["demo_labels"]) == r["raw_prediction"]
+        assert r["correct"] == (r["prediction"] == r["gold"]) and len(r["demo_ids"]) == 4
+        assert r["preamble_span"] == [0, 1] and len(r["attention"]["y_mass"]) == 4
+    attention = load_file(str(out / "attention" / "knn-seed0.safetensors"))
+    assert attention[str(records[8]["query_id"])].shape == (2, 3, 4, 5)  # layers, heads, demos, columns
+    assert scorer.many_calls == [2]  # all requests in one call: one per run
+    assert tests[0]["comparison"] == "knn-seed0 vs random-seed0"
+    assert load_results(out).runs().keys() == {"random-seed0", "knn-seed0"}
+
+
+def test_knn_beats_random_on_the_hand_made_reviews(tmp_path, tokenizer):
+    rows, _, _ = run_compare(config(tmp_path), scorer=VoteScorer(tokenizer))
+    accuracy = {r["selector"]: r["accuracy"] for r in rows}
+    assert accuracy["knn"] >= 0.75 and accuracy["knn"] > accuracy["random"]
+
+
+def test_plan_is_deterministic_and_covers_every_condition(tmp_path, tokenizer):
+    cfg = config(tmp_path, k_values=[1, 3], label_formats=["default", "swapped"],
+                 pools=[PoolConfig(), PoolConfig(name="typos", perturb="typos", rate=0.5)])
+    inputs = prepare_inputs(cfg)
+    indexes, _ = build_indexes(cfg, inputs)
+    scorer = VoteScorer(tokenizer)
+    first, second = (plan_compare(cfg, inputs, indexes, scorer) for _ in range(2))
+    assert len(first) == 2 * 2 * 2 * 2  # pools x ks x selectors x formats
+    assert [p.name for p in first] == [p.name for p in second]
+    assert [[q.token_ids for q in p.prompts] for p in first] == [[q.token_ids for q in p.prompts] for p in second]
+    assert first[0].name == "random-k1-default-in_distribution-seed0" and scorer.score_calls == []
+    default, swapped = first[0], first[1]
+    assert [s.demo_ids for s in default.selections] == [s.demo_ids for s in swapped.selections]
+    assert default.continuations == swapped.continuations[::-1]  # swapped label words, same tokens
+    texts = {pool: [json.loads(line)["texts"][0] for line in next((tmp_path / "idx").glob(f"sst2-train-{pool}-*"))
+                    .joinpath("examples.jsonl").read_text().splitlines()] for pool in ("orig", "typos")}
+    assert sum(a != b for a, b in zip(texts["orig"], texts["typos"])) > 10  # the typos pool is perturbed
+
+
+def test_calibration_adds_content_free_requests_and_both_predictions(tmp_path, tokenizer):
+    cfg = config(tmp_path, calibrate=True, selectors=[SelectorConfig(name="random")])
+    inputs = prepare_inputs(cfg)
+    indexes, _ = build_indexes(cfg, inputs)
+    plans = plan_compare(cfg, inputs, indexes, VoteScorer(tokenizer))
+    requests = score_requests(plans, cfg)
+    assert len(requests) == 2 and not requests[1].capture_attention
+    assert all("N/A" in p.text for p in plans[0].calibration_prompts)
+    _, _, out = run_compare(cfg, scorer=VoteScorer(tokenizer))
+    for r in read_records(out):
+        assert r["prediction"] == int(np.argmax(r["calibrated_log_probs"]))
+        assert r["raw_prediction"] == int(np.argmax(r["label_log_probs"]))
+
+
+def test_users_own_files_without_a_task_yaml(tmp_path, tokenizer):
+    rows = [("a gorgeous, witty film", "positive"), ("dull and far too long", "negative"),
+            ("I loved every minute", "positive"), ("a tedious mess", "negative"), ("warm and funny", "positive"),
+            ("an ugly, boring slog", "negative")]
+    (tmp_path / "train.csv").write_text("review,sentiment\n" + "".join(f'"{t}",{s}\n' for t, s in rows))
+    (tmp_path / "test.jsonl").write_text('{"review": "funny and warm", "sentiment": "positive"}\n'
+                                         '{"review": "boring and ugly", "sentiment": "negative"}\n')
+    cfg = CompareConfig(columns={"text_fields": ["review"], "label_field": "sentiment",
+                                 "label_names": ["negative", "positive"]},
+                        pool_split=str(tmp_path / "train.csv"), query_split=str(tmp_path / "test.jsonl"), k=4,
+                        capture_attention=False, index_root=str(tmp_path / "idx"), output_dir=str(tmp_path / "out"))
+    summary, _, out = run_compare(cfg, scorer=VoteScorer(tokenizer))
+    records = read_records(out)
+    assert len(records) == 4 and {r["gold"] for r in records} == {0, 1}
+    knn = [r for r in records if r["selector"] == "knn"]
+    assert all(set(r["demo_labels"][-2:]) == {r["gold"]} for r in knn)  # the two nearest share the query's label
+    assert "label_attention" not in summary[0]  # no capture: no attention columns (not nan)
+    assert not (out / "attention").exists() or not any((out / "attention").iterdir())
+
+
+def record(correct: bool, seed: int = 0, k: int = 2) -> RunRecord:
+    """A minimal valid record for summary tests."""
+    return RunRecord(task="t", selector="s", seed=seed, k=k, label_format="default", pool="p", run="r", query_id=0,
+                     gold=0, prediction=0 if correct else 1, correct=correct, raw_prediction=0,
+                     label_log_probs=[-0.1, -2.0], demo_ids=[1], demo_labels=[0], demo_scores=[0.5],
+                     encoder_similarities=[0.5], preamble_span=(0, 1))
+
+
+def test_mcnemar_pairs_seeded_runs_by_seed():
+    runs = [Run("random", s, records=[record(c, s) for c in [True, False]]) for s in (0, 1)]
+    runs += [Run("knn", 0, records=[record(True)] * 2)]
+    runs += [Run("random", 0, k=2, name="random-k2-seed0", records=[record(True)] * 2)]
+    _, tests = summarise(runs)
+    assert [t["comparison"] for t in tests] == ["knn-seed0 vs random-seed0", "knn-seed0 vs random-seed1"]
