@@ -30,7 +30,8 @@ class Run:
     pool: str = "in_distribution"
     name: str = ""
     records: list[RunRecord] = field(default_factory=list)
-    attention: dict[str, np.ndarray] = field(default_factory=dict)  # "<query id>" (layers, heads, demos, 5), "<id>/profile"
+    # "<query id>" (layers, heads, demos, 5), "<id>/profile"
+    attention: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.name = self.name or f"{self.label}-seed{self.seed}"

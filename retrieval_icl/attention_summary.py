@@ -22,7 +22,8 @@ PROFILE_REGIONS = (("x", 16), ("separator", 4), ("y", 2), ("demo_separator", 2))
 
 
 def demo_attention_summary(row: np.ndarray, spans: Sequence[tuple[tuple[int, int], tuple[int, int]]]) -> np.ndarray:
-    """Per demo, attention mass and max in its x and y spans, and on the token before y: (layers, heads, n_demos, 5) float16."""
+    """Per demo, attention mass and max in its x and y spans, and on the token before y:
+    (layers, heads, n_demos, 5) float16."""
     row = np.asarray(row, dtype=np.float32)  # (layers, heads, T)
     if row.ndim != 3:
         raise RiclError(f"row must have shape (layers, heads, T), got {row.shape}.")

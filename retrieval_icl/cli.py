@@ -24,7 +24,8 @@ console = Console()
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -38,7 +39,8 @@ def _task_and_examples(task: Optional[str], split: Optional[str], data_dir: Opti
         elif text_fields and labels:
             spec = task_from_columns(text_fields.split(","), label_field, labels.split(","), name=file.stem)
         else:
-            raise RiclError("--file needs --task, or --text-field and --labels (e.g. --text-field text --labels neg,pos)")
+            raise RiclError("--file needs --task, or --text-field and --labels "
+                            "(e.g. --text-field text --labels neg,pos)")
         return spec, read_examples_file(file, spec), "file"
     if task is None:
         raise RiclError("give --task NAME (with --data-dir for local files) or --file PATH")
@@ -53,7 +55,8 @@ def index_build(
     out: Path = typer.Option(..., "--out", "-o", help="Directory to save the index in (e.g. indexes/sst2-train)."),
     task: Optional[str] = typer.Option(None, help="Task name (configs/tasks) or task YAML path."),
     split: Optional[str] = typer.Option(None, help="Split to index; default: the task's pool split."),
-    data_dir: Optional[Path] = typer.Option(None, help="Local data dir laid out as NAME/SPLIT.jsonl; default: the HF hub."),
+    data_dir: Optional[Path] = typer.Option(None, help="Local data dir laid out as NAME/SPLIT.jsonl; "
+                                            "default: the HF hub."),
     file: Optional[Path] = typer.Option(None, help="Your own JSONL or CSV file instead of a task's split."),
     text_field: Optional[str] = typer.Option(None, help="With --file: text column(s), comma-separated."),
     label_field: str = typer.Option("label", help="With --file: label column."),
@@ -62,7 +65,8 @@ def index_build(
                                           "lm:smollm2-135m:layer=15:pooling=mean; default: packaged all-MiniLM-L6-v2."),
     index_type: str = typer.Option("flat", help="flat (exact), ivf or hnsw."),
     overwrite: bool = typer.Option(False, help="Replace an existing index at --out."),
-    ray_workers: Optional[int] = typer.Option(None, min=1, help="Embed on this many Ray workers (needs the scale extra)."),
+    ray_workers: Optional[int] = typer.Option(None, min=1,
+                                              help="Embed on this many Ray workers (needs the scale extra)."),
     ray_address: Optional[str] = typer.Option(None, help="With --ray-workers: a Ray cluster, e.g. auto or "
                                               "ray://HEAD:10001; default: $RAY_ADDRESS or a local Ray."),
 ) -> None:
@@ -248,7 +252,8 @@ def tasks() -> None:
 @friendly_errors
 def serve(
     index: Path = typer.Option(..., "--index", help="A saved index directory; added examples are saved back into it."),
-    host: str = typer.Option("127.0.0.1", help="Address to bind; the default accepts connections from this machine only."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; the default accepts connections from this "
+                             "machine only."),
     port: int = typer.Option(8000, help="TCP port."),
     strategy: str = typer.Option("knn", help="Default selector when a request names none."),
     seed: int = typer.Option(0, help="Seed for random choices."),

@@ -68,7 +68,8 @@ class CompareConfig(BaseModel):
     query_seed: int = 0
     k: int = Field(8, gt=0)
     k_values: list[int] | None = None  # a sweep of k; replaces k when given
-    selectors: list[SelectorConfig] = Field(default_factory=lambda: [SelectorConfig(name="random"), SelectorConfig(name="knn")])
+    selectors: list[SelectorConfig] = Field(default_factory=lambda: [SelectorConfig(name="random"),
+                                                                     SelectorConfig(name="knn")])
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     model: str = DEFAULT_MODEL
     encoder: str = DEFAULT_ENCODER
@@ -183,7 +184,8 @@ def load_inputs(config: CompareConfig) -> Inputs:
 
 
 def get_index(config: CompareConfig, pool: Pool, task: TaskSpec, encoder_name: str) -> DemoIndex:
-    """The pool's index under `encoder_name`, saved as <index_root>/<task>-<split>-<perturbation>-<fingerprint>[-tag]."""
+    """The pool's index under `encoder_name`, saved as
+    <index_root>/<task>-<split>-<perturbation>-<fingerprint>[-tag]."""
     tag = "" if encoder_name == config.encoder else "-" + hashlib.sha256(encoder_name.encode()).hexdigest()[:8]
     name = f"{pool.task_name}-{Path(pool.split).stem}-{pool.config.perturb or 'orig'}-{fingerprint(pool.examples)}"
     directory = Path(config.index_root) / (name + tag)

@@ -2,7 +2,8 @@
 
 >>> from retrieval_icl.demo_selector import DemoSelector
 >>> demos = DemoSelector.load("indexes/sst2-train", strategy="mmr", lambda_mult=0.5)  # doctest: +SKIP
->>> [(d.fields["sentence"], d.label_name, round(d.score, 2)) for d in demos.select("a moving film", k=2)]  # doctest: +SKIP
+>>> [(d.fields["sentence"], d.label_name, round(d.score, 2))
+...  for d in demos.select("a moving film", k=2)]  # doctest: +SKIP
 [('a moving experience', 'positive', 0.81), ('moving and funny', 'positive', 0.84)]
 """
 

@@ -223,7 +223,8 @@ class Encoder:
         """Store vectors of `texts` computed elsewhere (Ray workers running this encoder); needs load()."""
         self._cache().put([_text_key(t) for t in texts], vectors)
 
-    def _encode_missing(self, missing: dict[str, str], cache: EmbeddingCache | None, show_progress: bool) -> dict[str, np.ndarray]:
+    def _encode_missing(self, missing: dict[str, str], cache: EmbeddingCache | None,
+                        show_progress: bool) -> dict[str, np.ndarray]:
         """Run the model on uncached texts batch by batch, saving each batch so an interrupted run resumes."""
         from tqdm.auto import tqdm
 

@@ -37,7 +37,8 @@ __all__ = ["ColumnsConfig", "CompareConfig", "PoolConfig", "SelectorConfig", "lo
 
 
 def package_versions() -> dict[str, str]:
-    names = ["retrieval-icl", "torch", "transformers", "sentence-transformers", "faiss-cpu", "numpy", "scipy", "datasets"]
+    names = ["retrieval-icl", "torch", "transformers", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
+             "datasets"]
     found = {}
     for name in names:
         try:
@@ -98,11 +99,13 @@ def write_results(output_dir: Path, config: CompareConfig, inputs: Inputs, runs:
 
 
 def summary_markdown(config: CompareConfig, inputs: Inputs, rows: list[dict], tests: list[dict], info: dict) -> str:
-    head = (f"# {inputs.task.name}: {', '.join(s.run_label for s in config.selectors)} (k={', '.join(map(str, config.ks))})\n\n"
+    head = (f"# {inputs.task.name}: {', '.join(s.run_label for s in config.selectors)} "
+            f"(k={', '.join(map(str, config.ks))})\n\n"
             f"Model `{config.model}`, encoder `{config.encoder}`, pools "
             f"{', '.join(f'{p.config.name} ({p.task_name} {p.split}, {len(p.examples)})' for p in inputs.pools)}, "
             f"queries {inputs.query_split} ({len(inputs.queries)}), label formats {config.formats}, "
-            f"calibrated: {config.calibrate}. Wall time {info['wall_seconds']:.0f} s, peak memory {info['peak_rss_mb']:.0f} MB.\n\n")
+            f"calibrated: {config.calibrate}. Wall time {info['wall_seconds']:.0f} s, "
+            f"peak memory {info['peak_rss_mb']:.0f} MB.\n\n")
     body = "## Accuracy (95% bootstrap CI)\n\n" + markdown_table(rows)
     if tests:
         body += "\n## Paired McNemar tests (exact)\n\n" + markdown_table(tests)
@@ -162,7 +165,8 @@ def prepare_inputs(config: CompareConfig) -> Inputs:
         inputs.task.label_words(fmt)  # fail early on an unknown label format
     for pool in inputs.pools:
         if max(config.ks) > len(pool.examples):
-            raise RiclError(f"k={max(config.ks)} is larger than pool {pool.config.name!r} ({len(pool.examples)} examples)")
+            raise RiclError(f"k={max(config.ks)} is larger than pool {pool.config.name!r} "
+                            f"({len(pool.examples)} examples)")
     return inputs
 
 

@@ -47,7 +47,8 @@ def _versions() -> dict[str, str]:
         st = metadata.version("sentence-transformers")
     except metadata.PackageNotFoundError:
         st = "not installed"
-    return {"retrieval_icl": __version__, "faiss": faiss.__version__, "numpy": np.__version__, "sentence_transformers": st}
+    return {"retrieval_icl": __version__, "faiss": faiss.__version__, "numpy": np.__version__,
+            "sentence_transformers": st}
 
 
 def _unit_rows(x: np.ndarray, what: str, dimension: int | None = None) -> np.ndarray:
@@ -104,7 +105,8 @@ class DemoIndex:
                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         return self
 
-    def add(self, examples: Sequence[Example], embeddings: np.ndarray | None = None, show_progress: bool = False) -> None:
+    def add(self, examples: Sequence[Example], embeddings: np.ndarray | None = None,
+            show_progress: bool = False) -> None:
         """Append examples with new ids; the dataset fingerprint is recomputed over the whole pool."""
         faiss_index = self._require_built()
         if len(examples) == 0:
@@ -266,7 +268,8 @@ class DemoIndex:
         """Open a saved index after checking its files agree with each other and with `encoder`."""
         directory = Path(directory)
         if not directory.is_dir():
-            raise RiclError(f"{directory}: no index directory there (expected {INDEX_FILE}, {EXAMPLES_FILE}, {MANIFEST_FILE})")
+            raise RiclError(f"{directory}: no index directory there "
+                            f"(expected {INDEX_FILE}, {EXAMPLES_FILE}, {MANIFEST_FILE})")
         for name in (MANIFEST_FILE, INDEX_FILE, EXAMPLES_FILE):
             if not (directory / name).is_file():
                 raise RiclError(f"{directory}: missing {name}; not a complete saved index")
@@ -287,7 +290,8 @@ class DemoIndex:
         index._configure(faiss_index)
         index._ids = np.fromiter((ex.id for ex in examples), dtype=np.int64, count=len(examples))
         index._examples = {ex.id: ex for ex in examples}
-        index._meta = manifest.model_dump(include={"dataset_fingerprint", "task", "label_names", "text_fields", "created"})
+        index._meta = manifest.model_dump(include={"dataset_fingerprint", "task", "label_names", "text_fields",
+                                                   "created"})
         return index
 
 

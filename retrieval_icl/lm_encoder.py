@@ -38,7 +38,8 @@ class LMHiddenStates:
 
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], batch_size: int = 16, **_: object) -> np.ndarray:
-        """(n, hidden) float32 unit rows: the chosen layer's hidden states, mean- (first token left out) or last-token-pooled."""
+        """(n, hidden) float32 unit rows: the chosen layer's hidden states, mean- (first token left out) or
+        last-token-pooled."""
         out = [self._batch(list(texts[i:i + batch_size])) for i in range(0, len(texts), batch_size)]
         vecs = np.concatenate(out) if out else np.zeros((0, self.get_embedding_dimension()), np.float32)
         return vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)

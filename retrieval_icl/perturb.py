@@ -11,10 +11,11 @@ from .errors import RiclError
 from .tasks import Example
 
 # Real but rare English words: substituting them moves text away from what a model saw often in pretraining.
-RARE_WORDS = ("abecedarian", "borborygmus", "callipygian", "defenestrate", "erinaceous", "floccinaucinihilipilification",
-              "gasconade", "hircine", "impignorate", "jentacular", "kakistocracy", "lethologica", "mumpsimus",
-              "nudiustertian", "oxter", "pauciloquent", "quomodocunque", "recumbentibus", "snollygoster",
-              "tittynope", "ultracrepidarian", "vomitory", "widdershins", "xertz", "yarborough", "zoanthropy")
+RARE_WORDS = ("abecedarian", "borborygmus", "callipygian", "defenestrate", "erinaceous",
+              "floccinaucinihilipilification", "gasconade", "hircine", "impignorate", "jentacular", "kakistocracy",
+              "lethologica", "mumpsimus", "nudiustertian", "oxter", "pauciloquent", "quomodocunque", "recumbentibus",
+              "snollygoster", "tittynope", "ultracrepidarian", "vomitory", "widdershins", "xertz", "yarborough",
+              "zoanthropy")
 
 
 def typos(text: str, rate: float, rng: random.Random) -> str:

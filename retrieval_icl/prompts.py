@@ -78,7 +78,8 @@ class PromptBuilder:
         if self.tokenizer is None:
             raise RiclError("PromptBuilder needs a tokenizer to build token ids; pass tokenizer=")
         kept = list(range(len(demos)))
-        sims = list(scores) if scores is not None else list(range(len(demos)))  # no scores: keep those nearest the query
+        # no scores: keep those nearest the query
+        sims = list(scores) if scores is not None else list(range(len(demos)))
         dropped: list[int] = []
         while True:
             prompt = self._tokenise([demos[i] for i in kept], query_texts)
@@ -154,5 +155,6 @@ def char_to_token_span(offsets: Sequence[tuple[int, int]], chars: Span) -> Span:
     start, end = chars
     hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
     if not hits:
-        raise RiclError(f"no token covers characters {start}..{end}; the tokenizer must give offsets (a fast tokenizer)")
+        raise RiclError(f"no token covers characters {start}..{end}; "
+                        "the tokenizer must give offsets (a fast tokenizer)")
     return hits[0], hits[-1] + 1

@@ -201,7 +201,8 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
     def add_examples(request: AddRequest) -> AddResponse:
         """Add labelled examples; saved atomically and visible to the next select."""
         if len(request.examples) > limits.max_batch:
-            raise HTTPException(413, f"{len(request.examples)} examples in one request; the limit is {limits.max_batch}")
+            raise HTTPException(413, f"{len(request.examples)} examples in one request; "
+                                f"the limit is {limits.max_batch}")
         _check_size([t for ex in request.examples for t in _texts(ex.fields)], limits)
         ids = selector.add_examples([ex.model_dump() for ex in request.examples], save=True)
         return AddResponse(ids=ids, count=len(selector))

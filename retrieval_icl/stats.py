@@ -6,7 +6,8 @@ import numpy as np
 from scipy.stats import binomtest
 
 
-def bootstrap_ci(correct: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(correct: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000,
+                 seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of a 0/1 vector."""
     correct = np.asarray(correct, dtype=np.float64)
     if correct.size == 0:

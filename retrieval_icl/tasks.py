@@ -104,7 +104,8 @@ class TaskSpec(BaseModel):
     def label_words(self, label_format: str = "default") -> list[str]:
         """The verbalizer: label id -> the word written after the output prefix."""
         if label_format not in self.label_formats:
-            raise RiclError(f"unknown label format {label_format!r} for task {self.name}; known: {sorted(self.label_formats)}")
+            raise RiclError(f"unknown label format {label_format!r} for task {self.name}; "
+                            f"known: {sorted(self.label_formats)}")
         return self.label_formats[label_format]
 
 
@@ -125,13 +126,16 @@ def known_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def task_from_columns(text_fields: Sequence[str], label_field: str, label_names: Sequence[str], name: str = "custom") -> TaskSpec:
+def task_from_columns(text_fields: Sequence[str], label_field: str, label_names: Sequence[str],
+                      name: str = "custom") -> TaskSpec:
     """A task for a user's own file with named text and label columns, no YAML needed."""
     fields = list(text_fields)
     if len(set(label_names)) < 2:
         raise RiclError(f"label names {list(label_names)}: expected at least two distinct names, e.g. neg,pos")
-    template = PromptTemplate(input="\n".join(f"{f.capitalize()}: {{{f}}}" for f in fields) if len(fields) > 1 else f"Input: {{{fields[0]}}}")
-    return TaskSpec(name=name, text_fields=fields, label_field=label_field, label_names=list(label_names), template=template)
+    template = PromptTemplate(input="\n".join(f"{f.capitalize()}: {{{f}}}" for f in fields) if len(fields) > 1
+                              else f"Input: {{{fields[0]}}}")
+    return TaskSpec(name=name, text_fields=fields, label_field=label_field, label_names=list(label_names),
+                    template=template)
 
 
 def _utf8_lines(path: Path) -> Iterator[str]:
@@ -279,7 +283,8 @@ def _hub_examples(task: TaskSpec, split: str) -> list[Example]:
 
 
 def load_examples(task: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[Example]:
-    """All labelled examples of a split: a JSONL/CSV path as the split, `data_dir/<local_name>/<split>.*`, or the hub."""
+    """All labelled examples of a split: a JSONL/CSV path as the split, `data_dir/<local_name>/<split>.*`, or the
+    hub."""
     if Path(split).suffix in (".jsonl", ".json", ".csv"):
         return read_examples_file(split, task)
     if data_dir is None:

@@ -61,14 +61,16 @@ def write_dir(directory: Path, recs: list[dict], config: dict, with_attention: b
     (directory / "attention").mkdir(parents=True)
     (directory / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     (directory / "config.yaml").write_text(yaml.safe_dump(config))
-    (directory / "summary.md").write_text("# sst2: hand-made\n\n## Accuracy (95% bootstrap CI)\n\n| run |\n|---|\n| x |\n")
+    (directory / "summary.md").write_text("# sst2: hand-made\n\n## Accuracy (95% bootstrap CI)\n\n"
+                                          "| run |\n|---|\n| x |\n")
     if with_attention:
         by_run: dict[str, dict] = {}
         for r in recs:
             arrays = by_run.setdefault(r["run"], {})
             arrays[str(r["query_id"])] = summary(r["demo_labels"], r["prediction"], rng).astype(np.float16)
             arrays[f"{r['query_id']}/profile"] = profile(len(r["demo_labels"])).astype(np.float16)
-            arrays[f"{r['query_id']}/preamble"] = np.tile(np.arange(H) * 0.1, (L, 1)).astype(np.float16)  # head h: 0.1 h
+            # head h: 0.1 h
+            arrays[f"{r['query_id']}/preamble"] = np.tile(np.arange(H) * 0.1, (L, 1)).astype(np.float16)
         for run, arrays in by_run.items():
             save_file(arrays, str(directory / "attention" / f"{run}.safetensors"))
     return directory
@@ -108,7 +110,8 @@ def study_dir(directory: Path, n_queries: int = 60, selectors: tuple[str, ...] =
                 run = f"{sel}-{fmt}-{pool}-seed0"
                 for q, g, labels, scores in queries(n_queries):
                     sim_shift = {"knn": 0.3, "random": 0.0, "far": -0.3, "kmeans": 0.1}[sel]
-                    right = rng.random() < {"knn": 0.9, "random": 0.7, "far": 0.5, "kmeans": 0.8}[sel] - 0.2 * (pool == "typos")
+                    right = rng.random() < ({"knn": 0.9, "random": 0.7, "far": 0.5, "kmeans": 0.8}[sel] -
+                                            0.2 * (pool == "typos"))
                     pred = g if right else 1 - g
                     if fmt == "swapped":
                         pred = 1 - pred  # follows the words' prior meaning: the same word, the other label id

@@ -17,7 +17,8 @@ def test_loader_reads_records_config_and_attention(perfect):
     results = load_results(perfect)
     assert len(results.records) == 40 and list(results.runs()) == ["knn-seed0"] and results.n_labels == 2
     assert results.label_names() == ["negative", "positive"] and results.label_words("swapped") == WORDS["swapped"]
-    assert results.summaries("knn-seed0")[0].shape == (L, H, 4, 5) and results.profiles("knn-seed0")[0].shape == (L, 4, 24)
+    assert (results.summaries("knn-seed0")[0].shape == (L, H, 4, 5) and
+            results.profiles("knn-seed0")[0].shape == (L, 4, 24))
 
 
 @pytest.mark.parametrize("line, message", [

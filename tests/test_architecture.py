@@ -70,7 +70,8 @@ def test_the_import_graph_has_no_cycle():
     """Imports anywhere in a file count (at the top or inside a function), except the listed lazy ones."""
     graph = {name: imported_modules(name, path) for name, path in MODULES.items()}
     # a package's __init__ re-exports its modules; an edge from a module up to its own package is not a cycle
-    graph = {n: {m for m in deps if not n.startswith(m + ".") and (n, m) not in LAZY_EDGES} for n, deps in graph.items()}
+    graph = {n: {m for m in deps if not n.startswith(m + ".") and (n, m) not in LAZY_EDGES}
+             for n, deps in graph.items()}
     assert cycles(graph) == []
 
 
@@ -99,7 +100,8 @@ def test_torch_free_modules_do_not_import_torch(module):
 
 
 def test_opening_and_searching_an_index_imports_no_torch(tmp_path):
-    build = ("import numpy as np\nfrom retrieval_icl.encoders import Encoder\nfrom retrieval_icl.index import DemoIndex\n"
+    build = ("import numpy as np\nfrom retrieval_icl.encoders import Encoder\n"
+             "from retrieval_icl.index import DemoIndex\n"
              "from retrieval_icl.tasks import Example\n"
              "examples = [Example(i, (f'text {i}',), i % 2) for i in range(6)]\n"
              "vectors = np.eye(6, 8, dtype=np.float32)\n"

@@ -69,14 +69,15 @@ def test_bad_rows_fail_and_write_nothing(tmp_path, row, pattern):
 
 
 def test_missing_file_and_unknown_task(tmp_path):
-    assert_one_line_error(ricl("index", "build", "--file", tmp_path / "nope.csv", "--text-field", "t", "--labels", "a,b",
-                               "--out", tmp_path / "i"), "nope.csv: no such file")
+    assert_one_line_error(ricl("index", "build", "--file", tmp_path / "nope.csv", "--text-field", "t",
+                               "--labels", "a,b", "--out", tmp_path / "i"), "nope.csv: no such file")
     assert_one_line_error(ricl("index", "build", "--task", "sst3", "--out", tmp_path / "i"), "unknown task 'sst3'")
     assert_one_line_error(ricl("compare", tmp_path / "missing.yaml"), "missing.yaml: no such file")
 
 
 def test_k_larger_than_the_pool(small_index):
-    assert_one_line_error(ricl("select", "--index", small_index, "-k", "9", "good"), r"k=9 is larger than the pool without the query \(5")
+    assert_one_line_error(ricl("select", "--index", small_index, "-k", "9", "good"),
+                          r"k=9 is larger than the pool without the query \(5")
 
 
 def test_corrupt_and_missing_index(small_index, tmp_path):

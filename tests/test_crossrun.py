@@ -32,7 +32,8 @@ def test_models_side_by_side_with_the_papers_rows(tmp_path):
     assert "| paper: GPT-J-6B (28 layers x 16 heads) | Table 2 | icl_accuracy | 0.805 |" in text
     assert "| paper: GPT-J-6B (28 layers x 16 heads) | Table 2 | encoder_kernel_accuracy | 0.503 |" in text
     assert "| smollm2-135m | knn | reconstruction_agreement | 1.000 [1.000, 1.000] |" in text
-    assert "| gemma3-270m | knn | best_head | L1H2 |" in text and "| gemma3-270m | knn | best_head_depth | 0.50 |" in text
+    assert ("| gemma3-270m | knn | best_head | L1H2 |" in text and
+            "| gemma3-270m | knn | best_head_depth | 0.50 |" in text)
     rows = list(csv.DictReader(csv_path.open()))
     agreement = [r for r in rows if r["metric"] == "reconstruction_agreement"]
     assert [r["model"] for r in agreement] == ["smollm2-135m", "gemma3-270m"]
@@ -50,7 +51,8 @@ def test_report_over_several_directories_from_the_cli(tmp_path):
     dirs = [results_dir(tmp_path, "smollm2-135m"), results_dir(tmp_path, "gemma3-270m", task="trec")]
     result = CliRunner().invoke(app, ["report", *map(str, dirs), "--out", str(tmp_path / "x"), "--selection-n", "20"])
     assert result.exit_code == 0, result.output
-    header = next(line for line in (tmp_path / "x" / "table2.md").read_text().splitlines() if line.startswith("| model"))
+    header = next(line for line in (tmp_path / "x" / "table2.md").read_text().splitlines()
+                  if line.startswith("| model"))
     assert header == "| model | selector | metric | sst2 | trec |"
 
 

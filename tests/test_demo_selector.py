@@ -101,7 +101,8 @@ def test_added_examples_are_selected_saved_and_reloaded(sst2_dir, encoder):
                               {"fields": "a glumtrap of a sequel", "label": 0}])
     assert ids == [int(demos.index.ids.max()) - 1, int(demos.index.ids.max())] and len(demos) == before + 2
     top = demos.select("zorblax", k=1)[0]  # refitted after the add, so the new word is known
-    assert (top.id, top.fields["sentence"], top.label_name) == (ids[0], "the zorblax soundtrack is a delight", "positive")
+    assert (top.id, top.fields["sentence"], top.label_name) == (
+        ids[0], "the zorblax soundtrack is a delight", "positive")
     assert len(DemoIndex.load(sst2_dir)) == before  # not saved yet
     demos.save()
     reloaded = DemoSelector.load(sst2_dir, encoder=encoder, strategy="bm25")

@@ -39,7 +39,8 @@ def test_records_one_per_query_and_selector(results):
     assert {r["selector"] for r in records} == {"random", "knn"}
     for r in records:
         assert len(r["demo_ids"]) == len(r["demo_labels"]) == len(r["demo_scores"]) == r["n_demos_used"] == 4
-        assert r["prediction"] == int(np.argmax(r["label_log_probs"])) and r["correct"] == (r["prediction"] == r["gold"])
+        assert (r["prediction"] == int(np.argmax(r["label_log_probs"])) and
+                r["correct"] == (r["prediction"] == r["gold"]))
         assert all(lp < 0 for lp in r["label_log_probs"])
         assert len(r["attention"]["y_mass"]) == 4 and 0 < sum(r["attention"]["y_mass"]) < 1
         assert r["raw_prediction"] == r["prediction"] and "calibrated_log_probs" not in r

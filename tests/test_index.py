@@ -192,7 +192,8 @@ def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
 def test_load_refuses_mismatched_encoder(tmp_path):
     idx, _, _ = built("flat", n=5)
     path = idx.save(tmp_path / "idx")
-    with pytest.raises(RiclError, match="built with encoder fake/encoder \\(dim 16\\); refusing to use it with encoder other"):
+    with pytest.raises(RiclError,
+                       match="built with encoder fake/encoder \\(dim 16\\); refusing to use it with encoder other"):
         DemoIndex.load(path, encoder=Encoder("other/encoder", use_cache=False))
 
 

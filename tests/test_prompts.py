@@ -25,7 +25,8 @@ def test_prompt_text_follows_the_template():
 
 
 @pytest.mark.parametrize("label_format, words", [("default", ["positive", "negative", "positive"]),
-                                                 ("symbols", ["B", "A", "B"]), ("swapped", ["negative", "positive", "negative"])])
+                                                 ("symbols", ["B", "A", "B"]),
+                                                 ("swapped", ["negative", "positive", "negative"])])
 def test_token_spans_decode_back_to_inputs_and_labels(tokenizer, label_format, words):
     prompt = PromptBuilder(load_task("sst2"), label_format, tokenizer).build(DEMOS, ("what a ride",))
     decode = lambda span: tokenizer.decode(prompt.token_ids[span[0]:span[1]]).strip()  # noqa: E731
@@ -47,7 +48,8 @@ def test_the_preamble_is_one_bos_and_belongs_to_no_demonstration(tokenizer):
 
 def test_an_instruction_line_joins_the_preamble(tokenizer):
     task = load_task("sst2")
-    task = task.model_copy(update={"template": task.template.model_copy(update={"instruction": "Classify the review."})})
+    task = task.model_copy(
+        update={"template": task.template.model_copy(update={"instruction": "Classify the review."})})
     prompt = PromptBuilder(task, tokenizer=tokenizer).build(DEMOS, ("what a ride",))
     start, end = prompt.preamble_span
     assert start == 0 and tokenizer.decode(prompt.token_ids[1:end]).strip() == "Classify the review."

@@ -77,8 +77,10 @@ def test_a_quoted_csv_field_may_span_lines_and_hold_commas(tmp_path):
      r"latin1\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 11\); save the file as UTF-8"),
     ("cp1252.csv", "text,label\nok,1\n\u201cquoted\u201d,0\n".encode("cp1252"),
      r"cp1252\.csv:3: not UTF-8 text \(byte 0x93 at column 1\)"),
-    ("bom_then_bad.jsonl", b'\xef\xbb\xbf{"text": "\xff", "label": 1}\n', r":1: not UTF-8 text \(byte 0xff at column 11\)"),
-    ("utf16.jsonl", GOOD_JSONL.encode("utf-16"), r"utf16\.jsonl:1: not UTF-8 text: it starts with a UTF-16 byte-order mark"),
+    ("bom_then_bad.jsonl", b'\xef\xbb\xbf{"text": "\xff", "label": 1}\n',
+     r":1: not UTF-8 text \(byte 0xff at column 11\)"),
+    ("utf16.jsonl", GOOD_JSONL.encode("utf-16"),
+     r"utf16\.jsonl:1: not UTF-8 text: it starts with a UTF-16 byte-order mark"),
     ("utf16.csv", GOOD_CSV.encode("utf-16"), r"utf16\.csv:1: not UTF-8 text: it starts with a UTF-16 byte-order mark"),
     ("utf16le.csv", GOOD_CSV.encode("utf-16-le"), r"utf16le\.csv:1: a NUL byte at column 2; expected UTF-8 text"),
     ("nul.csv", "text,label\nok,1\nbad\0text,0\n", r"nul\.csv:3: a NUL byte at column 4"),
@@ -107,13 +109,15 @@ def test_bytes_that_are_not_utf8_text(tmp_path, name, content, pattern):
                  id="long-label-shortened"),
 ])
 def test_a_bad_json_line_names_its_line(tmp_path, line, pattern):
-    assert_fails(write(tmp_path, "bad.jsonl", GOOD_JSONL + "\n" + line + "\n"), pattern)  # line 4: two good lines, then a blank
+    # line 4: two good lines, then a blank
+    assert_fails(write(tmp_path, "bad.jsonl", GOOD_JSONL + "\n" + line + "\n"), pattern)
 
 
 @pytest.mark.parametrize("content, pattern", [
     ("text,label\nok,1\nstray, comma,0\n", r"bad\.csv:3: 3 field\(s\), expected 2 like the header \(text,label\)$"),
     ("text,label\nok,1\n\njust text\n", r"bad\.csv:4: 1 field\(s\), expected 2"),  # the blank line 3 is counted
-    ('text,label\n"unclosed,1\nok,0\nfine,1\n', r"bad\.csv:2: 1 field\(s\), expected 2 .*runs on to line 4: an unclosed quote\?"),
+    ('text,label\n"unclosed,1\nok,0\nfine,1\n',
+     r"bad\.csv:2: 1 field\(s\), expected 2 .*runs on to line 4: an unclosed quote\?"),
     ("text,text,label\na,b,1\n", r"bad\.csv:1: column 'text' appears 2 times in the header; expected distinct"),
     ("review,label\nok,1\n", r"bad\.csv:2: no column 'text'; columns are \['label', 'review'\]"),
     ("text,label\nok\r,1\n", r"bad\.csv:2: not valid CSV \(new-line character seen in unquoted field"),
@@ -139,7 +143,8 @@ def test_empty_and_unsupported_files(tmp_path, name, content, pattern):
 
 def test_a_directory_or_a_missing_file(tmp_path):
     (tmp_path / "train.jsonl").mkdir()
-    assert_fails(tmp_path / "train.jsonl", r"train\.jsonl: is a directory; expected a \.jsonl or \.csv file of examples")
+    assert_fails(tmp_path / "train.jsonl",
+                 r"train\.jsonl: is a directory; expected a \.jsonl or \.csv file of examples")
     assert_fails(tmp_path / "gone.csv", r"gone\.csv: no such file; expected a \.jsonl or \.csv file")
     task = load_task("sst2")
     (tmp_path / "sst2").mkdir()
@@ -155,11 +160,14 @@ def test_a_directory_or_a_missing_file(tmp_path):
     ("just words\n", r"bad\.yaml: expected a mapping at the top level, got str"),
     ("", r"bad\.yaml: the file is empty; expected a mapping of keys"),
     ("# only a comment\n", r"bad\.yaml: the file is empty"),
-    ("a: 1\nb: [1, 2\nc: 3\n", r"bad\.yaml:3: not valid YAML \(while parsing a flow sequence, expected ',' or ']', but got ':'"),
+    ("a: 1\nb: [1, 2\nc: 3\n",
+     r"bad\.yaml:3: not valid YAML \(while parsing a flow sequence, expected ',' or ']', but got ':'"),
     ("a: 1\n b: 2\n", r"bad\.yaml:2: not valid YAML \(mapping values are not allowed here, column 3\)"),
-    ("a:\n\tb: 1\n", r"bad\.yaml:2: not valid YAML \(.*'\\t'.*column 1\); indent with spaces, YAML does not allow tabs"),
+    ("a:\n\tb: 1\n",
+     r"bad\.yaml:2: not valid YAML \(.*'\\t'.*column 1\); indent with spaces, YAML does not allow tabs"),
     ("a: 1\nb: x\0y\n", r"bad\.yaml:2: not valid YAML \(unacceptable character #x0000"),
-    ("a: 1\nwhen: 2020-02-30\n", r"bad\.yaml:2: not valid YAML \(bad timestamp value \(day is out of range for month\), column 7\)"),
+    ("a: 1\nwhen: 2020-02-30\n",
+     r"bad\.yaml:2: not valid YAML \(bad timestamp value \(day is out of range for month\), column 7\)"),
     ("a: 1\nb: !!int x\n", r"bad\.yaml:2: not valid YAML \(bad int value \(invalid literal for int"),
     ("a: !!python/object/apply:os.system [ls]\n", r"bad\.yaml:1: not valid YAML \(could not determine a constructor"),
     ("a: *nowhere\n", r"bad\.yaml:1: not valid YAML \(found undefined alias 'nowhere'"),
@@ -270,7 +278,8 @@ def assert_cli_error(result, pattern: str) -> None:
 @pytest.mark.parametrize("content, pattern", [
     ("\ufeff".encode() + '{"sentence": "ok", "label": 1}\n{"sentence": "ok" "label": 0}\n'.encode(),
      r"sst2/train\.jsonl:2: not valid JSON"),
-    ('{"sentence": "ok", "label": 1}\n'.encode("utf-16"), r"sst2/train\.jsonl:1: not UTF-8 text: it starts with a UTF-16"),
+    ('{"sentence": "ok", "label": 1}\n'.encode("utf-16"),
+     r"sst2/train\.jsonl:1: not UTF-8 text: it starts with a UTF-16"),
     (b'{"sentence": "ok", "label": 1}\n\0\0\n', r"sst2/train\.jsonl:2: a NUL byte"),
     (b"", r"sst2/train\.jsonl: no examples; expected one JSON object per line"),
 ])

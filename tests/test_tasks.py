@@ -61,7 +61,8 @@ def test_user_file_without_task_yaml(tmp_path):
     path.write_text("review,sentiment\ngreat film,pos\nawful,neg\nfine,1\n")
     task = task_from_columns(["review"], "sentiment", ["neg", "pos"])
     examples = read_examples_file(path, task)
-    assert [(e.id, e.texts, e.label) for e in examples] == [(0, ("great film",), 1), (1, ("awful",), 0), (2, ("fine",), 1)]
+    assert [(e.id, e.texts, e.label) for e in examples] == [(0, ("great film",), 1), (1, ("awful",), 0),
+                                                            (2, ("fine",), 1)]
 
 
 @pytest.mark.parametrize("line, message", [
@@ -106,7 +107,8 @@ def test_missing_file_and_missing_split_are_named(tmp_path):
 
 def test_task_yaml_errors_name_the_field(tmp_path):
     bad = tmp_path / "t.yaml"
-    bad.write_text("name: t\ntext_fields: [a]\nlabel_names: [x, y]\nlabel_formats: {short: [x]}\ntemplate: {input: '{a}'}\n")
+    bad.write_text("name: t\ntext_fields: [a]\nlabel_names: [x, y]\nlabel_formats: {short: [x]}\n"
+                   "template: {input: '{a}'}\n")
     with pytest.raises(RiclError, match="label format 'short' has 1 words"):
         load_task(bad)
 

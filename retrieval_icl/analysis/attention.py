@@ -1,4 +1,5 @@
-"""Attention over the demonstrations (the paper's Figure 2) and the ICL prediction reconstructed per head (Section 5)."""
+"""Attention over the demonstrations (the paper's Figure 2) and the ICL prediction reconstructed per head
+(Section 5)."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ def span_max_weights(summary: np.ndarray) -> np.ndarray:
 
 
 def selection_split(query_ids: Sequence, fraction: float = 0.7, n: int | None = None, seed: int = 0) -> np.ndarray:
-    """True for queries in the head-selection split: a seeded choice of query ids, the same for every run: (queries,)."""
+    """True for queries in the head-selection split: a seeded choice of query ids, the same for every run:
+    (queries,)."""
     unique = sorted(set(query_ids), key=str)
     n_select = n if n is not None else int(round(fraction * len(unique)))
     if not 0 < n_select < len(unique):
@@ -115,7 +117,8 @@ class HeadReconstruction:
         self.selection_ = selection_split(ids, self.selection_fraction, self.selection_n, self.seed)  # (Q,)
         held = ~self.selection_
         self.agreement_, self.accuracy_ = agree.mean(0), right.mean(0)  # (L, H), all queries
-        self.selection_agreement_, self.selection_accuracy_ = agree[self.selection_].mean(0), right[self.selection_].mean(0)
+        self.selection_agreement_, self.selection_accuracy_ = (agree[self.selection_].mean(0),
+                                                               right[self.selection_].mean(0))
         self.heldout_agreement_, self.heldout_accuracy_ = agree[held].mean(0), right[held].mean(0)
         order = np.lexsort((-self.selection_accuracy_.ravel(), -self.selection_agreement_.ravel()))
         self.best_head_ = tuple(int(v) for v in np.unravel_index(order[0], self.agreement_.shape))
@@ -131,7 +134,8 @@ class HeadReconstruction:
         rows = []
         for i in flat:
             layer, head = (int(v) for v in np.unravel_index(i, self.agreement_.shape))
-            rows.append({"layer": layer, "head": head, "selection_agreement": float(self.selection_agreement_[layer, head]),
+            rows.append({"layer": layer, "head": head,
+                         "selection_agreement": float(self.selection_agreement_[layer, head]),
                          "heldout_agreement": float(self.heldout_agreement_[layer, head]),
                          "heldout_accuracy": float(self.heldout_accuracy_[layer, head]),
                          "ties": int(self.ties_[layer, head])})
@@ -182,7 +186,8 @@ def plot_attention_map(am: AttentionMap, title: str):
 
 
 def analyze_attention(results: Results, runs: Sequence[str] | None = None) -> dict:
-    """Figure 2 per run: PNG heatmap + JSON numbers in analysis/; returns the per-run mass split (primary: label share)."""
+    """Figure 2 per run: PNG heatmap + JSON numbers in analysis/; returns the per-run mass split (primary: label
+    share)."""
     out, rows, sections = results.analysis_dir, [], []
     region_names = [name for name, _ in PROFILE_REGIONS]
     for run in results.runs_with_attention(runs or results.main_runs()):
@@ -197,13 +202,15 @@ def analyze_attention(results: Results, runs: Sequence[str] | None = None) -> di
                      **{part: float(v) for part, v in zip(MASS_PARTS, am.mass_.mean(0))},
                      "label/input attention per token": float(density[2] / max(density[0], 1e-12))})
         sections.append(Section(f"Attention map: {run}", figure=figure, table=[
-            {"region": n, **{"attention per token (mean over layers)": float(d)}} for n, d in zip(region_names, density)]))
+            {"region": n, **{"attention per token (mean over layers)": float(d)}}
+            for n, d in zip(region_names, density)]))
     intro = ("For each query, the attention from the position that predicts the label, over every token of every "
              "demonstration, averaged over heads and resampled to fixed bins per region (input x, the 'Output:' "
              "separator, the label y, the blank line), then averaged over queries. The bar chart splits each layer's "
-             "attention into shares: the preamble (BOS, the attention sink, part of no demonstration), the demonstrations' inputs, the 'Output:' token before "
-             "each label, the label tokens, and the rest (separators and the query itself). The paper (Figure 2) "
-             "finds the mass on the label tokens in the middle layers.")
+             "attention into shares: the preamble (BOS, the attention sink, part of no demonstration), the "
+             "demonstrations' inputs, the 'Output:' token before each label, the label tokens, and the rest "
+             "(separators and the query itself). The paper (Figure 2) finds the mass on the label tokens in the "
+             "middle layers.")
     summary = Section("Where the attention goes (averaged over layers)", table=rows)
     save_analysis(out, "attention", "Attention over demonstrations (Figure 2)", intro, [summary, *sections])
     write_csv(out / "attention.csv", rows)
@@ -213,7 +220,8 @@ def analyze_attention(results: Results, runs: Sequence[str] | None = None) -> di
 def plot_heads(rec: HeadReconstruction, title: str):
     """Heatmaps layers x heads of agreement with the ICL prediction and of accuracy, best head marked."""
     fig = new_figure(10, 4.8)
-    for ax, grid, name in zip(fig.subplots(1, 2), (rec.agreement_, rec.accuracy_), ("agreement with ICL", "accuracy vs gold")):
+    for ax, grid, name in zip(fig.subplots(1, 2), (rec.agreement_, rec.accuracy_),
+                              ("agreement with ICL", "accuracy vs gold")):
         image = ax.imshow(grid, aspect="auto", origin="lower", cmap="magma", vmin=0, vmax=1)
         ax.scatter([rec.best_head_[1]], [rec.best_head_[0]], marker="o", s=60, facecolors="none", edgecolors="cyan")
         ax.set(xlabel="head", ylabel="layer", title=f"{name} (all queries)")
@@ -227,8 +235,9 @@ def reconstruction_row(run: str, rec: HeadReconstruction, preambles: Sequence[np
     head and all heads put on the preamble (the sink, outside every demonstration)."""
     h = rec.heldout_
     return {"run": run, "n_selection": int(rec.selection_.sum()), "n_heldout": h["n"], "best_layer": rec.best_head_[0],
-            "best_head": rec.best_head_[1], "agreement": h["agreement"]["value"], "agreement_ci_low": h["agreement"]["ci_low"],
-            "agreement_ci_high": h["agreement"]["ci_high"], "reconstructed_accuracy": h["accuracy"]["value"],
+            "best_head": rec.best_head_[1], "agreement": h["agreement"]["value"],
+            "agreement_ci_low": h["agreement"]["ci_low"], "agreement_ci_high": h["agreement"]["ci_high"],
+            "reconstructed_accuracy": h["accuracy"]["value"],
             "accuracy_ci_low": h["accuracy"]["ci_low"], "accuracy_ci_high": h["accuracy"]["ci_high"],
             "icl_accuracy": h["icl_accuracy"]["value"], "best_head_ties": h["ties"],
             "heads_with_ties": int((rec.ties_ > 0).sum()), "tied_votes": int(rec.ties_.sum()),
@@ -253,7 +262,8 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
         L, H = rec.agreement_.shape
         write_csv(out / f"{stem}_heads.csv", [
             {"layer": layer, "head": h, "agreement": float(rec.agreement_[layer, h]),
-             "accuracy": float(rec.accuracy_[layer, h]), "selection_agreement": float(rec.selection_agreement_[layer, h]),
+             "accuracy": float(rec.accuracy_[layer, h]),
+             "selection_agreement": float(rec.selection_agreement_[layer, h]),
              "heldout_agreement": float(rec.heldout_agreement_[layer, h]),
              "heldout_accuracy": float(rec.heldout_accuracy_[layer, h]), "ties": int(rec.ties_[layer, h])}
             for layer in range(L) for h in range(H)])
@@ -272,7 +282,8 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
              "reported on the held-out rest. heads_following_demo_1 counts the heads that vote the first "
              "demonstration's label on 90% or more of the queries: with random demonstrations, a check that no head "
              "reads a position (the attention sink sits in the preamble, outside every demonstration); with knn, "
-             "whose demonstrations mostly share one label, a head that reads the kernel votes it too. " + best_head_sentence())
+             "whose demonstrations mostly share one label, a head that reads the kernel votes it too. " +
+             best_head_sentence())
     summary = Section("Best head per run (held-out queries, 95% CI)", table=rows)
     save_analysis(out, "reconstruction", "ICL reconstructed from single heads (Section 5)", intro, [summary, *sections])
     write_csv(out / "reconstruction.csv", rows)

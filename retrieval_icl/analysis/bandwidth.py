@@ -97,7 +97,8 @@ def random_bins(results: Results, n_bins: int) -> dict[int, BinnedAccuracy]:
 
 
 def entropy(weights: np.ndarray) -> float:
-    """Entropy of normalised kernel weights over the demonstrations, divided by log(n_demos): 0 = one demo, 1 = uniform."""
+    """Entropy of normalised kernel weights over the demonstrations, divided by log(n_demos): 0 = one demo,
+    1 = uniform."""
     w = normalise(weights)
     if w.size < 2:
         return 0.0
@@ -173,17 +174,20 @@ def analyze_bandwidth(results: Results, n_bins: int = 5, selection_fraction: flo
     rows = condition_rows(results)
     write_csv(out / "bandwidth_conditions.csv", rows)
     sections = [Section("Accuracy by selection (95% CI, seeds pooled)",
-                        "Nearest k (knn, or band at position 0), a middle band, the farthest k and random demonstrations; "
-                        "mean_similarity is the mean cosine of the chosen demonstrations to the query.",
+                        "Nearest k (knn, or band at position 0), a middle band, the farthest k and random "
+                        "demonstrations; mean_similarity is the mean cosine of the chosen demonstrations to the "
+                        "query.",
                         table=rows, figure=save_figure(plot_conditions(rows), out / "bandwidth_conditions.png"))]
     bins = random_bins(results, n_bins)
     if bins:
         bin_rows = [{"k": k, **row} for k, b in bins.items() for row in b.rows()]
         corr = "; ".join(f"k={k}: r={b.correlation_:.3f} (p={b.p_value_:.3g})" for k, b in bins.items())
         write_csv(out / "bandwidth_random_bins.csv", bin_rows)
-        fig = plot_bins(bins, "mean cosine of the random demonstrations to the query", "Random selections by similarity")
+        fig = plot_bins(bins, "mean cosine of the random demonstrations to the query",
+                        "Random selections by similarity")
         sections.append(Section("Random demonstrations binned by similarity to the query",
-                                f"Quantile bins of the mean similarity; point-biserial correlation with correctness: {corr}.",
+                                "Quantile bins of the mean similarity; point-biserial correlation with correctness: "
+                                f"{corr}.",
                                 table=bin_rows, figure=save_figure(fig, out / "bandwidth_random_bins.png")))
     ent_rows, ent_bins = entropy_rows(results, selection_fraction, selection_n, seed)
     if ent_rows:

@@ -27,7 +27,8 @@ def run_columns(results: Results, tau: float, selection_fraction: float, selecti
     model = str(results.config.get("model", "unknown model"))
     out = []
     for run in results.main_runs():
-        rec = reconstruct_run(results, run, selection_fraction, selection_n, seed) if results.has_attention(run) else None
+        rec = (reconstruct_run(results, run, selection_fraction, selection_n, seed)
+               if results.has_attention(run) else None)
         column = table2_column(results, run, tau, rec)
         entry = {"model": model, "task": results.task, "selector": results.runs([run])[run][0]["selector"],
                  "run": run, "metrics": column, "directory": str(results.directory)}
@@ -98,7 +99,8 @@ def _cell(entry: dict | None, metric: str) -> str:
 
 
 def write_cross_run_report(directories: Sequence[str | Path], out: str | Path, tau: float = 0.1,
-                           selection_fraction: float = 0.7, selection_n: int | None = None, seed: int = 0) -> list[Path]:
+                           selection_fraction: float = 0.7, selection_n: int | None = None,
+                           seed: int = 0) -> list[Path]:
     """OUT/table2.md (paper layout), OUT/table2.csv (long form) over several results directories."""
     entries = collect(directories, tau, selection_fraction, selection_n, seed)
     out = Path(out)

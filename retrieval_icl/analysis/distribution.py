@@ -72,7 +72,8 @@ def pool_rows(results: Results) -> list[dict]:
 
 
 def representative_rows(results: Results) -> list[dict]:
-    """Each representative-selector run against the random run of its pool, k, format (its own seed if random has it)."""
+    """Each representative-selector run against the random run of its pool, k, format (its own seed if random has
+    it)."""
     specs = results.selector_specs()
     runs = list(results.runs().values())
     cond = lambda recs: (recs[0]["pool"], recs[0]["k"], recs[0]["label_format"])  # noqa: E731
@@ -85,7 +86,8 @@ def representative_rows(results: Results) -> list[dict]:
             rows.append({"run": recs[0]["run"], "versus": base[0]["run"], "pool": recs[0]["pool"], "k": recs[0]["k"],
                          **{key: mine[key] for key in ("accuracy", "ci_low", "ci_high")},
                          "random_accuracy": other["accuracy"], "random_ci_low": other["ci_low"],
-                         "random_ci_high": other["ci_high"], **{f"{k}_vs_random": v for k, v in versus(recs, base).items()}})
+                         "random_ci_high": other["ci_high"],
+                         **{f"{k}_vs_random": v for k, v in versus(recs, base).items()}})
     return rows
 
 

@@ -34,7 +34,8 @@ TAUS = (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)
 
 
 def kernel_weights(similarities: Sequence[float], tau: float) -> np.ndarray:
-    """exp(cos / tau) normalised over one query's demonstrations: (n_demos,); tau = 0 is the nearest one (ties share)."""
+    """exp(cos / tau) normalised over one query's demonstrations: (n_demos,); tau = 0 is the nearest one (ties
+    share)."""
     s = np.asarray(similarities, dtype=np.float64)  # (n_demos,)
     if tau < 0:
         raise RiclError(f"tau must be >= 0 (0 = nearest neighbour), got {tau}")
@@ -161,7 +162,8 @@ def analyze_kernel(results: Results, runs: Sequence[str] | None = None, tau: flo
     """Table 2 per task: ICL, reconstruction and kernel-regression accuracies of each run; files in analysis/."""
     out, columns, sweeps = results.analysis_dir, {}, {}
     for run, records in results.runs(runs or results.main_runs()).items():
-        rec = reconstruct_run(results, run, selection_fraction, selection_n, seed) if results.has_attention(run) else None
+        rec = (reconstruct_run(results, run, selection_fraction, selection_n, seed)
+               if results.has_attention(run) else None)
         columns[run] = table2_column(results, run, tau, rec)
         keep = np.ones(len(records), bool) if rec is None else ~rec.selection_
         sweeps[run] = tau_sweep([r for r, k in zip(records, keep) if k], results.n_labels)
@@ -171,19 +173,21 @@ def analyze_kernel(results: Results, runs: Sequence[str] | None = None, tau: flo
     figure = save_figure(plot_table2(columns, sweeps, results.task), out / "kernel.png")
     intro = ("Table 2 of the paper, per run, on the held-out queries of the head selection (all queries for runs "
              "without attention): the model's raw (uncalibrated) ICL accuracy, which every kernel is compared with "
-             "(calibrated_icl_accuracy, when the run was calibrated, is the accuracy after contextual calibration); agreement of the best single head's reconstruction with "
+             "(calibrated_icl_accuracy, when the run was calibrated, is the accuracy after contextual calibration); "
+             "agreement of the best single head's reconstruction with "
              "the ICL prediction and its accuracy; kernel regression y = argmax_c sum_i K(x, x_i)[y_i = c] over the "
              f"same demonstrations with (a) the experiment's sentence-encoder kernel exp(cos(x, x_i)/tau), tau = {tau} "
              "(whatever kernel the selector used), and (b) the "
              "chosen head's query/key kernel, read as its attention to each demonstration's own 'Output:' position. "
-             f"The paper ({TABLE2['sst2'].source}) finds the MiniLM kernel near chance ({TABLE2['sst2'].encoder_kernel_accuracy}"
-             " on SST-2): it is not the kernel the LM uses. Label ties are broken at random (seeded) and counted in "
-             "the reconstruction files.")
+             f"The paper ({TABLE2['sst2'].source}) finds the MiniLM kernel near chance "
+             f"({TABLE2['sst2'].encoder_kernel_accuracy} on SST-2): it is not the kernel the LM uses. Label ties are "
+             "broken at random (seeded) and counted in the reconstruction files.")
     sections = [Section(f"Table 2: {results.task} (95% CI)", table=table2_markdown_rows(columns, results.task),
                         figure=figure),
                 Section("Encoder kernel accuracy against its bandwidth tau",
                         "Column NN (tau = 0) takes the nearest demonstration's label; CIs in kernel_tau.csv.",
-                        table=[{"run": run, **{("NN" if r["tau"] == 0 else f"tau={r['tau']:g}"): r["value"] for r in rows}}
+                        table=[{"run": run,
+                                **{("NN" if r["tau"] == 0 else f"tau={r['tau']:g}"): r["value"] for r in rows}}
                                for run, rows in sweeps.items()])]
     save_analysis(out, "kernel", "Kernel regression baselines (Table 2)", intro, sections)
     return {"primary_metric": "encoder_kernel_accuracy", "runs": columns}

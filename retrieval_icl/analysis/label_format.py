@@ -84,12 +84,14 @@ def format_rows(results: Results, key: tuple, runs: dict[str, str], selection_fr
                               results.label_words(fmt))
         agreement = float("nan")
         if results.has_attention(run):
-            agreement = reconstruct_run(results, run, selection_fraction, selection_n, seed).heldout_["agreement"]["value"]
+            agreement = reconstruct_run(results, run, selection_fraction, selection_n,
+                                        seed).heldout_["agreement"]["value"]
         words = results.label_words(fmt)
         rows.append({"group": "-".join(str(k) for k in key), "label_format": fmt, "words": "/".join(words or []),
                      "n": cmp["n"], "accuracy": cmp["accuracy"]["value"], "ci_low": cmp["accuracy"]["ci_low"],
                      "ci_high": cmp["accuracy"]["ci_high"], "label_attention": label_attention(by_run[run]),
-                     "reconstruction_agreement": agreement, f"same_prediction_as_{ref_format}": cmp["agreement_with_reference"],
+                     "reconstruction_agreement": agreement,
+                     f"same_prediction_as_{ref_format}": cmp["agreement_with_reference"],
                      f"same_word_as_{ref_format}": cmp["same_word_as_reference"], "mcnemar_p": cmp["mcnemar_p"],
                      "same_demos": cmp["same_demos"]})
     return rows

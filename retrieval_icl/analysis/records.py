@@ -1,4 +1,5 @@
-"""A results directory of `ricl compare`, loaded and checked: records.jsonl, attention/<run>.safetensors, config.yaml."""
+"""A results directory of `ricl compare`, loaded and checked: records.jsonl, attention/<run>.safetensors,
+config.yaml."""
 
 from __future__ import annotations
 
@@ -189,7 +190,8 @@ def load_attention(path: Path, records: list[dict]) -> dict[str, np.ndarray]:
             raise RiclError(f"{path}: no entry for query {key} (expected one per record of run {r['run']})")
         shape = arrays[key].shape
         if len(shape) != 4 or shape[2:] != (n, N_SUMMARY_COLUMNS):
-            raise RiclError(f"{path}: entry {key} has shape {shape}, expected (layers, heads, {n}, {N_SUMMARY_COLUMNS})")
+            raise RiclError(f"{path}: entry {key} has shape {shape}, "
+                            f"expected (layers, heads, {n}, {N_SUMMARY_COLUMNS})")
         preamble = arrays.get(f"{key}/preamble")
         if preamble is None or preamble.shape != shape[:2]:
             raise RiclError(f"{path}: entry {key}/preamble is {'missing' if preamble is None else preamble.shape}, "

@@ -139,7 +139,8 @@ def report_markdown(directory: Path, names: Sequence[str]) -> str:
     index = analysis / "index.json"
     skipped = {n: why for n, why in json.loads(index.read_text()).items() if why != "done"} if index.exists() else {}
     if skipped:
-        contents += "\n\nNot run on these records: " + "; ".join(f"{n.replace('_', ' ')} ({why})" for n, why in skipped.items())
+        contents += "\n\nNot run on these records: " + "; ".join(f"{n.replace('_', ' ')} ({why})"
+                                                                 for n, why in skipped.items())
     parts = [intro, "Contents:\n\n" + contents + "\n", setup_markdown(directory)]
     parts += [analysis_markdown(json.loads(p.read_text())) for p in saved]
     return "\n\n".join(parts)
