@@ -41,7 +41,7 @@ def tiny_tokenizer() -> Any:
     """`byte_level_tokenizer` trained on tests/data's texts and the label words of the tiny tasks."""
     texts = [" ".join(str(v) for v in json.loads(line).values()) for path in sorted(TINY_DATA.rglob("*.jsonl"))
              for line in path.read_text().splitlines()]
-    texts += ["Input: Output: negative positive bad good apple river entailment neutral contradiction"] * 5
+    texts += ["Input: Output: negative positive bad good apple river entailment neutral contradiction A B C"] * 5
     return byte_level_tokenizer(texts)
 
 

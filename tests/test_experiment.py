@@ -81,6 +81,23 @@ def test_attention_summaries_are_saved_compactly(results):
     assert profile.shape == (30, 4, 24) and np.isfinite(profile.astype(np.float32)).all()
 
 
+def test_analyses_run_on_the_real_records_and_label_tokens_draw_more_attention(results):
+    """Figure 2's claim holds for SmolLM2 too: per token, the demonstrations' labels draw more attention than their
+    inputs; and the reconstruction finds a head among SmolLM2's 30 x 9."""
+    from typer.testing import CliRunner
+
+    from retrieval_icl.cli import app
+
+    out, _, _ = results
+    result = CliRunner().invoke(app, ["analyze", "all", str(out), "--selection-n", "30"])
+    assert result.exit_code == 0, result.output
+    attention = list(csv.DictReader((out / "analysis" / "attention.csv").open()))
+    assert attention and all(float(r["label/input attention per token"]) > 1 for r in attention)
+    recon = list(csv.DictReader((out / "analysis" / "reconstruction.csv").open()))
+    assert all(0 <= int(r["best_layer"]) < 30 and 0 <= int(r["best_head"]) < 9 for r in recon)
+    assert all(r["n_heldout"] == "30" and 0.5 <= float(r["agreement"]) <= 1 for r in recon)
+
+
 def test_resolved_config_and_versions_are_saved(results):
     out, _, _ = results
     saved = CompareConfig(**{k: v for k, v in yaml.safe_load((out / "config.yaml").read_text()).items()})
