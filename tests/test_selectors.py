@@ -1,5 +1,5 @@
 """Selector core on the tiny SST-2 data: knn, random and band, the checks `Selector` does for every strategy, and the
-array steps (nearest, best_first, first_excluding, cosines, mmr_order) against brute-force numpy."""
+array steps (nearest, best_first, first_kept, cosines, mmr_order) against brute-force numpy."""
 
 import math
 import re
@@ -18,7 +18,7 @@ from retrieval_icl.selectors import (
     SimilarityBandSelector,
     best_first,
     cosines,
-    first_excluding,
+    first_kept,
     make_selector,
     mmr_order,
     nearest,
@@ -241,7 +241,8 @@ def brute_nearest(x, texts, queries, exclude, k):
 def test_nearest_equals_brute_force(synthetic, k):
     index, x, texts, queries = synthetic
     for exclude in (["shared", "text 20", "shared", "nothing", "text 59"], [None] * 5):
-        ids, scores = nearest(index, queries, k, exclude if exclude[0] else None)
+        skip = [{100 + r for r, t in enumerate(texts) if t == text} for text in exclude]
+        ids, scores = nearest(index, queries, k, skip if exclude[0] else None)
         expected_ids, expected_scores = brute_nearest(x, texts, queries, exclude, k)
         assert ids.shape == scores.shape == (5, k) and ids.dtype == np.int64 and scores.dtype == np.float32
         np.testing.assert_array_equal(ids, expected_ids)  # the query near the shared cluster searches deeper
@@ -250,15 +251,15 @@ def test_nearest_equals_brute_force(synthetic, k):
 
 
 def test_select_embedded_is_nearest_arranged(synthetic):
-    index, _, _, queries = synthetic
+    index, _, pool_texts, queries = synthetic
     texts = ["shared", "text 20", "shared", "nothing", "text 59"]
-    ids, scores = nearest(index, queries, 4, texts)
+    ids, scores = nearest(index, queries, 4, [{100 + r for r, x in enumerate(pool_texts) if x == t} for t in texts])
     chosen = KNNSelector().fit(index).select_embedded(texts, queries, 4)
     assert [s.demo_ids for s in chosen] == [row[::-1].tolist() for row in ids]
     assert [s.scores for s in chosen] == [row[::-1].tolist() for row in scores]
 
 
-def test_best_first_first_excluding_and_cosines_equal_brute_force(synthetic):
+def test_best_first_first_kept_and_cosines_equal_brute_force(synthetic):
     index, x, texts, queries = synthetic
     rng = np.random.default_rng(1)
     scores = rng.integers(0, 4, size=30).astype(np.float32)  # many ties: position order breaks them
@@ -266,8 +267,8 @@ def test_best_first_first_excluding_and_cosines_equal_brute_force(synthetic):
     assert best_first(scores).tolist() == sorted(range(30), key=lambda r: (-scores[r], r))
     assert best_first(scores, keep).tolist() == sorted(np.flatnonzero(keep), key=lambda r: (-scores[r], r))
     rows = rng.permutation(60)
-    assert first_excluding(rows, texts, "shared", 10) == [r for r in rows if texts[r] != "shared"][:10]
-    assert first_excluding(rows[:5], texts, "text 3", 10) == [r for r in rows[:5] if texts[r] != "text 3"]
+    assert first_kept(rows, texts != "shared", 10) == [r for r in rows if texts[r] != "shared"][:10]
+    assert first_kept(rows[:5], texts != "text 3", 10) == [r for r in rows[:5] if texts[r] != "text 3"]
     np.testing.assert_allclose(cosines(index, [117, 100, 159], queries[1]), x[[17, 0, 59]] @ queries[1], atol=1e-6)
 
 
@@ -288,3 +289,25 @@ def test_mmr_order_equals_brute_force(synthetic, lambda_mult):
     similarity = x @ x.T  # (60, 60)
     for k in (1, 7, 60, 80):
         assert mmr_order(relevance, similarity, k, lambda_mult) == brute_mmr(relevance, similarity, k, lambda_mult)
+
+
+def test_a_query_never_gets_an_example_sharing_one_of_its_fields(tmp_path):
+    """MNLI's local pool is its query split: a premise's sibling hypotheses must not be shown with it."""
+    premises = ["A man plays a guitar.", "Two dogs run in a park.", "A chef tastes the soup."]
+    pool = [Example(10 * p + h, (premise, f"hypothesis {p}-{h}"), h) for p, premise in enumerate(premises)
+            for h in range(3)]
+    x = np.eye(9, 12, dtype=np.float32)
+    x[:3] += 0.5  # the first premise's siblings are the nearest to a query along the shared direction
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = DemoIndex(Encoder(cache_dir=tmp_path)).build(pool, embeddings=x)
+    query = "\n".join(pool[0].texts)  # the pool example itself, as a query: its premise and hypothesis
+    emb = (x[0] + x[1]) / np.linalg.norm(x[0] + x[1])
+    siblings = {0, 1, 2}
+    for name in ("knn", "random", "mmr", "band", "bm25", "kmeans", "votek"):
+        chosen = make_selector(name).fit(index).select_embedded([query], emb[None], 4)[0]
+        assert not siblings & set(chosen.demo_ids), name
+    fresh = "\n".join(["A woman reads a book.", "hypothesis 0-1"])  # shares only the hypothesis of id 1
+    chosen = make_selector("knn").fit(index).select_embedded([fresh], emb[None], 8)[0]
+    assert 1 not in chosen.demo_ids and len(chosen.demo_ids) == 8
+    with pytest.raises(RiclError, match="k=7 is larger than the pool without the query \\(6 examples"):
+        make_selector("knn").fit(index).select_embedded([query], emb[None], 7)

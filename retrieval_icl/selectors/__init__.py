@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .arrays import best_first, cosines, first_excluding, mmr_order, nearest
+from .arrays import best_first, cosines, first_kept, mmr_order, nearest
 from .balanced import BalancedSelector
 from .band import SimilarityBandSelector
 from .base import SELECTORS, Selection, Selector, make_selector, order_selection, text_seed
@@ -15,4 +15,4 @@ from .representative import KMeansSelector, VoteKSelector
 
 __all__ = ["ORDERS", "SELECTORS", "BM25Selector", "BalancedSelector", "KMeansSelector", "KNNSelector", "MMRSelector",
            "RandomSelector", "Selection", "Selector", "SimilarityBandSelector", "VoteKSelector", "best_first",
-           "cosines", "first_excluding", "make_selector", "mmr_order", "nearest", "order_selection", "text_seed"]
+           "cosines", "first_kept", "make_selector", "mmr_order", "nearest", "order_selection", "text_seed"]

@@ -5,7 +5,7 @@ Each takes plain arrays (or a DemoIndex to search) and returns ids, rows or scor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING, AbstractSet, Iterable, Sequence
 
 import numpy as np
 
@@ -14,8 +14,8 @@ if TYPE_CHECKING:
 
 
 def nearest(index: "DemoIndex", embeddings: np.ndarray, k: int,
-            exclude_texts: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The k examples nearest each query by cosine, best first, skipping any whose text is exclude_texts[q].
+            exclude_ids: Sequence[AbstractSet[int]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The k examples nearest each query by cosine, best first, skipping the ids in exclude_ids[q].
 
     embeddings: (n, d) unit rows. Returns ids (n, k) int64 and scores (n, k) float32, padded with -1 / -inf where
     fewer than k remain (as FAISS pads). Searches k + 8 deep, and twice as deep again for the queries that lost
@@ -28,8 +28,8 @@ def nearest(index: "DemoIndex", embeddings: np.ndarray, k: int,
         found_scores, found_ids = index.search(embeddings[todo], fetch)  # (len(todo), fetch) each
         retry = []
         for row, q in enumerate(todo):
-            skip = exclude_texts[q] if exclude_texts is not None else None
-            cols = [c for c, i in enumerate(found_ids[row]) if i >= 0 and index.example(int(i)).text != skip][:k]
+            skip = exclude_ids[q] if exclude_ids is not None else frozenset()
+            cols = [c for c, i in enumerate(found_ids[row]) if i >= 0 and int(i) not in skip][:k]
             ids[q, :len(cols)], scores[q, :len(cols)] = found_ids[row, cols], found_scores[row, cols]
             if len(cols) < k and fetch < len(index):
                 retry.append(q)
@@ -43,13 +43,13 @@ def best_first(scores: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray
     return rows[np.argsort(-scores[rows], kind="stable")]
 
 
-def first_excluding(rows: Iterable[int], texts: Sequence[str], text: str, m: int) -> list[int]:
-    """The first m of `rows` (positions into `texts`) whose text is not `text`; fewer when the rows run out."""
+def first_kept(rows: Iterable[int], keep: np.ndarray, m: int) -> list[int]:
+    """The first m of `rows` (positions into `keep`) where `keep` is True; fewer when the rows run out."""
     kept: list[int] = []
     for row in rows:
         if len(kept) == m:
             break
-        if texts[row] != text:
+        if keep[row]:
             kept.append(int(row))
     return kept
 

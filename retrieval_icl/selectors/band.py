@@ -21,10 +21,10 @@ class SimilarityBandSelector(Selector):
     def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
         pool = self.pool_
         vectors = self.index_.embeddings(pool.ids)  # (pool, d)
-        return [self._band(vectors @ emb, pool.texts != text, k) for text, emb in zip(texts, embeddings)]
+        return [self._band(vectors @ emb, pool.keep(text), k) for text, emb in zip(texts, embeddings)]
 
     def _band(self, sims: np.ndarray, keep: np.ndarray, k: int) -> Ranking:
-        """The band of k rows for one query: sims (pool,) cosines, keep (pool,) rows without the query's text."""
+        """The band of k rows for one query: sims (pool,) cosines, keep (pool,) rows the query may get."""
         ranked = best_first(sims, keep)  # most similar first
         start = round(self.position * (len(ranked) - k))
         band = ranked[start:start + k]

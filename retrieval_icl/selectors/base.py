@@ -11,9 +11,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 from abc import ABC, abstractmethod
-from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -37,19 +36,50 @@ class Selection:
 
 
 class PoolTexts:
-    """The pool's ids (n,) and texts (n,) in FAISS row order, and how many examples share each text."""
+    """The pool's ids (n,) and texts (n,) in FAISS row order, and which rows a query may not be shown: those with its
+    text and, in a pool of several text fields, those sharing any one field with it (MNLI's sibling hypotheses of
+    the query's premise), so no demonstration leaks the query or a near copy of it."""
 
     def __init__(self, index: "DemoIndex") -> None:
+        examples = index.examples
         self.ids = index.ids
-        self.texts = np.asarray([ex.text for ex in index.examples], dtype=object)  # compares elementwise with ==
-        self.counts = Counter(self.texts.tolist())
+        self.texts = np.asarray([ex.text for ex in examples], dtype=object)  # compares elementwise with ==
+        self.n_fields = len(examples[0].texts) if examples else 1
+        self.rows_by_text = _rows_by(ex.text for ex in examples)
+        self.rows_by_field = [_rows_by(ex.texts[f] for ex in examples) for f in range(self.n_fields)]
 
     def __len__(self) -> int:
         return len(self.ids)
 
+    def excluded_rows(self, text: str) -> list[int]:
+        """Rows a query with this text may not get (its fields are the text's lines when they match the pool's)."""
+        rows = set(self.rows_by_text.get(text, ()))
+        fields = text.split("\n")
+        if self.n_fields > 1 and len(fields) == self.n_fields:
+            for by_value, value in zip(self.rows_by_field, fields):
+                rows.update(by_value.get(value, ()))
+        return sorted(rows)
+
+    def keep(self, text: str) -> np.ndarray:
+        """(n,) bool: the rows a query with this text may get."""
+        mask = np.ones(len(self.ids), dtype=bool)
+        mask[self.excluded_rows(text)] = False
+        return mask
+
+    def excluded_ids(self, text: str) -> set[int]:
+        return {int(self.ids[r]) for r in self.excluded_rows(text)}
+
     def available(self, text: str) -> int:
-        """How many pool examples a query with this text may get: those with another text."""
-        return len(self.ids) - self.counts[text]
+        """How many pool examples a query with this text may get."""
+        return len(self.ids) - len(self.excluded_rows(text))
+
+
+def _rows_by(values: Iterable[str]) -> dict[str, list[int]]:
+    """value -> the rows holding it, in row order."""
+    rows: dict[str, list[int]] = {}
+    for row, value in enumerate(values):
+        rows.setdefault(value, []).append(row)
+    return rows
 
 
 class Selector(ABC):
@@ -79,7 +109,8 @@ class Selector(ABC):
         return self
 
     def select(self, queries: Sequence[Query], k: int) -> list[Selection]:
-        """One Selection of k demonstrations per query; a pool example with the query's text is never chosen."""
+        """One Selection of k demonstrations per query; never a pool example with the query's text or, in a pool of
+        several text fields, sharing one of its fields (see PoolTexts)."""
         texts = [q.text if isinstance(q, Example) else q for q in queries]
         self._check_request(texts, k)
         if not texts:
@@ -118,7 +149,8 @@ class Selector(ABC):
 
     @abstractmethod
     def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
-        """k demonstrations per query, best first, none with the query's text; texts[i] has embeddings[i] (n, d).
+        """k demonstrations per query, best first, none the query may not get (`pool_.keep`); texts[i] has
+        embeddings[i] (n, d).
 
         Called after the checks: the selector is fitted and the pool without each query holds at least k."""
 

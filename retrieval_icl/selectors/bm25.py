@@ -62,10 +62,10 @@ class BM25Selector(Selector):
 
     def _one(self, text: str, emb: np.ndarray, k: int) -> Ranking:
         pool, scores = self.pool_, self.bm25_scores(text)
-        ids = [int(pool.ids[r]) for r in best_first(scores, (scores > 0) & (pool.texts != text))[:k]]
+        ids = [int(pool.ids[r]) for r in best_first(scores, (scores > 0) & pool.keep(text))[:k]]
         if len(ids) < k:  # too few lexical matches: the nearest neighbours not yet chosen fill up
             taken = set(ids)  # k distinct neighbours minus at most len(ids) already taken leave enough
-            neighbours = nearest(self.index_, emb[None], k, [text])[0][0]  # (k,) padded with -1
+            neighbours = nearest(self.index_, emb[None], k, [pool.excluded_ids(text)])[0][0]  # (k,) padded with -1
             ids += [int(i) for i in neighbours if i >= 0 and int(i) not in taken][:k - len(ids)]
         return ids, [float(s) for s in cosines(self.index_, ids, emb)]
 

@@ -60,7 +60,7 @@ def check_greater(name: str, value: Any, bound: float) -> Any:
 
 
 def check_k(k: int, available: int) -> None:
-    """Refuse a k larger than the pool examples a query may get (those without its own text)."""
+    """Refuse a k larger than the pool examples a query may get (those without its text or a shared field)."""
     if k > available:
         raise RiclError(f"k={k} is larger than the pool without the query ({available} examples)")
 

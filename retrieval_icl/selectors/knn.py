@@ -18,7 +18,7 @@ class KNNSelector(Selector):
         self.order, self.seed = check_order(order), seed
 
     def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
-        ids, scores = nearest(self.index_, embeddings, k, texts)  # (n, k) each
+        ids, scores = nearest(self.index_, embeddings, k, [self.pool_.excluded_ids(t) for t in texts])  # (n, k) each
         return [_as_ranking(i, s) for i, s in zip(ids, scores)]
 
 

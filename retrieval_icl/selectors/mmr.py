@@ -35,11 +35,12 @@ class MMRSelector(Selector):
     def _candidates(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each query's fetch_k (at least k) nearest ids and cosines; all that is left where the pool is smaller."""
         index = self.index_
-        ids, scores = nearest(index, embeddings, min(max(self.fetch_k, k), len(index)), texts)  # (n, fetch) each
+        excluded = [self.pool_.excluded_ids(t) for t in texts]
+        ids, scores = nearest(index, embeddings, min(max(self.fetch_k, k), len(index)), excluded)  # (n, fetch) each
         if (ids >= 0).all():
             return list(zip(ids, scores))
         # Some query's pool without it is smaller than the fetch: search again per query, as deep as its pool.
-        rows = [nearest(index, e[None], self.pool_.available(t), [t]) for t, e in zip(texts, embeddings)]
+        rows = [nearest(index, e[None], self.pool_.available(t), [x]) for t, e, x in zip(texts, embeddings, excluded)]
         return [(i[0][i[0] >= 0], s[0][i[0] >= 0]) for i, s in rows]
 
     def _pick(self, ids: np.ndarray, scores: np.ndarray, k: int) -> Ranking:

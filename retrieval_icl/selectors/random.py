@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import cosines, first_excluding
+from .arrays import cosines, first_kept
 from .base import Ranking, Selector, text_seed
 
 
 class RandomSelector(Selector):
-    """k pool examples drawn uniformly per query (seeded), never one with the query's own text; kept in draw order."""
+    """k pool examples drawn uniformly per query (seeded), never one the query may not get; kept in draw order."""
 
     name = "random"
     seeded_choice = True
@@ -22,6 +22,6 @@ class RandomSelector(Selector):
 
     def _draw(self, text: str, emb: np.ndarray, k: int) -> Ranking:
         pool = self.pool_
-        rows = first_excluding(text_seed(self.seed, text).permutation(len(pool)), pool.texts, text, k)
+        rows = first_kept(text_seed(self.seed, text).permutation(len(pool)), pool.keep(text), k)
         ids = [int(pool.ids[r]) for r in rows]
         return ids, [float(s) for s in cosines(self.index_, ids, emb)]

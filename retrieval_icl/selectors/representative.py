@@ -13,7 +13,7 @@ from abc import abstractmethod
 import numpy as np
 
 from ..errors import RiclError
-from .arrays import best_first, cosines, first_excluding
+from .arrays import best_first, cosines, first_kept
 from .base import Ranking, Selector
 from .checks import check_count, check_greater, check_order, check_positive_int
 
@@ -58,7 +58,7 @@ class RepresentativeSelector(Selector):
 
     def _nearest_labelled(self, text: str, emb: np.ndarray, k: int, m: int, ranking: np.ndarray) -> Ranking:
         """The k of the query's labelled set (the first m of the ranking without its text) nearest to it."""
-        labelled = [int(self.pool_.ids[r]) for r in first_excluding(ranking, self.pool_.texts, text, m)]
+        labelled = [int(self.pool_.ids[r]) for r in first_kept(ranking, self.pool_.keep(text), m)]
         similarity = cosines(self.index_, labelled, emb)  # (m,)
         best = best_first(similarity)[:k]
         return [labelled[i] for i in best], [float(similarity[i]) for i in best]
