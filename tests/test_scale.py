@@ -22,6 +22,7 @@ from retrieval_icl.task_index import build_task_index  # noqa: E402
 from retrieval_icl.tasks import load_examples, load_task  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY_DATA = Path(__file__).resolve().parent / "data"  # hand-made, 40 train reviews
 WORKERS = 2
 cli = CliRunner()
 
@@ -80,12 +81,12 @@ def test_label_log_probs_and_attention_equal_runner(sst2, smollm2_runner):
 
 
 def test_cli_index_build_on_ray_equals_local(tmp_path):
-    args = ["index", "build", "--task", "sst2", "--split", "validation", "--data-dir", str(DATA)]
+    args = ["index", "build", "--task", "sst2", "--split", "train", "--data-dir", str(TINY_DATA)]
     assert cli.invoke(app, [*args, "--out", str(tmp_path / "local")]).exit_code == 0
     result = cli.invoke(app, [*args, "--out", str(tmp_path / "spread"), "--ray-workers", str(WORKERS)])
     assert result.exit_code == 0, result.output
     local, spread = DemoIndex.load(tmp_path / "local"), DemoIndex.load(tmp_path / "spread")
-    assert len(spread) == len(local) == 872
+    assert len(spread) == len(local) == 40
     np.testing.assert_allclose(spread.embeddings(spread.ids), local.embeddings(local.ids), atol=1e-6, rtol=0)
     bad = cli.invoke(app, [*args, "--out", str(tmp_path / "zero"), "--ray-workers", "0"])
     assert bad.exit_code == 2 and not (tmp_path / "zero").exists()
