@@ -20,14 +20,14 @@ from retrieval_icl.index import DemoIndex
 from retrieval_icl.service import Limits, create_app
 from retrieval_icl.tasks import load_examples, load_task
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"  # hand-made: 40 train reviews
 KEY = {"X-API-Key": "s3cret"}
 LIMITS = Limits(max_k=40, max_text_chars=300, max_batch=4, max_body_bytes=20_000)
 
 
 def build_index(directory: Path, encoder: Encoder, n: int = 30) -> None:
     task = load_task("sst2")
-    examples = load_examples(task, "validation", DATA)[:n]
+    examples = load_examples(task, "train", DATA)[:n]
     DemoIndex(encoder).build(examples, task=task.name, label_names=task.label_names,
                              text_fields=task.text_fields).save(directory)
 
