@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import shutil
 import time
 from importlib import metadata
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import yaml
 
 from .assemble import Run, assemble_runs, summarise
+from .atomic_dir import atomic_directory
 from .compare_config import (
     ColumnsConfig,
     CompareConfig,
@@ -70,12 +70,18 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_results(output_dir: Path, config: CompareConfig, inputs: Inputs, runs: list[Run], info: dict,
                   rows: list[dict], tests: list[dict]) -> None:
-    """Write every file into a temporary sibling, then move it into place: a failed run leaves nothing half-written."""
+    """Write every file into a temporary sibling, then swap it in: a failed run leaves nothing half-written and
+    the previous results whole."""
+    with atomic_directory(output_dir) as tmp:
+        write_files(tmp, config, inputs, runs, info, rows, tests)
+
+
+def write_files(tmp: Path, config: CompareConfig, inputs: Inputs, runs: list[Run], info: dict, rows: list[dict],
+                tests: list[dict]) -> None:
+    """Every file of a results directory, written into `tmp`."""
     from safetensors.numpy import save_file
 
-    tmp = output_dir.with_name(f".{output_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "attention").mkdir(parents=True)
+    (tmp / "attention").mkdir()
     with (tmp / "records.jsonl").open("w") as f:
         for run in runs:
             for record in run.records:
@@ -93,9 +99,6 @@ def write_results(output_dir: Path, config: CompareConfig, inputs: Inputs, runs:
     write_csv(tmp / "summary.csv", rows)
     write_csv(tmp / "mcnemar.csv", tests)
     (tmp / "summary.md").write_text(summary_markdown(config, inputs, rows, tests, info))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    tmp.rename(output_dir)
 
 
 def summary_markdown(config: CompareConfig, inputs: Inputs, rows: list[dict], tests: list[dict], info: dict) -> str:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
-import shutil
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -17,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
+from .atomic_dir import atomic_directory, write_text
 from .encoders import Encoder, make_encoder
 from .errors import RiclError
 from .tasks import Example, fingerprint
@@ -247,20 +245,10 @@ class DemoIndex:
     def save(self, directory: str | Path) -> Path:
         """Write index.faiss, examples.jsonl and manifest.json atomically: a crash leaves the old index whole."""
         faiss_index, target = self._require_built(), Path(directory)
-        if target.exists() and not target.is_dir():
-            raise RiclError(f"{target} exists and is not a directory; expected an index directory path")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            tmp.mkdir()
+        with atomic_directory(target) as tmp:
             faiss.write_index(faiss_index, str(tmp / INDEX_FILE))
-            _write_text(tmp / EXAMPLES_FILE, "".join(example_line(ex) for ex in self.examples))
-            _write_text(tmp / MANIFEST_FILE, self.manifest.model_dump_json(indent=2) + "\n")
-            _fsync(tmp / INDEX_FILE)
-            _fsync(tmp)
-            swap_in(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            write_text(tmp / EXAMPLES_FILE, "".join(example_line(ex) for ex in self.examples))
+            write_text(tmp / MANIFEST_FILE, self.manifest.model_dump_json(indent=2) + "\n")
         return target
 
     @classmethod
@@ -331,39 +319,6 @@ def _check_encoder(encoder: Encoder, manifest: IndexManifest, where: str) -> Non
 
 def example_line(ex: Example) -> str:
     return json.dumps({"id": ex.id, "texts": list(ex.texts), "label": ex.label}, ensure_ascii=False) + "\n"
-
-
-def _write_text(path: Path, text: str) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file or directory entry to disk so a power cut after the rename cannot expose a half-written file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def swap_in(tmp: Path, target: Path) -> None:
-    """Replace `target` by `tmp` with renames; the previous index is restored if the second rename fails."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-        os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        if old is not None:
-            os.rename(old, target)
-        raise
-    _fsync(target.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_manifest(path: Path) -> IndexManifest:

@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
+from retrieval_icl import atomic_dir
 from retrieval_icl import index as index_mod
 from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
@@ -183,7 +184,7 @@ def test_interrupted_save_keeps_old_index(tmp_path, monkeypatch, step):
 
 def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
     idx, _, _ = built("flat", n=5)
-    monkeypatch.setattr(index_mod, "swap_in", lambda tmp, target: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(atomic_dir, "swap_in", lambda tmp, target: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         idx.save(tmp_path / "idx")
     assert list(tmp_path.iterdir()) == []

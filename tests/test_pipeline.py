@@ -135,3 +135,21 @@ def test_mcnemar_pairs_seeded_runs_by_seed():
     runs += [Run("random", 0, k=2, name="random-k2-seed0", records=[record(True)] * 2)]
     _, tests = summarise(runs)
     assert [t["comparison"] for t in tests] == ["knn-seed0 vs random-seed0", "knn-seed0 vs random-seed1"]
+
+
+def test_a_failed_write_keeps_the_previous_results_whole(tmp_path, tokenizer, monkeypatch):
+    import retrieval_icl.experiment as experiment
+
+    cfg = config(tmp_path, selectors=[SelectorConfig(name="knn")], capture_attention=False)
+    _, _, out = run_compare(cfg, scorer=VoteScorer(tokenizer))
+    before = (out / "records.jsonl").read_bytes()
+
+    def half_written(tmp, *args):
+        (tmp / "records.jsonl").write_text("partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(experiment, "write_files", half_written)
+    with pytest.raises(OSError, match="disk full"):
+        run_compare(cfg, overwrite=True, scorer=VoteScorer(tokenizer))
+    assert (out / "records.jsonl").read_bytes() == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["idx", "out"]  # no temporary folder left
