@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .encoders import LM_PREFIX, Encoder
 from .errors import RiclError
+from .sentence_encoder import LM_PREFIX, Encoder
 
 POOLINGS = ("mean", "last")
 
