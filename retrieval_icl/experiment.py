@@ -9,7 +9,7 @@ import resource
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -119,14 +119,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_compare(config: CompareConfig, overwrite: bool = False, scorer: Scorer | None = None
-                ) -> tuple[list[dict], list[dict], Path]:
+def run_compare(config: CompareConfig, overwrite: bool = False, scorer: Scorer | None = None,
+                warm: Callable[[Inputs], None] | None = None, **info: Any) -> tuple[list[dict], list[dict], Path]:
     """Run every pool x k x (selector, seed) x label format on the same queries and write the results directory:
     plan (selections and prompts), score (any Scorer; default an LMRunner of config.model), assemble (records).
+    `warm(inputs)` runs before the indexes are built (Ray fills the embedding cache there); `info` goes into
+    run_info.json.
     """
     output_dir = check_output_dir(config, overwrite)
     start = time.perf_counter()
     inputs = prepare_inputs(config)
+    if warm is not None:
+        warm(inputs)
     indexes, timings = build_indexes(config, inputs)
     if scorer is None:
         from .runner import LMRunner
@@ -135,7 +139,7 @@ def run_compare(config: CompareConfig, overwrite: bool = False, scorer: Scorer |
         scorer = LMRunner(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype).load()
         timings["model_load"] = time.perf_counter() - t
     runs = plan_score_assemble(config, inputs, indexes, scorer, timings)
-    return finish_compare(output_dir, config, inputs, runs, start, timings)
+    return finish_compare(output_dir, config, inputs, runs, start, timings, **info)
 
 
 def plan_score_assemble(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, DemoIndex]], scorer: Scorer,
@@ -204,14 +208,11 @@ def run_compare_distributed(config: CompareConfig, n_workers: int = 2, overwrite
     """
     from .scale import RayRunner, warm_embedding_cache
 
-    output_dir = check_output_dir(config, overwrite)
-    start = time.perf_counter()
-    inputs = prepare_inputs(config)
-    texts = [ex.text for pool in inputs.pools for ex in pool.examples] + [q.text for q in inputs.queries]
-    for name in compare_encoders(config):
-        warm_embedding_cache(texts, name, n_workers, num_gpus=num_gpus)
-    indexes, timings = build_indexes(config, inputs)
+    def warm(inputs: Inputs) -> None:
+        texts = [ex.text for pool in inputs.pools for ex in pool.examples] + [q.text for q in inputs.queries]
+        for name in compare_encoders(config):
+            warm_embedding_cache(texts, name, n_workers, num_gpus=num_gpus)
+
     runner = RayRunner(config.model, config.batch_size, config.device, config.dtype, n_workers, rows_per_call,
                        num_gpus).load()
-    runs = plan_score_assemble(config, inputs, indexes, runner, timings)
-    return finish_compare(output_dir, config, inputs, runs, start, timings, ray_workers=n_workers)
+    return run_compare(config, overwrite, runner, warm, ray_workers=n_workers)

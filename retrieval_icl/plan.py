@@ -7,9 +7,11 @@ here; only the scorer's tokenizer and context length are read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .compare_config import CompareConfig, Inputs, Pool, SelectorConfig
+import numpy as np
+
+from .compare_config import CompareConfig, Inputs, SelectorConfig
 from .index import DemoIndex
 from .prompts import Prompt, PromptBuilder
 from .scoring import Scorer, ScoreRequest
@@ -30,11 +32,11 @@ class RunPlan:
     pool: str
     name: str
     selections: list[Selection]
-    prompts: list[Prompt]
     continuations: list[list[int]]  # token ids of each label, as scored
-    demo_labels: list[list[int]]  # per prompt, the label of each demonstration it holds
-    encoder_similarities: list[list[float]]  # per prompt, cosine to each demonstration under the experiment's encoder
     score_kind: str  # what the selections' scores are, e.g. "cosine:<encoder>"
+    prompts: list[Prompt] = field(default_factory=list)
+    demo_labels: list[list[int]] = field(default_factory=list)  # per prompt, each demonstration's label
+    encoder_similarities: list[list[float]] = field(default_factory=list)  # per prompt, cosine to each demonstration
     calibration_prompts: list[Prompt] | None = None  # content-free inputs with the same demonstrations
 
     @property
@@ -65,45 +67,48 @@ def planned_runs(config: CompareConfig) -> list[tuple[SelectorConfig, int]]:
 def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, DemoIndex]],
                  scorer: Scorer) -> list[RunPlan]:
     """Every pool x k x (selector, seed) x label format, in a fixed order; `indexes` holds one {encoder: index} per
-    pool."""
+    pool. Each selection is made once and written under every label format."""
+    max_tokens = min(config.max_prompt_tokens or scorer.context_length, scorer.context_length)
+    builders = [PromptBuilder(inputs.task, fmt, scorer.tokenizer, max_tokens=max_tokens) for fmt in config.formats]
+    continuations = [label_tokens(builder, inputs, scorer) for builder in builders]
+    query_vectors = indexes[0][config.encoder].encoder.encode([q.text for q in inputs.queries])  # (Q, d) unit rows
     plans: list[RunPlan] = []
     for pool, by_encoder in zip(inputs.pools, indexes):
         for k in config.ks:
             for sel, seed in planned_runs(config):
-                plans.extend(plan_selection(sel, seed, k, pool, config, inputs, by_encoder, scorer))
+                encoder = sel.encoder or config.encoder
+                selector = make_selector(sel.name, **{**sel.params, "seed": seed}).fit(by_encoder[encoder])
+                selections = selector.select(inputs.queries, k)
+                for builder, conts in zip(builders, continuations):
+                    name = run_name(config, sel.run_label, seed, k, builder.label_format, pool.config.name)
+                    plan = RunPlan(sel.run_label, seed, k, builder.label_format, pool.config.name, name, selections,
+                                   conts, f"cosine:{encoder}")
+                    plans.append(fill_prompts(plan, config, inputs, by_encoder[config.encoder], query_vectors,
+                                              builder))
     return plans
 
 
-def plan_selection(sel: SelectorConfig, seed: int, k: int, pool: Pool, config: CompareConfig, inputs: Inputs,
-                   indexes: dict[str, DemoIndex], scorer: Scorer) -> list[RunPlan]:
-    """Select once, then build the prompts under every label format: one RunPlan per format."""
-    encoder = sel.encoder or config.encoder
-    selector = make_selector(sel.name, **{**sel.params, "seed": seed}).fit(indexes[encoder])
-    selections = selector.select(inputs.queries, k)
-    max_tokens = min(config.max_prompt_tokens or scorer.context_length, scorer.context_length)
-    plans = []
-    for fmt in config.formats:
-        builder = PromptBuilder(inputs.task, fmt, scorer.tokenizer, max_tokens=max_tokens)
-        name = run_name(config, sel.run_label, seed, k, fmt, pool.config.name)
-        plans.append(plan_run(RunPlan(sel.run_label, seed, k, fmt, pool.config.name, name, selections, [], [], [], [],
-                                      f"cosine:{encoder}"), config, inputs, indexes[config.encoder], scorer, builder))
-    return plans
+def label_tokens(builder: PromptBuilder, inputs: Inputs, scorer: Scorer) -> list[list[int]]:
+    """The scored tokens of each label under the builder's label format, checked against a demonstration's."""
+    continuations = scorer.label_continuations(builder.label_words, inputs.task.template.label_prefix)
+    builder.check_label_tokens(continuations)
+    return continuations
 
 
-def plan_run(plan: RunPlan, config: CompareConfig, inputs: Inputs, index: DemoIndex, scorer: Scorer,
-             builder: PromptBuilder) -> RunPlan:
-    """Fill the plan's prompts (and content-free prompts when calibrating) for its selections.
+def fill_prompts(plan: RunPlan, config: CompareConfig, inputs: Inputs, index: DemoIndex, query_vectors: np.ndarray,
+                 builder: PromptBuilder) -> RunPlan:
+    """The plan's prompts (and content-free prompts when calibrating), demo labels and encoder similarities.
 
-    `index` is the pool under the experiment's sentence encoder: every record's encoder_similarities come from it,
-    whatever kernel the selector used (its own similarities stay in demo_scores, named by demo_score_kind).
+    `index` is the pool under the experiment's sentence encoder and `query_vectors` (Q, d) the queries under it:
+    every record's encoder_similarities come from them, whatever kernel the selector used (its own similarities
+    stay in demo_scores, named by demo_score_kind).
     """
-    plan.continuations = scorer.label_continuations(builder.label_words, inputs.task.template.label_prefix)
-    builder.check_label_tokens(plan.continuations)
     reserve = max(len(c) for c in plan.continuations)
     plan.prompts = [builder.build(demos(index, s), q.texts, s.scores, reserve)
                     for q, s in zip(inputs.queries, plan.selections)]
     plan.demo_labels = [[index.example(i).label for i in p.demo_ids] for p in plan.prompts]
-    plan.encoder_similarities = encoder_similarities(index, inputs.queries, plan.prompts)
+    plan.encoder_similarities = [[round(float(v), 6) for v in index.embeddings(p.demo_ids) @ e] if p.demo_ids else []
+                                 for p, e in zip(plan.prompts, query_vectors)]
     if config.calibrate:
         content_free = [CONTENT_FREE] * len(inputs.task.text_fields)
         plan.calibration_prompts = [builder.build(demos(index, s), content_free, s.scores, reserve)
@@ -114,13 +119,6 @@ def plan_run(plan: RunPlan, config: CompareConfig, inputs: Inputs, index: DemoIn
 def demos(index: DemoIndex, selection: Selection) -> list[Example]:
     """A selection's demonstrations, in prompt order."""
     return [index.example(i) for i in selection.demo_ids]
-
-
-def encoder_similarities(index: DemoIndex, queries: list[Example], prompts: list[Prompt]) -> list[list[float]]:
-    """Cosine of each query to each demonstration its prompt holds, under the index's (the experiment's) encoder."""
-    embeddings = index.encoder.encode([q.text for q in queries])  # (Q, d), unit rows
-    return [[round(float(v), 6) for v in index.embeddings(p.demo_ids) @ e] if p.demo_ids else []
-            for p, e in zip(prompts, embeddings)]
 
 
 def score_requests(plans: list[RunPlan], config: CompareConfig) -> list[ScoreRequest]:

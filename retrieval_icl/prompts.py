@@ -45,6 +45,7 @@ class PromptBuilder:
     def __init__(self, task: TaskSpec, label_format: str = "default", tokenizer=None, max_tokens: int | None = None):
         self.task = task
         self.template = task.template
+        self.label_format = label_format
         self.label_words = task.label_words(label_format)
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
