@@ -107,24 +107,24 @@ def keep_attention(run: Run, query_id: int, row: np.ndarray, prompt: Prompt) -> 
 
 
 def summarise(runs: Sequence[Run]) -> tuple[list[dict], list[dict]]:
-    """Accuracy with a 95% bootstrap CI per run, and McNemar of every other selector against random, paired by query.
-    Attention columns are left out when no run captured attention."""
-    rows = [summary_row(run) for run in runs]
-    if all(np.isnan(r["label_attention"]) for r in rows):
-        rows = [{k: v for k, v in r.items() if k not in ("label_attention", "preamble_attention")} for r in rows]
-    return rows, mcnemar_vs_random(runs)
+    """Accuracy with a 95% bootstrap CI per run, and McNemar of every other selector against random, paired by query."""
+    return [summary_row(run) for run in runs], mcnemar_vs_random(runs)
 
 
 def summary_row(run: Run) -> dict[str, Any]:
-    """One run's accuracy, CI, mean similarity of its demonstrations and attention on labels and preamble."""
+    """One run's accuracy, CI and mean similarity of its demonstrations; with attention captured, the mean attention
+    on the labels and on the preamble too."""
     correct = run.correct
     lo, hi = bootstrap_ci(correct, seed=run.seed)
     sims = [np.mean(r.encoder_similarities) for r in run.records if r.encoder_similarities]
+    row = {"run": run.name, "selector": run.label, "pool": run.pool, "k": run.k, "label_format": run.label_format,
+           "seed": run.seed, "n": int(correct.size), "accuracy": float(correct.mean()), "ci_low": lo, "ci_high": hi,
+           "mean_similarity": _mean(sims)}
     digests = [r.attention for r in run.records if r.attention is not None]
-    return {"run": run.name, "selector": run.label, "pool": run.pool, "k": run.k, "label_format": run.label_format,
-            "seed": run.seed, "n": int(correct.size), "accuracy": float(correct.mean()), "ci_low": lo,
-            "ci_high": hi, "mean_similarity": _mean(sims), "label_attention": _mean([sum(d.y_mass) for d in digests]),
-            "preamble_attention": _mean([d.preamble_mass for d in digests])}
+    if digests:
+        row |= {"label_attention": _mean([sum(d.y_mass) for d in digests]),
+                "preamble_attention": _mean([d.preamble_mass for d in digests])}
+    return row
 
 
 def _mean(values: list[float]) -> float:
