@@ -38,6 +38,7 @@ class IndexManifest(BaseModel):
     created: str
     versions: dict[str, str]
     params: dict
+    fits: dict[str, dict] = Field(default_factory=dict)  # selectors' fitted state, by selector name (adaptive)
 
 
 def _versions() -> dict[str, str]:
@@ -82,6 +83,7 @@ class DemoIndex:
         self._row_cache: tuple[np.ndarray, dict[int, int]] | None = None  # (the _ids it maps, id -> row)
         self._examples: dict[int, Example] = {}  # insertion order == FAISS row order
         self._meta: dict = {}
+        self.fits: dict[str, dict] = {}  # selectors' fitted state, saved in the manifest (AdaptiveSelector)
         self._encoder_checked = False
 
     def build(self, examples: Sequence[Example], dataset_fingerprint: str = "", task: str | None = None,
@@ -98,6 +100,7 @@ class DemoIndex:
         self._faiss, self._encoder_checked = self._new_faiss(vectors), False
         self._ids, self._examples = np.empty(0, dtype=np.int64), {}
         self._append(examples, vectors)
+        self.fits = {}
         self._meta = {"dataset_fingerprint": dataset_fingerprint or fingerprint(examples), "task": task,
                       "label_names": label_names, "text_fields": text_fields,
                       "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -240,7 +243,7 @@ class DemoIndex:
         nlist = faiss_index.nlist if self.index_type == "ivf" else self.nlist  # the value used, when defaulted
         params = {"nlist": nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search}
         return IndexManifest(encoder=self.encoder.name, dimension=faiss_index.d, index_type=self.index_type,
-                             count=len(self), versions=_versions(), params=params, **self._meta)
+                             count=len(self), versions=_versions(), params=params, fits=self.fits, **self._meta)
 
     def save(self, directory: str | Path) -> Path:
         """Write index.faiss, examples.jsonl and manifest.json atomically: a crash leaves the old index whole."""
@@ -278,6 +281,7 @@ class DemoIndex:
         index._configure(faiss_index)
         index._ids = np.fromiter((ex.id for ex in examples), dtype=np.int64, count=len(examples))
         index._examples = {ex.id: ex for ex in examples}
+        index.fits = manifest.fits
         index._meta = manifest.model_dump(include={"dataset_fingerprint", "task", "label_names", "text_fields",
                                                    "created"})
         return index

@@ -34,7 +34,20 @@ from retrieval_icl.selectors.checks import (
 from retrieval_icl.tasks import Example, load_examples, load_task
 
 DATA = Path(__file__).resolve().parent / "data"
-FITS_STATE = {"balanced", "bm25", "kmeans", "votek"}  # fit computes state from the pool
+FITS_STATE = {"adaptive", "balanced", "bm25", "kmeans", "votek"}  # fit computes state from the pool
+# Parameters that make every selector give exactly k: adaptive with a threshold no confidence reaches shows all k.
+EXACT_K = {"kmeans": {"budget": 20}, "votek": {"budget": 20}, "adaptive": {"thresholds": {1: 1.0}}}
+
+
+def uniform_lm(texts, demo_ids) -> np.ndarray:
+    """mdl's language model in tests of every selector: no preference, so mdl keeps knn's selection."""
+    return np.full((len(texts), 2), 0.5)
+
+
+def fitted(name: str, index: DemoIndex, **params):
+    """A registered selector fitted on `index`, given a language model where it needs one (mdl)."""
+    selector = make_selector(name, **(EXACT_K.get(name, {}) | params)).fit(index)
+    return selector.use_lm(uniform_lm) if name == "mdl" else selector
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +96,7 @@ def test_knn_orders(pool_and_queries):
 def test_query_in_pool_is_never_selected(pool_and_queries, name):
     index, pool, _ = pool_and_queries
     queries = pool[:10]
-    params = {"budget": 20} if name in ("kmeans", "votek") else {}
-    for q, sel in zip(queries, make_selector(name, **params).fit(index).select(queries, 6)):
+    for q, sel in zip(queries, fitted(name, index).select(queries, 6)):
         assert len(sel.demo_ids) == 6 == len(set(sel.demo_ids)) and q.id not in sel.demo_ids
         assert all(index.example(i).text != q.text for i in sel.demo_ids)
 
@@ -160,7 +172,7 @@ def test_band_selector_nearest_middle_and_farthest(pool_and_queries):
 def test_k_larger_than_the_pool_without_the_query_has_one_message(pool_and_queries, encoder, name):
     _, pool, _ = pool_and_queries
     copy = Example(100, pool[0].texts, 1)  # a second example with the query's text
-    selector = make_selector(name).fit(DemoIndex(encoder).build(pool[:12] + [copy]))
+    selector = fitted(name, DemoIndex(encoder).build(pool[:12] + [copy]))
     with pytest.raises(RiclError, match=re.escape("k=12 is larger than the pool without the query (11 examples)")):
         selector.select([pool[0].text], 12)
     with pytest.raises(RiclError, match=re.escape("k=14 is larger than the pool without the query (13 examples)")):
@@ -173,7 +185,7 @@ def test_k_larger_than_the_pool_without_the_query_has_one_message(pool_and_queri
 def test_a_grown_pool_needs_a_new_fit_where_fit_computed_state(pool_and_queries, encoder, name):
     _, pool, _ = pool_and_queries
     index = DemoIndex(encoder).build(pool[:12])
-    selector = make_selector(name).fit(index)
+    selector = fitted(name, index)
     index.add([pool[12]])
     assert SELECTORS[name].fits_state == (name in FITS_STATE)
     if name in FITS_STATE:
@@ -303,8 +315,8 @@ def test_a_query_never_gets_an_example_sharing_one_of_its_fields(tmp_path):
     query = "\n".join(pool[0].texts)  # the pool example itself, as a query: its premise and hypothesis
     emb = (x[0] + x[1]) / np.linalg.norm(x[0] + x[1])
     siblings = {0, 1, 2}
-    for name in ("knn", "random", "mmr", "band", "bm25", "kmeans", "votek"):
-        chosen = make_selector(name).fit(index).select_embedded([query], emb[None], 4)[0]
+    for name in sorted(SELECTORS):
+        chosen = fitted(name, index).select_embedded([query], emb[None], 4)[0]
         assert not siblings & set(chosen.demo_ids), name
     fresh = "\n".join(["A woman reads a book.", "hypothesis 0-1"])  # shares only the hypothesis of id 1
     chosen = make_selector("knn").fit(index).select_embedded([fresh], emb[None], 8)[0]

@@ -1,4 +1,5 @@
-"""Array-level steps that selectors compose: nearest neighbours without the query, rankings, cosines, MMR order.
+"""Array-level steps that selectors compose: nearest neighbours without the query, candidate fetches, rankings,
+cosines, MMR order, greedy DPP MAP.
 
 Each takes plain arrays (or a DemoIndex to search) and returns ids, rows or scores; none knows about selectors.
 """
@@ -37,6 +38,18 @@ def nearest(index: "DemoIndex", embeddings: np.ndarray, k: int,
     return ids, scores
 
 
+def nearest_candidates(index: "DemoIndex", embeddings: np.ndarray, depth: int,
+                       exclude_ids: Sequence[AbstractSet[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each query's `depth` nearest ids and cosines (m,) each, best first, without its exclude_ids[q]; all that
+    remain where fewer do. embeddings: (n, d) unit rows; ids are unique, so a query's pool holds n - len(excluded)."""
+    ids, scores = nearest(index, embeddings, min(depth, len(index)), exclude_ids)  # (n, fetch) each
+    if (ids >= 0).all():
+        return list(zip(ids, scores))
+    # Some query's pool without it is smaller than the fetch: search again per query, as deep as its pool.
+    rows = [nearest(index, e[None], len(index) - len(x), [x]) for e, x in zip(embeddings, exclude_ids)]
+    return [(i[0][i[0] >= 0], s[0][i[0] >= 0]) for i, s in rows]
+
+
 def best_first(scores: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """Positions of `scores` (n,) from highest to lowest, ties in position order; only where `keep` (n,) is True."""
     rows = np.arange(len(scores)) if keep is None else np.flatnonzero(keep)
@@ -69,3 +82,28 @@ def mmr_order(relevance: np.ndarray, similarity: np.ndarray, k: int, lambda_mult
         chosen.append(int(np.argmax(gain)))
         redundancy = np.maximum(redundancy, similarity[chosen[-1]])
     return chosen
+
+
+def dpp_greedy(relevance: np.ndarray, similarity: np.ndarray, k: int, tol: float = 1e-10) -> list[int]:
+    """Positions of k candidates in greedy MAP order of log det L, L = diag(relevance) similarity diag(relevance).
+
+    relevance (n,) > 0, similarity (n, n) positive semi-definite. The fast greedy of Chen et al. (2018): each pick
+    adds one row to an incremental Cholesky factor, O(k^2 n). Once the best gain in det falls to `tol` times the
+    largest diagonal entry of L (the rest is numerically in the span of the chosen), the rest go by relevance.
+    """
+    kernel = relevance[:, None] * similarity * relevance[None, :]  # (n, n)
+    m = min(k, len(relevance))
+    factor = np.zeros((m, len(relevance)))  # (m, n) row t: the t-th Cholesky column of L over the chosen, for all
+    gains = kernel.diagonal().copy()  # (n,) det(L_{chosen + i}) / det(L_chosen), the Schur complement of i
+    floor = tol * gains.max()
+    chosen: list[int] = []
+    while len(chosen) < m:
+        best = int(np.argmax(gains))
+        if gains[best] <= floor:
+            break
+        row = (kernel[best] - factor[:len(chosen), best] @ factor[:len(chosen)]) / np.sqrt(gains[best])  # (n,)
+        factor[len(chosen)] = row
+        chosen.append(best)
+        gains = gains - row**2
+        gains[chosen] = -np.inf
+    return chosen + first_kept(best_first(relevance), ~np.isin(np.arange(len(relevance)), chosen), m - len(chosen))

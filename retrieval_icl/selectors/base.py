@@ -91,6 +91,7 @@ class Selector(ABC):
     seed: int = 0
     seeded_choice: bool = False  # True when the seed changes which demonstrations `_choose` picks
     fits_state: bool = False  # True when fit computes state from the pool, so a grown pool needs a new fit
+    up_to_k: bool = False  # True when k is a maximum and `_choose` decides how many per query (adaptive)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -140,7 +141,7 @@ class Selector(ABC):
     def _arranged(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Selection]:
         selections = []
         for text, (ids, scores) in zip(texts, self._choose(texts, embeddings, k)):
-            check_k(k, len(ids))  # an approximate index (IVF, HNSW) may find fewer than the pool holds
+            check_k(1 if self.up_to_k else k, len(ids))  # an approximate index (IVF, HNSW) may find fewer
             if self.order is None:
                 selections.append(Selection(ids, scores))
             else:
@@ -153,6 +154,10 @@ class Selector(ABC):
         embeddings[i] (n, d).
 
         Called after the checks: the selector is fitted and the pool without each query holds at least k."""
+
+    def fit_report(self) -> dict[str, Any] | None:
+        """What fit learned from the pool, for run_info.json (None when it learns nothing worth reporting)."""
+        return None
 
     def _fitted_index(self) -> "DemoIndex":
         if not hasattr(self, "index_"):

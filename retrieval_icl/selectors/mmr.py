@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .arrays import mmr_order, nearest
+from .arrays import mmr_order, nearest_candidates
 from .base import Ranking, Selector
 from .checks import check_fraction, check_order, check_positive_int
 
@@ -30,18 +30,9 @@ class MMRSelector(Selector):
         self.fetch_k = check_positive_int("fetch_k", fetch_k)
 
     def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
-        return [self._pick(ids, scores, k) for ids, scores in self._candidates(texts, embeddings, k)]
-
-    def _candidates(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each query's fetch_k (at least k) nearest ids and cosines; all that is left where the pool is smaller."""
-        index = self.index_
         excluded = [self.pool_.excluded_ids(t) for t in texts]
-        ids, scores = nearest(index, embeddings, min(max(self.fetch_k, k), len(index)), excluded)  # (n, fetch) each
-        if (ids >= 0).all():
-            return list(zip(ids, scores))
-        # Some query's pool without it is smaller than the fetch: search again per query, as deep as its pool.
-        rows = [nearest(index, e[None], self.pool_.available(t), [x]) for t, e, x in zip(texts, embeddings, excluded)]
-        return [(i[0][i[0] >= 0], s[0][i[0] >= 0]) for i, s in rows]
+        found = nearest_candidates(self.index_, embeddings, max(self.fetch_k, k), excluded)  # fetch_k, at least k
+        return [self._pick(ids, scores, k) for ids, scores in found]
 
     def _pick(self, ids: np.ndarray, scores: np.ndarray, k: int) -> Ranking:
         """MMR's k of one query's candidates: ids (fetch,) and cosines (fetch,), most similar first."""

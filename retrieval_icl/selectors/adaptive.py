@@ -1,0 +1,202 @@
+"""Adaptive: per query, as few of the nearest demonstrations as the kernel estimate needs (1..k), k when it is unsure.
+
+The kernel view of ICL (Han et al. 2023) says a prediction is a kernel-weighted vote of the demonstrations' labels.
+When the k nearest candidates agree and sit close to the query, the vote is confident and a few of them carry it;
+when they disagree or sit far, every one of them counts. So, per query:
+
+1. the k nearest candidates (k is the maximum, k_max) and the `KernelSurrogate` estimate p over them, with the
+   fitted bandwidth and `prior` pseudo-demonstrations (so far neighbours give a weak, uncertain estimate);
+2. its confidence c = max_y p(y);
+3. the smallest level m in 1, 2, 4, ... < k whose threshold c passes (thresholds fall as m grows); else k.
+
+`fit(index)` draws `n_fit` queries from the pool itself (never evaluation queries; each without its own text) and
+fits the bandwidth (kernel leave-one-out likelihood of their labels) and, for every k up to `fit_depth`, each
+level's threshold: the lowest confidence at which answering with the first m neighbours instead of all k costs at
+most `tolerance` of the fit queries' kernel accuracy. The fit is stored in `index.fits["adaptive"]` and saved with
+the index (`DemoIndex.save`, `ricl index fit`); a later fit with the same settings on the same pool reuses it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from ..errors import RiclError
+from ..surrogate import KernelSurrogate
+from .arrays import nearest
+from .base import Ranking, Selector
+from .checks import check_fraction, check_greater, check_order, check_positive_int
+
+if TYPE_CHECKING:
+    from ..index import DemoIndex
+
+BANDWIDTHS = np.geomspace(0.01, 10.0, 61)  # the grid the bandwidth is fitted on
+NEVER = 1.0 + 1e-9  # a threshold no confidence reaches
+
+
+def levels(k: int) -> list[int]:
+    """The demonstration counts adaptive chooses between for a maximum k: 1, 2, 4, ... below k, then k."""
+    return sorted({2**i for i in range(k.bit_length()) if 2**i < k} | {k})
+
+
+class AdaptiveSelector(Selector):
+    """Per query 1..k nearest demonstrations: fewer when the kernel estimate over the k nearest is confident."""
+
+    name = "adaptive"
+    fits_state = True
+    up_to_k = True
+
+    def __init__(self, bandwidth: float | None = None, prior: float = 1.0,
+                 thresholds: Mapping[Any, float] | None = None, tolerance: float = 0.01, n_fit: int = 500,
+                 fit_depth: int = 32, order: str = "nearest_last", seed: int = 0):
+        self.order, self.seed = check_order(order), seed
+        self.bandwidth = None if bandwidth is None else float(check_greater("bandwidth", bandwidth, 0))
+        self.prior = float(check_greater("prior", prior, 0))
+        self.tolerance = float(check_fraction("tolerance", tolerance))
+        self.n_fit, self.fit_depth = check_positive_int("n_fit", n_fit), check_positive_int("fit_depth", fit_depth)
+        self.thresholds = None if thresholds is None else checked_thresholds(thresholds)
+
+    def settings(self) -> dict[str, Any]:
+        """The parameters a saved fit depends on."""
+        return {"bandwidth": self.bandwidth, "prior": self.prior, "tolerance": self.tolerance, "n_fit": self.n_fit,
+                "fit_depth": self.fit_depth, "seed": self.seed}
+
+    def fit(self, index: "DemoIndex") -> "AdaptiveSelector":
+        """Fit bandwidth and thresholds on queries drawn from the pool, or reuse the fit saved with the index."""
+        super().fit(index)
+        saved = index.fits.get(self.name)
+        fingerprint = index.manifest.dataset_fingerprint
+        if not (saved and saved["settings"] == self.settings() and saved["fingerprint"] == fingerprint):
+            saved = {"settings": self.settings(), "fingerprint": fingerprint, "count": len(index),
+                     **fit_adaptive(self, index)}
+            index.fits[self.name] = saved
+        self.fitted_ = saved
+        self.surrogate_ = KernelSurrogate(saved["n_labels"], saved["bandwidth"], self.prior)
+        return self
+
+    def thresholds_for(self, k: int) -> dict[int, float]:
+        """Level -> confidence threshold for a maximum of k demonstrations."""
+        if self.thresholds is not None:
+            return {m: t for m, t in self.thresholds.items() if m < k}
+        fitted = self.fitted_["thresholds"]
+        if str(k) not in fitted:
+            raise RiclError(f"adaptive was fitted for k up to {self.fitted_['depth']} (fit_depth={self.fit_depth}, "
+                            f"pool of {self.fitted_['count']}); got k={k}: use a larger fit_depth or a smaller k")
+        return {int(m): t for m, t in fitted[str(k)].items()}
+
+    def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
+        thresholds = self.thresholds_for(k)
+        ids, scores = nearest(self.index_, embeddings, k, [self.pool_.excluded_ids(t) for t in texts])  # (n, k)
+        rankings = []
+        for row_ids, row_scores in zip(ids, scores):
+            found = row_ids >= 0
+            row_ids, row_scores = row_ids[found], row_scores[found]
+            labels = [self.index_.example(int(i)).label for i in row_ids]
+            confidence = float(self.surrogate_.predict(row_scores, labels).max())
+            m = next((m for m in sorted(thresholds) if confidence >= thresholds[m]), len(row_ids))
+            rankings.append(([int(i) for i in row_ids[:m]], [float(s) for s in row_scores[:m]]))
+        return rankings
+
+    def fit_report(self) -> dict[str, Any]:
+        """The fitted bandwidth, the thresholds per k and the fit queries' kernel accuracy and mean count."""
+        report = {k: v for k, v in self.fitted_.items() if k != "settings"}
+        if self.thresholds is not None:
+            report["thresholds"] = {"given": {str(m): t for m, t in self.thresholds.items()}}
+        return {"settings": self.settings(), **report}
+
+
+def checked_thresholds(thresholds: Mapping[Any, float]) -> dict[int, float]:
+    """Level -> threshold, levels positive integers (JSON and YAML may give them as strings), thresholds in [0, 1]."""
+    if not isinstance(thresholds, Mapping) or not thresholds:
+        raise RiclError(f"thresholds must be a non-empty mapping of level -> confidence, got {thresholds!r}")
+    out = {}
+    for level, value in thresholds.items():
+        m = int(level) if isinstance(level, str) and level.isdigit() else level
+        out[check_positive_int("a thresholds level", m)] = float(check_fraction(f"thresholds[{level}]", value))
+    return out
+
+
+def fit_adaptive(selector: AdaptiveSelector, index: "DemoIndex") -> dict[str, Any]:
+    """Bandwidth and, for every k up to the fit depth, the thresholds per level, from queries drawn from the pool."""
+    cosines, labels, gold, n_labels = neighbourhoods(selector, index)
+    depth = cosines.shape[1]
+    bandwidth = selector.bandwidth or fit_bandwidth(cosines, labels, gold, n_labels, selector.prior)
+    probs = prefix_estimates(cosines, labels, n_labels, bandwidth, selector.prior)  # (n, depth, L)
+    thresholds, accuracy = {}, {}
+    for k in range(1, depth + 1):
+        thresholds[str(k)] = fit_thresholds(probs, gold, k, selector.tolerance)
+        accuracy[str(k)] = fit_outcome(probs, gold, k, thresholds[str(k)])
+    return {"n_labels": n_labels, "bandwidth": float(bandwidth), "depth": depth, "n_fit_queries": len(gold),
+            "thresholds": thresholds, "fit_accuracy": accuracy}
+
+
+def neighbourhoods(selector: AdaptiveSelector, index: "DemoIndex") -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """For n_fit pool rows drawn with the seed: their nearest others' cosines (n, depth) and labels (n, depth), their
+    own labels (n,) and the number of labels. depth is fit_depth, or less where a row's pool without it is smaller."""
+    pool = selector.pool_
+    rows = np.sort(np.random.default_rng(selector.seed).choice(len(pool), min(selector.n_fit, len(pool)), False))
+    texts = pool.texts[rows]
+    depth = min([selector.fit_depth] + [pool.available(t) for t in texts])
+    if depth < 1:
+        raise RiclError(f"adaptive needs a pool where each query has another example to fit on; got {len(pool)}")
+    found_ids, cosines = nearest(index, index.embeddings(pool.ids[rows]), depth,
+                                 [pool.excluded_ids(t) for t in texts])  # (n, depth) each
+    full = (found_ids >= 0).all(axis=1)  # an approximate index (IVF, HNSW) may find fewer; those rows are left out
+    label_of = {int(ex.id): ex.label for ex in index.examples}
+    labels = np.array([[label_of[int(i)] for i in row] for row in found_ids[full]], dtype=np.int64).reshape(-1, depth)
+    gold = np.array([label_of[int(i)] for i in pool.ids[rows][full]], dtype=np.int64)
+    names = index.manifest.label_names
+    n_labels = max(len(names) if names else 0, max(label_of.values()) + 1, 2)
+    return cosines[full].astype(np.float64), labels, gold, n_labels
+
+
+def prefix_estimates(cosines: np.ndarray, labels: np.ndarray, n_labels: int, bandwidth: float,
+                     prior: float) -> np.ndarray:
+    """p_m(y) of the KernelSurrogate over each row's first m neighbours, for every m: (n, depth, n_labels)."""
+    weights = np.exp((cosines - 1.0) / bandwidth)  # (n, depth)
+    mass = np.cumsum(weights[:, :, None] * np.eye(n_labels)[labels], axis=1) + prior / n_labels  # (n, depth, L)
+    return mass / mass.sum(axis=2, keepdims=True)
+
+
+def fit_bandwidth(cosines: np.ndarray, labels: np.ndarray, gold: np.ndarray, n_labels: int, prior: float) -> float:
+    """The bandwidth on BANDWIDTHS whose estimate over all fit neighbours gives the fit queries' labels the highest
+    mean log-likelihood."""
+    rows = np.arange(len(gold))
+    scores = [np.log(prefix_estimates(cosines, labels, n_labels, h, prior)[rows, -1, gold]).mean() for h in BANDWIDTHS]
+    return float(BANDWIDTHS[int(np.argmax(scores))])
+
+
+def fit_thresholds(probs: np.ndarray, gold: np.ndarray, k: int, tolerance: float) -> dict[str, float]:
+    """Per level m < k, the lowest confidence threshold at which answering with m neighbours (kernel argmax) instead of
+    k loses at most an equal share of `tolerance` x n fit queries, net; thresholds made non-increasing in m."""
+    confidence = probs[:, k - 1].max(axis=1)  # (n,) over all k
+    wrong_k = probs[:, k - 1].argmax(axis=1) != gold
+    allowed = tolerance * len(gold) / max(len(levels(k)) - 1, 1)  # the levels share the loss
+    thresholds: dict[int, float] = {}
+    for m in levels(k)[:-1]:
+        loss = (probs[:, m - 1].argmax(axis=1) != gold).astype(int) - wrong_k  # (n,) +1 lost, -1 gained
+        order = np.argsort(-confidence, kind="stable")
+        net = np.cumsum(loss[order])  # net loss when the i+1 most confident queries use m
+        over = np.flatnonzero(net > allowed)
+        last = over[0] - 1 if over.size else len(order) - 1  # the least confident query before the budget breaks
+        # Queries tied with the first one over budget would pass the threshold too: it must sit above them.
+        while over.size and last >= 0 and confidence[order[last]] <= confidence[order[over[0]]]:
+            last -= 1
+        thresholds[m] = float(confidence[order[last]]) if last >= 0 else NEVER
+    for small, large in zip(levels(k)[-2::-1], levels(k)[-1:0:-1]):
+        if large in thresholds:
+            thresholds[small] = max(thresholds[small], thresholds[large])
+    return {str(m): t for m, t in sorted(thresholds.items())}
+
+
+def fit_outcome(probs: np.ndarray, gold: np.ndarray, k: int, thresholds: dict[str, float]) -> dict[str, float]:
+    """On the fit queries: kernel accuracy with all k and with the adaptive count, and the mean count."""
+    confidence = probs[:, k - 1].max(axis=1)
+    chosen = np.full(len(gold), k)
+    for m, t in sorted(((int(m), t) for m, t in thresholds.items()), reverse=True):
+        chosen[confidence >= t] = m  # smallest passing level wins, as in `_choose`
+    predicted = probs[np.arange(len(gold)), chosen - 1].argmax(axis=1)
+    return {"kernel_accuracy_k": float((probs[:, k - 1].argmax(axis=1) == gold).mean()),
+            "kernel_accuracy_adaptive": float((predicted == gold).mean()), "mean_count": float(chosen.mean())}
+

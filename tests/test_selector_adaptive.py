@@ -1,0 +1,163 @@
+"""The adaptive selector and the kernel surrogate it decides with: known answers on hand-built pools."""
+
+import numpy as np
+import pytest
+
+from retrieval_icl.encoders import Encoder
+from retrieval_icl.errors import RiclError
+from retrieval_icl.index import DemoIndex
+from retrieval_icl.selectors import AdaptiveSelector, make_selector
+from retrieval_icl.selectors.adaptive import fit_outcome, fit_thresholds, levels, prefix_estimates
+from retrieval_icl.surrogate import KernelSurrogate
+from retrieval_icl.tasks import Example
+
+D = 16
+GIVEN = {"bandwidth": 0.1, "thresholds": {1: 0.8, 2: 0.7, 4: 0.6}}
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def index_of(vectors: np.ndarray, labels: list[int], tmp_path) -> DemoIndex:
+    pool = [Example(i, (f"pool text {i}",), int(y)) for i, y in enumerate(labels)]
+    return DemoIndex(Encoder(cache_dir=tmp_path)).build(pool, embeddings=vectors, label_names=["neg", "pos"])
+
+
+def around(direction: np.ndarray, n: int, spread: float, rng: np.random.Generator) -> np.ndarray:
+    """n unit vectors within about `spread` of a direction."""
+    return unit(direction + spread * rng.normal(size=(n, D)))
+
+
+@pytest.fixture
+def two_neighbourhoods(tmp_path):
+    """Near the query q_same: 8 pool points of label 0, almost identical to it. Near q_split: 4 of each label. Far
+    away: 40 others of mixed labels."""
+    rng = np.random.default_rng(0)
+    q_same, q_split, far = unit(rng.normal(size=(3, D)))
+    vectors = np.vstack([around(q_same, 8, 0.01, rng), around(q_split, 8, 0.01, rng), around(far, 40, 0.3, rng)])
+    labels = [0] * 8 + [0, 1] * 4 + [0, 1] * 20
+    return index_of(vectors, labels, tmp_path), q_same, q_split
+
+
+def test_levels_are_powers_of_two_below_k_then_k():
+    assert levels(1) == [1] and levels(8) == [1, 2, 4, 8] and levels(6) == [1, 2, 4, 6] and levels(2) == [1, 2]
+
+
+def test_one_demonstration_when_the_neighbours_agree_and_sit_near_all_of_k_when_they_split(two_neighbourhoods):
+    index, q_same, q_split = two_neighbourhoods
+    selector = AdaptiveSelector(**GIVEN).fit(index)
+    same, split = selector.select_embedded(["query one", "query two"], np.vstack([q_same, q_split]), 8)
+    assert len(same.demo_ids) == 1 and same.demo_ids[0] < 8  # the nearest of the identical eight
+    assert len(split.demo_ids) == 8 and set(split.demo_ids) == set(range(8, 16))
+    assert split.scores == sorted(split.scores)  # nearest_last, like knn
+
+
+def test_the_confidence_it_decides_on_is_the_surrogate_over_the_k_nearest(two_neighbourhoods):
+    index, q_same, _ = two_neighbourhoods
+    ids, scores = index.search(q_same[None], 8)
+    w = np.exp((scores[0].astype(np.float64) - 1) / 0.1)
+    by_hand = (w.sum() + 0.5) / (w.sum() + 1.0)  # all eight are label 0; prior 1 spread over two labels
+    surrogate = AdaptiveSelector(**GIVEN).fit(index).surrogate_
+    assert surrogate.predict(scores[0], [0] * 8)[0] == pytest.approx(by_hand)
+    assert by_hand > 0.9  # so level 1 (threshold 0.8) is chosen above
+
+
+def test_far_neighbours_that_agree_still_get_more_demonstrations(tmp_path):
+    rng = np.random.default_rng(1)
+    q = unit(rng.normal(size=D))
+    sideways = unit(rng.normal(size=D) - (rng.normal(size=D) @ q) * q)
+    vectors = unit(np.vstack([0.3 * q + sideways + 0.01 * rng.normal(size=(8, D))]))  # cosine about 0.3 to q
+    index = index_of(vectors, [1] * 8, tmp_path)
+    (selection,) = AdaptiveSelector(**GIVEN).fit(index).select_embedded(["query"], q[None], 8)
+    assert len(selection.demo_ids) == 8  # unanimous but distant: the prior dominates the weak kernel
+
+
+def test_prefix_estimates_are_the_surrogate_over_each_prefix():
+    cos = np.array([[0.9, 0.8, 0.7]])
+    labels = np.array([[1, 0, 1]])
+    probs = prefix_estimates(cos, labels, 2, 0.2, 1.0)
+    surrogate = KernelSurrogate(2, 0.2, prior=1.0)
+    for m in range(1, 4):
+        assert probs[0, m - 1] == pytest.approx(surrogate.predict(cos[0, :m], labels[0, :m]))
+
+
+def test_fit_thresholds_on_a_hand_made_case():
+    # Four fit queries, k=2, one level (m=1). Columns: probability of label 1 after 1 and after 2 neighbours.
+    p1 = np.array([[0.9, 0.95], [0.2, 0.1], [0.6, 0.45], [0.7, 0.8]])  # confidences over k=2: .95 .9 .55 .8
+    probs = np.stack([1 - p1, p1], axis=2)  # (4, 2, 2)
+    gold = np.array([1, 0, 0, 1])
+    # With m=1 query 3 (confidence .55) becomes wrong; the others keep their answer. No loss allowed: the
+    # threshold sits at the least confident query before it, 0.8.
+    assert fit_thresholds(probs, gold, 2, tolerance=0.0) == {"1": pytest.approx(0.8)}
+    assert fit_thresholds(probs, gold, 2, tolerance=0.25) == {"1": pytest.approx(0.55)}  # one loss of four allowed
+    outcome = fit_outcome(probs, gold, 2, {"1": 0.8})
+    assert outcome == {"kernel_accuracy_k": 1.0, "kernel_accuracy_adaptive": 1.0, "mean_count": 1.25}
+
+
+def test_thresholds_are_fitted_on_pool_queries_saved_with_the_index_and_reused(two_neighbourhoods, tmp_path):
+    index = two_neighbourhoods[0]
+    fitted = AdaptiveSelector(bandwidth=0.1, n_fit=40, seed=3).fit(index)
+    report = fitted.fit_report()
+    assert report["n_fit_queries"] == 40 and report["bandwidth"] == 0.1 and report["depth"] == 32
+    thresholds = fitted.thresholds_for(8)
+    assert sorted(thresholds) == [1, 2, 4] and thresholds[1] >= thresholds[2] >= thresholds[4]
+    assert index.fits["adaptive"]["thresholds"]["8"] == {str(m): t for m, t in thresholds.items()}
+    index.save(tmp_path / "saved")
+    reopened = DemoIndex.load(tmp_path / "saved", encoder=index.encoder)
+    assert reopened.fits == index.fits
+    again = AdaptiveSelector(bandwidth=0.1, n_fit=40, seed=3).fit(reopened)
+    assert again.fitted_ is reopened.fits["adaptive"]  # reused, not refitted
+    other = AdaptiveSelector(bandwidth=0.1, n_fit=40, seed=4).fit(reopened)
+    assert other.fitted_["settings"]["seed"] == 4 and reopened.fits["adaptive"] is other.fitted_
+
+
+def test_the_fitted_bandwidth_is_the_likelihood_maximiser_on_the_grid(tmp_path):
+    rng = np.random.default_rng(2)
+    centres = unit(rng.normal(size=(4, D)))
+    vectors = np.vstack([around(c, 25, 0.15, rng) for c in centres])
+    index = index_of(vectors, [i % 2 for i in range(4) for _ in range(25)], tmp_path)
+    fitted = AdaptiveSelector(n_fit=100).fit(index).fitted_
+    assert 0.01 <= fitted["bandwidth"] <= 10 and fitted["n_fit_queries"] == 100
+    # Pure clusters: the kernel vote over the neighbours is nearly always right, so one demonstration suffices often.
+    assert fitted["fit_accuracy"]["8"]["kernel_accuracy_k"] > 0.9
+    assert fitted["fit_accuracy"]["8"]["mean_count"] < 8
+
+
+def test_fit_skips_the_query_itself_and_its_own_text(two_neighbourhoods):
+    index = two_neighbourhoods[0]
+    selector = AdaptiveSelector(n_fit=56, fit_depth=4, bandwidth=0.1).fit(index)
+    # With the query itself among its neighbours every 1-neighbour vote would be right; it is not counted.
+    assert selector.fitted_["n_fit_queries"] == 56 and selector.fitted_["depth"] == 4
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"bandwidth": 0}, "bandwidth must be a number greater than 0"),
+    ({"prior": -1}, "prior must be a number greater than 0"),
+    ({"thresholds": {1: 1.5}}, r"thresholds\[1\] must be a number in \[0, 1\]"),
+    ({"thresholds": {0: 0.5}}, "a thresholds level must be a positive integer"),
+    ({"thresholds": {}}, "thresholds must be a non-empty mapping"),
+    ({"tolerance": 2}, "tolerance must be a number in"),
+    ({"n_fit": 0}, "n_fit must be a positive integer"),
+])
+def test_bad_parameters_get_one_clear_error(params, message):
+    with pytest.raises(RiclError, match=message):
+        make_selector("adaptive", **params)
+
+
+def test_unfitted_and_bad_k_get_clear_errors(two_neighbourhoods):
+    index, q_same, _ = two_neighbourhoods
+    with pytest.raises(RiclError, match="AdaptiveSelector is not fitted; call .fit"):
+        AdaptiveSelector().select_embedded(["query"], q_same[None], 4)
+    selector = AdaptiveSelector(bandwidth=0.1, n_fit=20, fit_depth=8).fit(index)
+    with pytest.raises(RiclError, match="k must be a positive integer, got 0"):
+        selector.select_embedded(["query"], q_same[None], 0)
+    with pytest.raises(RiclError, match="fitted for k up to 8 .* got k=9"):
+        selector.select_embedded(["query"], q_same[None], 9)
+
+
+def test_thresholds_given_as_strings_work_as_from_json(two_neighbourhoods):
+    index, q_same, _ = two_neighbourhoods
+    selector = AdaptiveSelector(bandwidth=0.1, thresholds={"1": 0.8, "2": 0.7}).fit(index)
+    assert selector.thresholds_for(8) == {1: 0.8, 2: 0.7}
+    assert len(selector.select_embedded(["query"], q_same[None], 8)[0].demo_ids) == 1
