@@ -7,7 +7,11 @@ real LM rather than of the idealised kernel:
 
 - `prior`: pseudo-demonstrations of weight `prior`, spread evenly over the labels. With them a few distant
   demonstrations give an uncertain estimate, and only near, agreeing ones a confident one.
-- `log_bias`: the LM's own preference per label, added to the log-probabilities (fitted by `calibrate`).
+- `log_bias`: the LM's own preference per label, added to the log-probabilities.
+
+`KernelSurrogate.fit` finds the bandwidth and log_bias under which the surrogate best explains an LM's own label
+distributions (maximum likelihood; scipy is imported only there). Predictions are computed in log space, so a narrow
+bandwidth (a near nearest-neighbour kernel) does not underflow to a uniform estimate.
 
 >>> s = KernelSurrogate(n_labels=2, bandwidth=0.1)
 >>> s.predict([0.9, 0.8], [1, 0]).round(3).tolist()
@@ -21,6 +25,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import RiclError
+from .scoring import log_normalise
+
+BANDWIDTH_STARTS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)  # the fit starts from the best of these
+LOG_BANDWIDTH_BOUNDS = (float(np.log(1e-4)), float(np.log(1e2)))
+BIAS_BOUND = 30.0  # |log_bias| at most this: beyond it one label has all the probability anyway
 
 
 class KernelSurrogate:
@@ -57,17 +66,44 @@ class KernelSurrogate:
         """p(y) for one query from its demonstrations' cosines and labels: (n_labels,), summing to 1.
 
         With no demonstrations and no prior, the estimate is uniform (then tilted by log_bias)."""
-        mass = self.label_mass(similarities, labels)
-        with np.errstate(divide="ignore"):
-            logits = np.log(mass) if mass.sum() > 0 else np.zeros(self.n_labels)
-        logits = logits + self.log_bias
-        logits -= logits.max()
-        p = np.exp(logits)
-        return p / p.sum()
+        return self.predict_many([similarities], [labels])[0]
 
     def predict_many(self, similarities: Sequence[Sequence[float]], labels: Sequence[Sequence[int]]) -> np.ndarray:
         """`predict` for each query: (n_queries, n_labels)."""
-        return np.array([self.predict(s, y) for s, y in zip(similarities, labels)]).reshape(-1, self.n_labels)
+        return np.exp(self.log_predict_many(similarities, labels))
+
+    def log_predict_many(self, similarities: Sequence[Sequence[float]],
+                         labels: Sequence[Sequence[int]]) -> np.ndarray:
+        """log p(y) for each query, -inf for a label with no mass: (n_queries, n_labels)."""
+        sims, member = _padded(similarities, labels, self.n_labels)
+        return log_normalise(_log_mass(sims, member, self.bandwidth, self.prior) + self.log_bias)
+
+    @classmethod
+    def fit(cls, similarities: Sequence[Sequence[float]], labels: Sequence[Sequence[int]],
+            target_probs: Sequence[Sequence[float]], n_labels: int, prior: float = 0.0) -> "KernelSurrogate":
+        """The surrogate whose bandwidth and log_bias maximise the likelihood of target_probs (n_queries, n_labels).
+
+        target_probs is typically the LM's own label distribution. A label no demonstration of a query has (prior 0)
+        gets probability 0 whatever the parameters: that constant term is left out. Fitted: loss_ (mean
+        cross-entropy, those terms excluded), n_fit_ (queries)."""
+        from scipy.optimize import minimize
+
+        cls(n_labels, prior=prior)  # checks n_labels and prior before any work
+        sims, member = _padded(similarities, labels, n_labels)
+        target = _targets(target_probs, len(sims), n_labels)
+
+        def loss(theta: np.ndarray) -> float:  # theta: log bandwidth, then log_bias of labels 1.. (label 0 pinned)
+            bias = np.concatenate([[0.0], theta[1:]])  # log_bias is defined up to a constant
+            return _cross_entropy(log_normalise(_log_mass(sims, member, float(np.exp(theta[0])), prior) + bias), target)
+
+        # the likelihood need not be concave in the bandwidth: start from the best of a coarse grid
+        start = min((np.r_[np.log(h), np.zeros(n_labels - 1)] for h in BANDWIDTH_STARTS), key=loss)
+        bounds = [LOG_BANDWIDTH_BOUNDS] + [(-BIAS_BOUND, BIAS_BOUND)] * (n_labels - 1)
+        found = minimize(loss, start, method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-12, "gtol": 1e-9})
+        bias = np.r_[0.0, found.x[1:]]
+        fitted = cls(n_labels, float(np.exp(found.x[0])), prior, bias - bias.mean())
+        fitted.loss_, fitted.n_fit_ = float(found.fun), len(sims)
+        return fitted
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready parameters; `from_dict` reads them back."""
@@ -81,3 +117,51 @@ class KernelSurrogate:
     def __repr__(self) -> str:
         return (f"KernelSurrogate(n_labels={self.n_labels}, bandwidth={self.bandwidth:g}, prior={self.prior:g}, "
                 f"log_bias={np.round(self.log_bias, 3).tolist()})")
+
+
+def _padded(similarities: Sequence[Sequence[float]], labels: Sequence[Sequence[int]],
+            n_labels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines padded with zeros, (n_queries, max_demos), and label membership, (n_queries, n_labels, max_demos)."""
+    if len(similarities) != len(labels):
+        raise RiclError(f"got similarities for {len(similarities)} queries and labels for {len(labels)}; "
+                        "expected one list each")
+    width = max((len(s) for s in similarities), default=0)
+    sims = np.zeros((len(labels), width))
+    member = np.zeros((len(labels), n_labels, width), dtype=bool)
+    for q, (s, y) in enumerate(zip(similarities, labels)):
+        y = np.asarray(y, dtype=np.int64)
+        if len(y) != len(s):
+            raise RiclError(f"got {len(s)} similarities for {len(y)} labels; expected one each")
+        if y.size and (y.min() < 0 or y.max() >= n_labels):
+            raise RiclError(f"demonstration labels must be in 0..{n_labels - 1}, got {y.tolist()}")
+        sims[q, :len(y)] = s
+        member[q, y, np.arange(len(y))] = True
+    return sims, member
+
+
+def _log_mass(sims: np.ndarray, member: np.ndarray, bandwidth: float, prior: float) -> np.ndarray:
+    """log `label_mass` per query, summed in log space; 0 (uniform) for a query with no mass at all: (Q, n_labels)."""
+    n_labels = member.shape[1]
+    z = np.where(member, (sims[:, None, :] - 1.0) / bandwidth, -np.inf)  # (Q, n_labels, max_demos)
+    log_mass = np.logaddexp.reduce(z, axis=-1) if z.shape[-1] else np.full(z.shape[:2], -np.inf)
+    if prior > 0:
+        log_mass = np.logaddexp(log_mass, np.log(prior / n_labels))
+    log_mass[np.isneginf(log_mass).all(axis=-1)] = 0.0  # no demonstration and no prior: uniform, as `predict` says
+    return log_mass
+
+
+def _targets(target_probs: Sequence[Sequence[float]], n_queries: int, n_labels: int) -> np.ndarray:
+    """target_probs checked and normalised per row: (n_queries, n_labels)."""
+    p = np.asarray(target_probs, dtype=np.float64)
+    if n_queries == 0 or p.shape != (n_queries, n_labels):
+        raise RiclError(f"target_probs must have shape (n_queries, n_labels) = ({n_queries}, {n_labels}) with at "
+                        f"least one query, got {p.shape}")
+    if not np.isfinite(p).all() or (p < 0).any() or not (p.sum(axis=1) > 0).all():
+        raise RiclError("target_probs must be finite, >= 0 and sum to more than 0 in every row")
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _cross_entropy(log_q: np.ndarray, target: np.ndarray) -> float:
+    """Mean over queries of -sum_y target(y) log q(y), leaving out labels q gives no mass (log_q = -inf)."""
+    finite = np.isfinite(log_q)
+    return float(-np.where(finite, target * np.where(finite, log_q, 0.0), 0.0).sum() / len(target))

@@ -31,7 +31,8 @@ def test_every_analysis_has_a_command_with_its_options_and_a_report_slot():
         assert commands[a.command].help == a.description
     assert [p.name for p in commands["all"].params] == ["results_dir", *OPTION_NAMES]
     assert set(OPTIONS) == set(OPTION_NAMES)  # every option has its CLI flag
-    assert names() == ["attention", "reconstruction", "kernel", "bandwidth", "label_format", "distribution"]
+    assert names() == ["attention", "reconstruction", "kernel", "surrogate", "bandwidth", "label_format",
+                       "distribution", "frontier"]
 
 
 def test_each_function_takes_the_arguments_it_is_given():
@@ -40,15 +41,18 @@ def test_each_function_takes_the_arguments_it_is_given():
     assert get("bandwidth").arguments(Options(bins=3, seed=2, tau=9.0)) == {
         "n_bins": 3, "selection_fraction": 0.7, "selection_n": None, "seed": 2}
     assert get("distribution").arguments(Options(runs=["x"])) == {}
+    assert get("frontier").arguments(Options(reference="knn-k4-seed0", seed=3)) == {"reference": "knn-k4-seed0",
+                                                                                     "seed": 3}
 
 
 def test_applicable_names_the_reason_an_analysis_is_skipped(perfect, study):
     assert applicable(load_results(study)) == dict.fromkeys(names())
     (perfect / "attention" / "knn-seed0.safetensors").unlink()
     assert applicable(load_results(perfect)) == {
-        "attention": NO_ATTENTION, "reconstruction": NO_ATTENTION, "kernel": None, "bandwidth": None,
-        "label_format": "every run uses a single label format",
-        "distribution": "one demonstration pool and no representative (kmeans/votek) selector"}
+        "attention": NO_ATTENTION, "reconstruction": NO_ATTENTION, "kernel": None, "surrogate": None,
+        "bandwidth": None, "label_format": "every run uses a single label format",
+        "distribution": "one demonstration pool and no representative (kmeans/votek) selector",
+        "frontier": "only 1 run; the frontier compares two or more"}
     with pytest.raises(RiclError, match="no run named 'nope'"):
         applicable(load_results(perfect), ["nope"])
 
@@ -91,7 +95,8 @@ def test_run_all_and_report_cover_every_analysis(study):
         "knn-default-in_distribution-seed0"]["best_layer"] == BEST[0]
     md, html = write_report(study)
     text = md.read_text()
-    for title in ("Figure 2", "Section 5", "Table 2", "Bandwidth", "Label format", "In-distribution"):
+    for title in ("Figure 2", "Section 5", "Table 2", "Kernel surrogate", "Bandwidth", "Label format",
+                  "In-distribution", "Accuracy against prompt tokens"):
         assert title in text
     for image in (study / "analysis").glob("*.png"):
         assert image.stat().st_size > 1000

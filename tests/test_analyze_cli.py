@@ -51,10 +51,10 @@ def test_analyze_all_lists_every_analysis_done_or_skipped_then_report(perfect):
     result = ricl("analyze", "all", perfect, "--bins", "3", "--tau", "0.05")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
-        "attention: done", "reconstruction: done", "kernel: done", "bandwidth: done",
+        "attention: done", "reconstruction: done", "kernel: done", "surrogate: done", "bandwidth: done",
         "label_format: skipped (every run uses a single label format)",
         "distribution: skipped (one demonstration pool and no representative (kmeans/votek) selector)",
-        f"files in {perfect / 'analysis'}"]
+        "frontier: skipped (only 1 run; the frontier compares two or more)", f"files in {perfect / 'analysis'}"]
     report = ricl("report", perfect, "--no-html", "--no-analyze")
     assert report.exit_code == 0 and report.output.splitlines() == [f"wrote {perfect / 'report.md'}"]
 

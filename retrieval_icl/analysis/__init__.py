@@ -1,5 +1,6 @@
-"""Analyses over saved run records (no model): attention maps, per-head reconstruction, kernel regression,
-bandwidth, label format, demonstration distribution, and the report that gathers them.
+"""Analyses over saved run records (no model): attention maps, per-head reconstruction, kernel regression, the kernel
+surrogate, bandwidth, label format, demonstration distribution, the accuracy / prompt-token frontier, and the report
+that gathers them.
 
     from retrieval_icl.analysis import load_results, run_all, write_report
     results = load_results("results/sst2_reconstruction")
@@ -8,7 +9,8 @@ bandwidth, label format, demonstration distribution, and the report that gathers
 
 Modules: registry.py (each analysis declared once: name, command, when it applies, how it runs), records.py (load
 and check a results directory), attention.py (Figure 2 map, HeadReconstruction), kernel.py (KernelRegression,
-Table 2), bandwidth.py, label_format.py, distribution.py, report.py, cli.py.
+Table 2), surrogate.py (KernelSurrogate against the LM; fit_surrogate), bandwidth.py, label_format.py,
+distribution.py, frontier.py (accuracy against prompt tokens), report.py, cli.py.
 """
 
 from __future__ import annotations
@@ -49,10 +51,11 @@ def run_analyses(results: Results, options: Options = Options()) -> dict[str, di
 
 
 def run_all(results: Results, runs: Sequence[str] | None = None, tau: float = 0.1, selection_fraction: float = 0.7,
-            selection_n: int | None = None, seed: int = 0, n_bins: int = 5) -> dict[str, dict | str]:
+            selection_n: int | None = None, seed: int = 0, n_bins: int = 5,
+            reference: str | None = None) -> dict[str, dict | str]:
     """`run_analyses` with the options as keywords."""
     return run_analyses(results, Options(runs=runs, tau=tau, selection_fraction=selection_fraction,
-                                         selection_n=selection_n, seed=seed, bins=n_bins))
+                                         selection_n=selection_n, seed=seed, bins=n_bins, reference=reference))
 
 
 def write_report(directory: str | Path, html: bool = True) -> list[Path]:

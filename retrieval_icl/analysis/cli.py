@@ -22,17 +22,20 @@ analyze_app = typer.Typer(help="Analyse a `ricl compare` results directory (no m
                           "RESULTS_DIR/analysis/.", no_args_is_help=True)
 
 RESULTS = typer.Argument(..., help="A results directory written by `ricl compare`.")
-RUNS = typer.Option(None, "--run", help="Only this run (repeatable; attention, reconstruct and kernel); default: "
-                    "the runs of the first label format and pool.")
+RUNS = typer.Option(None, "--run", help="Only this run (repeatable; attention, reconstruct, kernel and surrogate); "
+                    "default: the runs of the first label format and pool.")
 FRACTION = typer.Option(0.7, "--selection-fraction", min=0.0, max=1.0,
                         help="Share of the queries used to choose the best head; the rest are held out (paper: 0.7).")
 SELECTION_N = typer.Option(None, "--selection-n", min=1, help="Number of selection queries (overrides the fraction).")
 SEED = typer.Option(0, "--seed", help="Seed of the selection split and bootstrap.")
 TAU = typer.Option(0.1, "--tau", min=0.0, help="Bandwidth of the encoder kernel exp(cos/tau); 0 = nearest neighbour.")
 BINS = typer.Option(5, "--bins", min=2, help="Quantile bins of similarity for random selections.")
+REFERENCE = typer.Option(None, "--reference", help="The run the frontier tests every run against; default: the run "
+                         "labelled knn-k8, else a knn run with k = 8.")
 # Each registry Options field: its type and its typer option (real types: typer reads them from the signature).
 OPTIONS = {"runs": (Optional[list[str]], RUNS), "tau": (float, TAU), "selection_fraction": (float, FRACTION),
-           "selection_n": (Optional[int], SELECTION_N), "seed": (int, SEED), "bins": (int, BINS)}
+           "selection_n": (Optional[int], SELECTION_N), "seed": (int, SEED), "bins": (int, BINS),
+           "reference": (Optional[str], REFERENCE)}
 
 
 def _load(results_dir: Path) -> Results:

@@ -5,7 +5,7 @@ order is the order they run in and appear in the report. This module imports no 
 "module:function" path when it runs, because the analyses load matplotlib and scipy and `ricl --help` must stay fast.
 
 >>> [a.command for a in ANALYSES]
-['attention', 'reconstruct', 'kernel', 'bandwidth', 'label-format', 'distribution']
+['attention', 'reconstruct', 'kernel', 'surrogate', 'bandwidth', 'label-format', 'distribution', 'frontier']
 >>> get("label-format").name, get("kernel").takes
 ('label_format', ('runs', 'tau', 'selection_fraction', 'selection_n', 'seed'))
 """
@@ -32,6 +32,7 @@ class Options:
     selection_n: int | None = None  # number of selection queries (overrides the fraction)
     seed: int = 0  # seed of the selection split and bootstrap
     bins: int = 5  # quantile bins of similarity for random selections
+    reference: str | None = None  # the run the frontier tests every run against; None: knn-k8 (or knn with k = 8)
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))
@@ -104,11 +105,49 @@ def needs_pools_or_representatives(results: Results, runs: Sequence[str] | None)
     return "one demonstration pool and no representative (kmeans/votek) selector"
 
 
+def needs_two_queries(results: Results, runs: Sequence[str] | None) -> str | None:
+    """The surrogate is fitted on some queries of a run and scored on the others."""
+    by_run = results.runs(list(runs) if runs else results.main_runs())
+    few = [name for name, recs in by_run.items() if len({r["query_id"] for r in recs}) < 2]
+    return f"fewer than 2 queries in {', '.join(few)}: none to hold out" if few else None
+
+
+def needs_tokens_and_runs(results: Results, runs: Sequence[str] | None) -> str | None:
+    """The frontier reads every record's prompt_tokens and compares at least two runs."""
+    missing = sum(r.get("prompt_tokens") is None for r in results.records)
+    if missing:
+        return f"{missing} of {len(results.records)} records have no prompt_tokens"
+    n_runs = len(results.runs())
+    return None if n_runs >= 2 else f"only {n_runs} run; the frontier compares two or more"
+
+
 def reconstruction_lines(found: dict) -> list[str]:
     """Per run: the best head and its held-out agreement and accuracy."""
     return [f"{name}: best head L{row['best_layer']}H{row['best_head']}, held-out agreement {row['agreement']:.3f}, "
             f"accuracy {row['reconstructed_accuracy']:.3f} (n={row['n_heldout']})"
             for name, row in found["runs"].items()]
+
+
+def surrogate_lines(found: dict) -> list[str]:
+    """Per run: held-out agreement with the LM and ECE of the uncalibrated and the calibrated surrogate."""
+    return [f"{name}: agreement {row['uncalibrated']['agreement']['value']:.3f} uncalibrated, "
+            f"{row['calibrated']['agreement']['value']:.3f} calibrated; ECE {row['uncalibrated']['ece']:.3f}, "
+            f"{row['calibrated']['ece']:.3f} (n={row['n_heldout']})" for name, row in found["runs"].items()]
+
+
+def frontier_lines(found: dict) -> list[str]:
+    """Per run: accuracy, mean prompt tokens and, with a reference, the paired test against it."""
+    lines = [] if found["reference"] else [found["note"]]
+    for name, r in found["runs"].items():
+        line = (f"{name}: accuracy {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}], "
+                f"{r['mean_tokens']:.1f} tokens")
+        if r["reference"]:
+            line += " (reference)"
+        elif found["reference"]:
+            line += (f", vs {found['reference']}: {r['accuracy_diff']:+.3f} (McNemar p={r['p_value']:.3g}), tokens "
+                     f"x{r['token_ratio']:.2f}, {'matches' if r['matches'] else 'differs'}")
+        lines.append(line)
+    return lines
 
 
 SPLIT = ("selection_fraction", "selection_n", "seed")
@@ -120,12 +159,18 @@ ANALYSES: tuple[Analysis, ...] = (
              summary=reconstruction_lines),
     Analysis("kernel", "kernel", "Table 2: ICL vs kernel regression with the encoder kernel, the head kernel and the "
              "reconstruction.", "kernel:analyze_kernel", ("runs", "tau", *SPLIT)),
+    Analysis("surrogate", "surrogate", "The kernel surrogate (uncalibrated and fitted) against the LM's predictions on "
+             "held-out queries: agreement, calibration, accuracy.", "surrogate:analyze_surrogate",
+             ("runs", "tau", *SPLIT), needs_two_queries, summary=surrogate_lines),
     Analysis("bandwidth", "bandwidth", "Accuracy by similarity of the demonstrations (bands, k, random bins) and "
              "kernel entropy.", "bandwidth:analyze_bandwidth", ("bins", *SPLIT), keywords={"bins": "n_bins"}),
     Analysis("label_format", "label-format", "The same selections under several label formats: accuracy, label "
              "attention, reconstruction.", "label_format:analyze_label_format", SPLIT, needs_label_formats),
     Analysis("distribution", "distribution", "In-distribution vs shifted pools, representative vs random selections.",
              "distribution:analyze_distribution", (), needs_pools_or_representatives),
+    Analysis("frontier", "frontier", "Accuracy against prompt tokens for every run, each tested against a reference "
+             "run (paired McNemar).", "frontier:analyze_frontier", ("reference", "seed"), needs_tokens_and_runs,
+             summary=frontier_lines),
 )
 
 

@@ -133,8 +133,9 @@ def report_markdown(directory: Path, names: Sequence[str]) -> str:
         raise RiclError(f"no analyses saved under {analysis}; run `ricl analyze all {directory}` first")
     intro = (f"# In-context learning as kernel regression: report for `{directory.name}`\n\n"
              "Analyses after Han et al. (2023): attention over the demonstrations, the ICL prediction reconstructed "
-             "from single attention heads, kernel-regression baselines, the kernel's bandwidth, label formats and "
-             "the demonstration distribution. Accuracies carry 95% bootstrap intervals over queries.\n")
+             "from single attention heads, kernel-regression baselines, the kernel surrogate as a stand-in for the "
+             "LM, the kernel's bandwidth, label formats, the demonstration distribution, and accuracy against prompt "
+             "tokens. Accuracies carry 95% bootstrap intervals over queries.\n")
     contents = "\n".join(f"- {json.loads(p.read_text())['title']}" for p in saved)
     index = analysis / "index.json"
     skipped = {n: why for n, why in json.loads(index.read_text()).items() if why != "done"} if index.exists() else {}

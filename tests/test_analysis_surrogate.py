@@ -1,0 +1,160 @@
+"""surrogate.py (analysis) and KernelSurrogate.fit: the kernel surrogate against the LM on hand-made records."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from handmade_results import doctest_failures, make_record, write_dir
+from typer.testing import CliRunner
+
+from retrieval_icl import surrogate as surrogate_module
+from retrieval_icl.analysis import applicable, load_results
+from retrieval_icl.analysis.attention import selection_split
+from retrieval_icl.analysis.surrogate import analyze_surrogate, expected_calibration_error, fit_surrogate, reliability
+from retrieval_icl.cli import app
+from retrieval_icl.errors import RiclError
+from retrieval_icl.surrogate import KernelSurrogate
+
+# One query's demonstrations: cosines 0.9, 0.8, 0.7 labelled 1, 0, 1. With bandwidth 0.1 the kernel weighs them
+# exp(-1), exp(-2), exp(-3): label 1 gets exp(-1) + exp(-3), label 0 exp(-2).
+SIMS, LABELS = [0.9, 0.8, 0.7], [1, 0, 1]
+P1 = (math.exp(-1) + math.exp(-3)) / (math.exp(-1) + math.exp(-2) + math.exp(-3))  # 0.75527...
+
+
+def test_uncalibrated_prediction_is_the_kernel_regression_worked_out_by_hand():
+    assert P1 == pytest.approx(0.755272, abs=1e-6)
+    assert KernelSurrogate(2, bandwidth=0.1).predict(SIMS, LABELS) == pytest.approx([1 - P1, P1], abs=1e-12)
+    assert KernelSurrogate(2, bandwidth=0.1).predict([], []).tolist() == [0.5, 0.5]  # no demonstrations
+
+
+def test_a_narrow_bandwidth_takes_the_nearest_label_even_for_distant_demonstrations():
+    # exp((0.2 - 1) / 1e-3) underflows to 0 in float64: summed in log space, the nearest demonstration still wins
+    p = KernelSurrogate(2, bandwidth=1e-3).predict([0.2, 0.1], [1, 0])
+    assert p[1] == pytest.approx(1.0) and p[0] == pytest.approx(math.exp(-100.0))
+
+
+def test_ece_and_reliability_worked_out_by_hand():
+    confidence = [0.55, 0.58, 0.92, 0.97, 0.75]
+    hits = [True, False, True, True, False]
+    # bins [0.5, 0.6): rate 0.5, confidence 0.565; [0.9, 1.0]: 1.0, 0.945; [0.7, 0.8): 0.0, 0.75
+    assert expected_calibration_error(confidence, hits) == pytest.approx((2 * 0.065 + 2 * 0.055 + 0.75) / 5)
+    assert [(r["bin"], r["n"]) for r in reliability(confidence, hits)] == [(5, 2), (7, 1), (9, 2)]
+    assert [r["bin"] for r in reliability([1.0, 0.0], [True, True])] == [0, 9]  # 1.0 falls in the last bin
+    assert math.isnan(expected_calibration_error([], []))
+
+
+def same_demos_dir(tmp_path, lm_predictions: list[int]):
+    """A run whose queries all show SIMS/LABELS, the LM predicting lm_predictions; query 99 has no demonstrations."""
+    recs = [make_record("knn-seed0", q, 1, p, LABELS, SIMS) for q, p in enumerate(lm_predictions)]
+    recs.append(make_record("knn-seed0", 99, 0, 0, [], []))
+    return write_dir(tmp_path / "same", recs, {"task": "sst2"}, with_attention=False)
+
+
+def read_rows(path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_held_out_agreement_and_ece_on_a_hand_made_run(tmp_path):
+    lm = [1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 1]
+    results = load_results(same_demos_dir(tmp_path, lm))
+    found = analyze_surrogate(results, tau=0.1, selection_fraction=0.7, seed=4)["runs"]["knn-seed0"]
+    fit_part = selection_split([*range(len(lm)), 99], 0.7, None, 4)
+    assert not fit_part[-1]  # seed 4 holds out query 99, the one without demonstrations
+    held = [p for p, f in zip(lm, fit_part) if not f]  # the LM's predictions on the others held out
+    rows = {int(r["query_id"]): r for r in read_rows(results.analysis_dir / "surrogate_queries.csv")}
+    assert len(rows) == found["n_heldout"] == len(held) + 1
+    assert json.loads(rows[99]["uncalibrated_p"]) == [0.5, 0.5]
+    assert all(float(r["uncalibrated_confidence"]) == pytest.approx(P1, abs=1e-6) for q, r in rows.items() if q != 99)
+    # the surrogate says 1 wherever there are demonstrations; on query 99 it draws a label (tie broken at random)
+    hit_99 = int(rows[99]["uncalibrated_prediction"]) == 0  # the LM predicts 0 there
+    unc = found["uncalibrated"]
+    assert unc["agreement"]["value"] == pytest.approx((held.count(1) + hit_99) / (len(held) + 1))
+    # two bins: P1's (agreement held.count(1) / len(held)) and 0.5's (hit or miss: 0.5 off either way)
+    ece = (abs(held.count(1) - len(held) * P1) + 0.5) / (len(held) + 1)
+    assert unc["ece"] == pytest.approx(ece) and unc["ties"] == 1
+    assert unc["accuracy"]["value"] == pytest.approx((len(held) + hit_99) / (len(held) + 1))  # gold 1, and 0 on 99
+    assert found["calibrated"]["parameters"]["bandwidth"] > 0 and (results.analysis_dir / "surrogate.png").exists()
+
+
+def planted_records(surrogate: KernelSurrogate, n: int = 300, seed: int = 0) -> list[dict]:
+    """Records whose label_log_probs are the planted surrogate's; every label among each query's demonstrations,
+    and a few queries with none (they inform the bias only)."""
+    rng = np.random.default_rng(seed)
+    recs = []
+    for q in range(n):
+        k = 0 if q % 25 == 0 else int(rng.integers(3, 9))
+        labels = [*rng.permutation(3)[:min(k, 3)], *rng.integers(0, 3, size=max(k - 3, 0))]
+        sims = rng.uniform(0.2, 0.95, size=k).tolist()
+        log_p = np.log(surrogate.predict(sims, labels))
+        recs.append(make_record("knn-seed0", q, int(rng.integers(0, 3)), int(log_p.argmax()), [int(y) for y in labels],
+                                sims, label_log_probs=log_p.tolist()))
+    return recs
+
+
+def test_fit_recovers_a_planted_bandwidth_and_label_bias(tmp_path):
+    planted = KernelSurrogate(3, bandwidth=0.15, log_bias=[0.5, -0.3, -0.2])
+    directory = write_dir(tmp_path / "planted", planted_records(planted), {"task": "sst2"}, with_attention=False)
+    fitted = fit_surrogate(str(directory))
+    assert fitted.bandwidth == pytest.approx(0.15, rel=0.01)
+    assert fitted.log_bias == pytest.approx([0.5, -0.3, -0.2], abs=0.01)
+    assert fitted.prior == 0 and fitted.n_fit_ == 300 and fitted.loss_ > 0
+    found = analyze_surrogate(load_results(directory))["runs"]["knn-seed0"]
+    assert found["calibrated"]["agreement"]["value"] == 1.0  # the calibrated surrogate is the planted model
+    assert found["calibrated"]["parameters"]["bandwidth"] == pytest.approx(0.15, rel=0.02)
+
+
+def test_fit_with_a_prior_and_labels_missing_from_the_demonstrations():
+    planted = KernelSurrogate(2, bandwidth=0.3, prior=0.5, log_bias=[0.2, -0.2])
+    rng = np.random.default_rng(1)
+    sims = [rng.uniform(0, 1, size=4).tolist() for _ in range(200)]
+    labels = [rng.integers(0, 2, size=4).tolist() for _ in range(200)]
+    fitted = KernelSurrogate.fit(sims, labels, planted.predict_many(sims, labels), 2, prior=0.5)
+    assert fitted.bandwidth == pytest.approx(0.3, rel=0.01) and fitted.log_bias == pytest.approx([0.2, -0.2], abs=0.01)
+    # without a prior a label absent from the demonstrations gets 0 whatever the parameters: an LM that still gives
+    # it 10% is a constant term, left out; the rest is matched exactly
+    no_prior = KernelSurrogate(2, bandwidth=0.3, log_bias=[0.2, -0.2])
+    target = no_prior.predict_many(sims, labels)
+    one_label = np.array([len(set(y)) == 1 for y in labels])
+    assert one_label.any()
+    target[one_label] = np.where(target[one_label] > 0.5, 0.9, 0.1)
+    fitted = KernelSurrogate.fit(sims, labels, target, 2)
+    assert np.isfinite(fitted.loss_) and fitted.bandwidth == pytest.approx(0.3, rel=0.01)
+
+
+@pytest.mark.parametrize("args, message", [
+    (([[0.5]], [[0]], [[0.5, 0.5, 0.0]], 2), "target_probs must have shape"),
+    (([[0.5]], [[0]], [[-0.5, 1.5]], 2), "finite, >= 0"),
+    (([], [], [], 2), "at least one query"),
+    (([[0.5]], [[2]], [[0.5, 0.5]], 2), "labels must be in 0..1"),
+    (([[0.5]], [[0], [1]], [[0.5, 0.5]], 2), "expected one list each"),
+    (([[0.5]], [[0]], [[1.0]], 1), "n_labels must be an integer >= 2"),
+])
+def test_fit_refuses_bad_input_saying_what_was_expected(args, message):
+    with pytest.raises(RiclError, match=message):
+        KernelSurrogate.fit(*args)
+
+
+def test_analyze_surrogate_command_prints_agreement_and_ece_per_run(perfect):
+    result = CliRunner().invoke(app, ["analyze", "surrogate", str(perfect), "--tau", "0.1"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    # the nearest demonstration carries the gold label, which the LM always predicts: the surrogate agrees
+    assert re.fullmatch(r"knn-seed0: agreement 1\.000 uncalibrated, 1\.000 calibrated; ECE 0\.00\d, 0\.\d{3} "
+                        r"\(n=12\)", lines[0]), lines[0]
+    assert lines[1] == f"surrogate: {perfect / 'analysis' / 'surrogate.json'}"
+
+
+def test_a_run_of_one_query_has_nothing_to_hold_out(tmp_path):
+    results = load_results(write_dir(tmp_path / "one", [make_record("knn-seed0", 0, 1, 1, LABELS, SIMS)],
+                                     {"task": "sst2"}, with_attention=False))
+    assert applicable(results)["surrogate"] == "fewer than 2 queries in knn-seed0: none to hold out"
+
+
+def test_doctests():
+    assert doctest_failures(surrogate_module) == 0
