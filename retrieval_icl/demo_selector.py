@@ -5,6 +5,9 @@
 >>> [(d.fields["sentence"], d.label_name, round(d.score, 2))
 ...  for d in demos.select("a moving film", k=2)]  # doctest: +SKIP
 [('a moving experience', 'positive', 0.81), ('moving and funny', 'positive', 0.84)]
+>>> chosen = demos.select("a moving film", k=8, max_tokens=120)  # doctest: +SKIP
+>>> demos.prompt_tokens("a moving film", chosen) <= 120  # doctest: +SKIP
+True
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from typing import Any, Mapping, Sequence
 from .encoders import Encoder
 from .errors import RiclError
 from .index import DemoIndex
+from .models import DEFAULT_MODEL
+from .prompt_budget import PromptBudget
+from .prompts import check_budget
 from .selectors import SELECTORS, Selector, make_selector
 from .tasks import Example
 
@@ -43,25 +49,31 @@ class DemoSelector:
     """A DemoIndex plus selectors, safe to share between threads: one lock orders every select and add.
 
     Selectors are fitted on first use per strategy and refitted after examples are added, so a select never
-    sees a pool that is half updated. `save()` writes the index back atomically (DemoIndex.save).
+    sees a pool that is half updated. `save()` writes the index back atomically (DemoIndex.save). Token budgets
+    count with `tokenizer`: a model name for retrieval_icl.models (default DEFAULT_MODEL, loaded offline on the first
+    budgeted select) or a Hugging Face tokenizer object; prompts are rendered with the index's task template in
+    `label_format` (see PromptBudget).
     """
 
     def __init__(self, index: DemoIndex, directory: str | Path | None = None, strategy: str = "knn", seed: int = 0,
-                 **params: Any) -> None:
+                 tokenizer: Any = None, label_format: str = "default", **params: Any) -> None:
         self.index, self.strategy, self.seed, self.params = index, strategy, seed, params
         self.directory = Path(directory) if directory is not None else None
+        self.tokenizer, self.label_format = tokenizer if tokenizer is not None else DEFAULT_MODEL, label_format
         make_selector(strategy, seed=seed, **params)  # an unknown strategy or parameter fails now
         self._fitted: dict[str, Selector] = {}
         self._lock = threading.RLock()
 
     @classmethod
     def load(cls, directory: str | Path, strategy: str = "knn", seed: int = 0, encoder: Encoder | None = None,
-             use_cache: bool = False, **params: Any) -> "DemoSelector":
+             use_cache: bool = False, tokenizer: Any = None, label_format: str = "default",
+             **params: Any) -> "DemoSelector":
         """Open a saved index; `params` go to the default strategy. Queries skip the embedding cache by default."""
         index = DemoIndex.load(directory, encoder=encoder)
         # A service sees most query texts once: caching them would write a database row per request.
         index.encoder.use_cache = use_cache
-        return cls(index, directory, strategy=strategy, seed=seed, **params)
+        return cls(index, directory, strategy=strategy, seed=seed, tokenizer=tokenizer, label_format=label_format,
+                   **params)
 
     @cached_property
     def text_fields(self) -> list[str]:
@@ -73,6 +85,12 @@ class DemoSelector:
         """Label names by id, from the manifest (None when the index was built without them)."""
         return self.index.manifest.label_names
 
+    @cached_property
+    def prompt_budget(self) -> PromptBudget:
+        """How this index's prompts are rendered and counted for token budgets (the tokenizer loads on first use)."""
+        return PromptBudget(self.index.manifest.task, self.text_fields, self.label_names, self.tokenizer,
+                            self.label_format)
+
     def __len__(self) -> int:
         return len(self.index)
 
@@ -83,20 +101,51 @@ class DemoSelector:
             self._selector(self.strategy)
         return self
 
-    def select(self, query: Query, k: int, strategy: str | None = None) -> list[SelectedExample]:
-        """k demonstrations for one query (text, or a dict of the text fields), in prompt order."""
+    def select(self, query: Query, k: int, strategy: str | None = None,
+               max_tokens: int | None = None) -> list[SelectedExample]:
+        """k demonstrations for one query (text, or a dict of the text fields), in prompt order. With `max_tokens`,
+        those of the k that fit max_tokens tokens of the rendered prompt, query included: the most similar first, each
+        kept only if the whole prompt with it still fits (PromptBuilder.build); RiclError when not even one fits."""
         text = self.query_text(query)
+        check_budget(max_tokens)
         with self._lock:
             selection = self._selector(strategy or self.strategy).select([text], k)[0]
-            return [self._selected(i, s) for i, s in zip(selection.demo_ids, selection.scores)]
+            chosen = [self._selected(i, s) for i, s in zip(selection.demo_ids, selection.scores)]
+            if max_tokens is None:
+                return chosen
+            prompt = self.prompt_budget.fit(self._demos(chosen), self.query_fields(query),
+                                            [c.score for c in chosen], max_tokens)
+            kept = set(prompt.demo_ids)
+            return [c for c in chosen if c.id in kept]
+
+    def prompt_tokens(self, query: Query, examples: Sequence[SelectedExample]) -> int:
+        """Tokens of the prompt rendered with these examples, in this order, and the query (the sink token included),
+        counted with this selector's tokenizer: what `select(..., max_tokens=N)` keeps at most N of."""
+        query_texts = self.query_fields(query)
+        with self._lock:
+            return self.prompt_budget.count(self._demos(examples), query_texts)
+
+    def _demos(self, examples: Sequence[SelectedExample]) -> list[Example]:
+        return [Example(c.id, tuple(c.fields[f] for f in self.text_fields), c.label) for c in examples]
 
     def query_text(self, query: Query) -> str:
         """The text embedded for a query: a string, or a dict's text fields joined by a newline; stripped like pools."""
         if isinstance(query, str):
             return _checked_text(query, "query text")
+        return "\n".join(self.query_fields(query))
+
+    def query_fields(self, query: Query) -> tuple[str, ...]:
+        """The query's text fields in the index's order: a dict's values, or a string's lines (one per field)."""
+        if isinstance(query, str):
+            n = len(self.text_fields)
+            parts = _checked_text(query, "query text").split("\n", n - 1)
+            if len(parts) != n:
+                raise RiclError(f"the query text has {len(parts)} line(s), expected one per text field "
+                                f"{self.text_fields}; give the query as a dict of its fields")
+            return tuple(_checked_text(p, f"query field {f!r}") for f, p in zip(self.text_fields, parts))
         if not isinstance(query, Mapping):
             raise RiclError(f"a query must be a string or a dict of text fields, got {type(query).__name__}")
-        return "\n".join(_checked_text(t, f"query field {f!r}") for f, t in self._fields_in_order(query).items())
+        return tuple(_checked_text(t, f"query field {f!r}") for f, t in self._fields_in_order(query).items())
 
     def _fields_in_order(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         expected = self.text_fields

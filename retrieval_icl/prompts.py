@@ -27,7 +27,7 @@ class Prompt:
     y_spans: list[Span]  # tokens of each demonstration's label y_i (label prefix included where it merges)
     query_span: Span
     n_demos_requested: int
-    dropped_ids: list[int] = field(default_factory=list)  # dropped to fit the context, least similar first
+    dropped_ids: list[int] = field(default_factory=list)  # dropped to fit the budget or context, least relevant first
 
     @property
     def n_demos_used(self) -> int:
@@ -74,27 +74,57 @@ class PromptBuilder:
         return "".join(parts), x_chars, y_chars, (pos, pos + len(q))
 
     def build(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float] | None = None,
-              reserve: int = 0) -> Prompt:
-        """Tokenise; while longer than max_tokens - reserve, drop the least similar demonstration (lowest score)."""
+              reserve: int = 0, budget: int | None = None) -> Prompt:
+        """The prompt with every demonstration when it fits: at most `budget` tokens (when given) and `reserve` tokens
+        left of max_tokens (when set). Otherwise the demonstrations kept greedily (see `_greedy`)."""
         if self.tokenizer is None:
             raise RiclError("PromptBuilder needs a tokenizer to build token ids; pass tokenizer=")
-        kept = list(range(len(demos)))
-        # no scores: keep those nearest the query
+        check_budget(budget)
+        full = self._tokenise(demos, query_texts)
+        if self._fits(full, reserve, budget):
+            return full  # the common path: one tokenisation
+        return self._greedy(demos, query_texts, scores, reserve, budget)
+
+    def _fits(self, prompt: Prompt, reserve: int, budget: int | None) -> bool:
+        n = len(prompt.token_ids)
+        return (budget is None or n <= budget) and (self.max_tokens is None or n + reserve <= self.max_tokens)
+
+    def _greedy(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float] | None,
+                reserve: int, budget: int | None) -> Prompt:
+        """Try the demonstrations most relevant first (highest score; without scores, later ones, which sit nearer the
+        query; ties go to the later one) and keep each whose whole re-tokenised prompt still fits, so the count is
+        exact. Kept ones keep their prompt order; `dropped_ids` lists the others least relevant first."""
+        bare = self._tokenise([], query_texts)
+        if self.max_tokens is not None and len(bare.token_ids) + reserve > self.max_tokens:
+            raise RiclError(f"the query alone needs {len(bare.token_ids) + reserve} tokens, more than the "
+                            f"model's context of {self.max_tokens}")
         sims = list(scores) if scores is not None else list(range(len(demos)))
-        dropped: list[int] = []
-        while True:
-            prompt = self._tokenise([demos[i] for i in kept], query_texts)
-            if self.max_tokens is None or len(prompt.token_ids) + reserve <= self.max_tokens:
-                break
-            if not kept:
-                raise RiclError(f"the query alone needs {len(prompt.token_ids) + reserve} tokens, more than the "
-                                f"model's context of {self.max_tokens}")
-            worst = min(kept, key=lambda i: sims[i])
-            kept.remove(worst)
-            dropped.append(demos[worst].id)
+        order = sorted(range(len(demos)), key=lambda i: (sims[i], i), reverse=True)
+        kept: list[int] = []
+        tried: list[int] = []  # token counts of the prompts that did not fit
+        prompt = bare
+        for i in order:
+            trial = self._tokenise([demos[j] for j in sorted([*kept, i])], query_texts)
+            if self._fits(trial, reserve, budget):
+                kept, prompt = sorted([*kept, i]), trial
+            else:
+                tried.append(len(trial.token_ids))
+        if budget is not None and not kept:
+            # Nothing kept: every trial held one demonstration, so the shortest of them is the least one needs.
+            raise RiclError(self._no_room(budget, reserve, len(bare.token_ids), min(tried, default=None)))
         prompt.n_demos_requested = len(demos)
-        prompt.dropped_ids = dropped
+        prompt.dropped_ids = [demos[i].id for i in reversed(order) if i not in set(kept)]
         return prompt
+
+    def _no_room(self, budget: int, reserve: int, bare: int, shortest: int | None) -> str:
+        message = (f"max_tokens={budget} leaves no room for a demonstration: the prompt without demonstrations "
+                   f"takes {bare} tokens")
+        if shortest is not None:
+            message += f" and the shortest with one demonstration {shortest}"
+        if self.max_tokens is not None and self.max_tokens - reserve < budget:
+            message += (f" (the model's context of {self.max_tokens} tokens, {reserve} kept for the label, "
+                        f"allows {self.max_tokens - reserve})")
+        return message
 
     def check_label_tokens(self, continuations: Sequence[Sequence[int]]) -> None:
         """Refuse labels whose scored tokens differ from the tokens they have inside a demonstration (a SentencePiece
@@ -130,6 +160,12 @@ class PromptBuilder:
             query_span=char_to_token_span(offsets, q_chars),
             n_demos_requested=len(demos),
         )
+
+
+def check_budget(budget: Any) -> None:
+    """Refuse a token budget that is not a positive integer."""
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise RiclError(f"max_tokens must be a positive integer, got {budget!r}")
 
 
 def sink_token_id(tokenizer: Any) -> int:

@@ -3,8 +3,9 @@
 The endpoints call the same public API as the library (DemoSelector.select / add_examples) and speak the JSON
 schema of the pydantic models below (GET /openapi.json). Bad input gets a 4xx with a `detail` message:
 401 without the API key (when one is set), 403 with a wrong one, 413 for a body, text or batch over the
-limits, 422 for malformed JSON, wrong types, empty text, unknown strategies and k out of range. Malformed
-JSON is refused before the key is checked; everything else is checked after it.
+limits, 422 for malformed JSON, wrong types, empty text, unknown strategies, k out of range and a max_tokens budget
+below 1 or too small for one demonstration. Malformed JSON is refused before the key is checked; everything else is
+checked after it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from .demo_selector import DemoSelector
 from .errors import RiclError
+from .models import DEFAULT_MODEL
 from .selectors import SELECTORS
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ class SelectRequest(BaseModel):
     fields: dict[str, str] | None = Field(None, description="The query's text fields by name, instead of text.")
     k: StrictInt = Field(4, ge=1, description="How many demonstrations.")
     strategy: str | None = Field(None, description="A registered selector name; default: the server's strategy.")
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, description="Token budget of the rendered prompt (the index's task template, the query included, "
+        "counted with the server's tokenizer): of the k, the most similar demonstrations that fit, whole.")
 
     @model_validator(mode="after")
     def _one_query(self) -> "SelectRequest":
@@ -70,6 +75,8 @@ class SelectResponse(BaseModel):
     strategy: str
     k: int
     examples: list[ExampleOut]
+    prompt_tokens: int | None = Field(
+        None, description="Tokens of the rendered prompt with these examples and the query, when max_tokens was given.")
 
 
 class NewExample(BaseModel):
@@ -194,8 +201,11 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
         if request.k > limits.max_k:
             raise HTTPException(422, f"k={request.k} is over this server's limit of {limits.max_k}")
         strategy = request.strategy or selector.strategy
-        chosen = selector.select(request.text if request.text is not None else request.fields, request.k, strategy)
-        return SelectResponse(strategy=strategy, k=request.k, examples=[ExampleOut(**c.to_dict()) for c in chosen])
+        query = request.text if request.text is not None else request.fields
+        chosen = selector.select(query, request.k, strategy, max_tokens=request.max_tokens)
+        tokens = selector.prompt_tokens(query, chosen) if request.max_tokens is not None else None
+        return SelectResponse(strategy=strategy, k=request.k, examples=[ExampleOut(**c.to_dict()) for c in chosen],
+                              prompt_tokens=tokens)
 
     @app.post("/examples", response_model=AddResponse, status_code=201, dependencies=guarded, responses=ERRORS)
     def add_examples(request: AddRequest) -> AddResponse:
@@ -229,11 +239,13 @@ def _texts(fields: dict[str, str] | str) -> list[str]:
 
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, strategy: str = "knn", seed: int = 0,
-          api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning") -> None:
-    """Load the index, warm the encoder and serve until interrupted (one process: the pool lives in memory)."""
+          api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning",
+          tokenizer: str = DEFAULT_MODEL) -> None:
+    """Load the index, warm the encoder and serve until interrupted (one process: the pool lives in memory).
+    `tokenizer` (a model name) counts max_tokens budgets; it is loaded on the first request with one."""
     import uvicorn
 
-    selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed).warm_up()
+    selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed, tokenizer=tokenizer).warm_up()
     app = create_app(selector, api_key=api_key, limits=limits)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach it can add examples", host)

@@ -10,6 +10,7 @@ from retrieval_icl.demo_selector import DemoSelector, SelectedExample
 from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
+from retrieval_icl.models import DEFAULT_MODEL
 from retrieval_icl.selectors import KNNSelector
 from retrieval_icl.tasks import load_examples, load_task
 
@@ -149,3 +150,35 @@ def test_concurrent_selects_see_whole_adds(sst2_dir, encoder):
     on_disk = DemoIndex.load(sst2_dir)
     assert len(on_disk) == 92 and set(added) <= set(on_disk.ids.tolist())
     assert np.allclose(on_disk.embeddings(added), demos.index.embeddings(added), atol=1e-6)
+
+
+@pytest.mark.lm  # the packaged SmolLM2 and Gemma 3 tokenizers (no weights)
+def test_a_token_budget_keeps_the_most_similar_whole_demonstrations(sst2_dir, encoder):
+    demos = DemoSelector.load(sst2_dir, encoder=encoder)
+    assert demos.tokenizer == DEFAULT_MODEL  # a name: loaded on the first budgeted select
+    query = "a gorgeous, witty film"
+    everything = demos.select(query, k=6)
+    full = demos.prompt_tokens(query, everything)
+    assert demos.select(query, k=6, max_tokens=full) == everything
+    kept = demos.select(query, k=6, max_tokens=full - 1)
+    assert 0 < len(kept) < 6 and kept == [c for c in everything if c in kept]  # whole, in prompt order
+    assert kept[-1] == everything[-1] and demos.prompt_tokens(query, kept) <= full - 1  # the nearest first
+    with pytest.raises(RiclError, match="max_tokens=5 leaves no room for a demonstration: the prompt without "
+                                        r"demonstrations takes \d+ tokens and the shortest with one demonstration \d+"):
+        demos.select(query, k=6, max_tokens=5)
+    with pytest.raises(RiclError, match="max_tokens must be a positive integer, got 0"):
+        demos.select(query, k=6, max_tokens=0)
+
+
+@pytest.mark.lm
+def test_two_field_budgets_count_with_a_named_tokenizer(rte_dir, encoder):
+    demos = DemoSelector.load(rte_dir, encoder=encoder, tokenizer="gemma3-270m")
+    fields = {"sentence1": "A man sleeps on a bench in the park.", "sentence2": "The man is asleep."}
+    text = "A man sleeps on a bench in the park.\nThe man is asleep."
+    everything = demos.select(fields, k=4)
+    tokens = demos.prompt_tokens(fields, everything)
+    assert demos.prompt_tokens(text, everything) == tokens
+    kept = demos.select(text, k=4, max_tokens=tokens - 1)
+    assert 0 < len(kept) < 4 and kept == demos.select(fields, k=4, max_tokens=tokens - 1)
+    with pytest.raises(RiclError, match=r"the query text has 1 line\(s\), expected one per text field"):
+        demos.select("one line only", k=2, max_tokens=500)

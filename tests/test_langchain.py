@@ -72,3 +72,17 @@ def test_renamed_variables_and_errors(index_dir):
         selector.select_examples({"review": "x"})
     with pytest.raises(RiclError, match="no 'output' key"):
         selector.add_example({"input": "x"})
+
+
+@pytest.mark.lm  # the packaged SmolLM2 tokenizer (no weights) counts the budget
+def test_a_token_budget_keeps_the_nearest_examples_that_fit(index_dir):
+    query = {"review": "a boring, lifeless movie"}
+    plain = RiclExampleSelector.from_index(index_dir, k=4)
+    everything = plain.select_examples(query)
+    full = plain.selector.prompt_tokens(query, plain.selector.select(query, 4))
+    budgeted = RiclExampleSelector.from_index(index_dir, k=4, tokenizer="smollm2-135m", max_tokens=full - 1)
+    kept = budgeted.select_examples(query)
+    assert 0 < len(kept) < 4 and kept == [e for e in everything if e in kept] and kept[-1] == everything[-1]
+    text = few_shot(budgeted).format(**query)
+    assert text.count("Sentiment:") == len(kept) + 1  # the kept demonstrations and the query
+    assert RiclExampleSelector(plain.selector, k=4, max_tokens=full).select_examples(query) == everything

@@ -83,7 +83,8 @@ def test_health_and_openapi_schema(client):
     schema = client.get("/openapi.json").json()
     assert {"/select", "/examples", "/health"} <= set(schema["paths"])
     request = schema["components"]["schemas"]["SelectRequest"]
-    assert set(request["properties"]) == {"text", "fields", "k", "strategy"}
+    assert set(request["properties"]) == {"text", "fields", "k", "strategy", "max_tokens"}
+    assert "prompt_tokens" in schema["components"]["schemas"]["SelectResponse"]["properties"]
     assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-API-Key"
 
 
@@ -94,10 +95,32 @@ def test_select_matches_the_library(client, service):
         got = client.post("/select", json=body, headers=KEY)
         assert got.status_code == 200, got.text
         expected = [c.to_dict() for c in selector.select("a gorgeous, witty film", 3, strategy)]
-        assert got.json() == {"strategy": strategy or "knn", "k": 3, "examples": expected}
+        assert got.json() == {"strategy": strategy or "knn", "k": 3, "examples": expected, "prompt_tokens": None}
     by_fields = client.post("/select", json={"fields": {"sentence": "a gorgeous, witty film"}, "k": 3}, headers=KEY)
     assert by_fields.json()["examples"] == client.post("/select", json={"text": "a gorgeous, witty film", "k": 3},
                                                        headers=KEY).json()["examples"]
+
+
+@pytest.mark.lm  # the packaged SmolLM2 tokenizer (no weights) counts the budget
+def test_select_within_a_token_budget(client, service):
+    _, selector, _ = service
+    body = {"text": "a gorgeous, witty film", "k": 6}
+    everything = client.post("/select", json=body, headers=KEY).json()
+    budget = selector.prompt_tokens(body["text"], selector.select(body["text"], 6)) - 1
+    got = client.post("/select", json=body | {"max_tokens": budget}, headers=KEY)
+    assert got.status_code == 200, got.text
+    kept = got.json()["examples"]
+    assert 0 < len(kept) < 6 and kept == [e for e in everything["examples"] if e in kept]
+    assert got.json()["prompt_tokens"] <= budget and got.json()["k"] == 6
+    expected = selector.select(body["text"], 6, max_tokens=budget)
+    assert kept == [c.to_dict() for c in expected]
+    assert got.json()["prompt_tokens"] == selector.prompt_tokens(body["text"], expected)
+    too_small = client.post("/select", json=body | {"max_tokens": 5}, headers=KEY)
+    assert too_small.status_code == 422
+    assert too_small.json()["detail"].startswith("max_tokens=5 leaves no room for a demonstration: the prompt without "
+                                                 "demonstrations takes ")
+    zero = client.post("/select", json=body | {"max_tokens": 0}, headers=KEY)
+    assert zero.status_code == 422 and "max_tokens" in zero.json()["detail"]
 
 
 def test_added_examples_are_persisted_and_selected(client, service):
@@ -139,6 +162,9 @@ BAD_REQUESTS = [
     ("/select", {"fields": {"review": "a"}, "k": 2}, KEY, 422),
     ("/select", {"text": "fine", "k": 2, "strategy": "nope"}, KEY, 422),
     ("/select", {"text": "fine", "k": 2, "colour": "red"}, KEY, 422),
+    ("/select", {"text": "fine", "k": 2, "max_tokens": 0}, KEY, 422),
+    ("/select", {"text": "fine", "k": 2, "max_tokens": True}, KEY, 422),
+    ("/select", {"text": "fine", "k": 2, "max_tokens": "many"}, KEY, 422),
     ("/select", {"text": TOO_LONG, "k": 2}, KEY, 413),
     ("/select", {"fields": {"sentence": TOO_LONG}, "k": 2}, KEY, 413),
     ("/select", {"text": "x" * 30_000, "k": 2}, KEY, 413),  # over the body limit

@@ -24,21 +24,27 @@ class RiclExampleSelector(BaseExampleSelector):
 
     Example dicts use the index's text field names (renamed by `variables`: field -> prompt variable) plus
     `label_key` holding the label name (the id as a string when the index has no names), in prompt order.
+    With `max_tokens`, only those of the k that fit max_tokens tokens, most similar first (DemoSelector.select). The
+    count is of retrieval-icl's own rendering of the index's task template with the selector's tokenizer, not of
+    the LangChain `example_prompt`, prefix or suffix: leave headroom when your template is wordier.
     The async variants (`aselect_examples`, `aadd_example`) are LangChain's: the same calls in an executor.
     """
 
     def __init__(self, selector: DemoSelector, k: int = 4, strategy: str | None = None, label_key: str = "label",
-                 variables: Mapping[str, str] | None = None, save_on_add: bool = True) -> None:
+                 variables: Mapping[str, str] | None = None, save_on_add: bool = True,
+                 max_tokens: int | None = None) -> None:
         self.selector, self.k, self.strategy, self.label_key = selector, k, strategy, label_key
-        self.variables, self.save_on_add = dict(variables or {}), save_on_add
+        self.variables, self.save_on_add, self.max_tokens = dict(variables or {}), save_on_add, max_tokens
 
     @classmethod
     def from_index(cls, directory: str | Path, k: int = 4, strategy: str = "knn", label_key: str = "label",
-                   variables: Mapping[str, str] | None = None, save_on_add: bool = True,
-                   **params: Any) -> "RiclExampleSelector":
-        """Open a saved index; `params` configure the strategy (e.g. lambda_mult for mmr)."""
-        selector = DemoSelector.load(directory, strategy=strategy, **params)
-        return cls(selector, k=k, label_key=label_key, variables=variables, save_on_add=save_on_add)
+                   variables: Mapping[str, str] | None = None, save_on_add: bool = True, tokenizer: Any = None,
+                   max_tokens: int | None = None, **params: Any) -> "RiclExampleSelector":
+        """Open a saved index; `params` configure the strategy (e.g. lambda_mult for mmr); `tokenizer` (a model name
+        or a tokenizer object, default retrieval_icl.models.DEFAULT_MODEL) counts `max_tokens`."""
+        selector = DemoSelector.load(directory, strategy=strategy, tokenizer=tokenizer, **params)
+        return cls(selector, k=k, label_key=label_key, variables=variables, save_on_add=save_on_add,
+                   max_tokens=max_tokens)
 
     def _variable(self, field: str) -> str:
         return self.variables.get(field, field)
@@ -52,7 +58,7 @@ class RiclExampleSelector(BaseExampleSelector):
 
     def select_examples(self, input_variables: dict[str, str]) -> list[dict[str, Any]]:
         """The k demonstrations for these prompt inputs, as example dicts in prompt order."""
-        chosen = self.selector.select(self._fields(input_variables), self.k, self.strategy)
+        chosen = self.selector.select(self._fields(input_variables), self.k, self.strategy, max_tokens=self.max_tokens)
         return [{**{self._variable(f): t for f, t in c.fields.items()},
                  self.label_key: c.label_name if c.label_name is not None else str(c.label)} for c in chosen]
 
