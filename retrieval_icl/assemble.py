@@ -32,6 +32,7 @@ class Run:
     records: list[RunRecord] = field(default_factory=list)
     # "<query id>" (layers, heads, demos, 5), "<id>/profile"
     attention: dict[str, np.ndarray] = field(default_factory=dict)
+    selector_fit: dict | None = None  # what the selector fitted on the pool, reported in run_info.json
 
     def __post_init__(self) -> None:
         self.name = self.name or f"{self.label}-seed{self.seed}"
@@ -61,7 +62,7 @@ def assemble_runs(plans: list[RunPlan], answers: list[list[LabelScores]], task: 
 def assemble_run(plan: RunPlan, scored: list[LabelScores], content_free: list[LabelScores] | None, task: str,
                  queries: list[Example], calibrated: bool) -> Run:
     """The run's records (and attention arrays when captured), one per query in query order."""
-    run = Run(plan.label, plan.seed, plan.k, plan.label_format, plan.pool, plan.name)
+    run = Run(plan.label, plan.seed, plan.k, plan.label_format, plan.pool, plan.name, selector_fit=plan.selector_fit)
     log_probs = np.array([s.log_probs for s in scored])  # (queries, labels)
     final = calibrate(log_probs, np.array([s.log_probs for s in content_free])) if content_free else log_probs
     rows = zip(queries, plan.selections, plan.prompts, scored, log_probs, final, plan.demo_labels,

@@ -14,6 +14,7 @@ from rich.table import Table
 from .analysis.cli import analyze_app, report
 from .cli_errors import friendly_errors
 from .errors import RiclError
+from .models import DEFAULT_MODEL
 
 app = typer.Typer(help="Demonstration retrieval for in-context learning.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -96,6 +97,30 @@ def index_info(directory: Path = typer.Argument(..., help="A saved index directo
     for key, value in manifest.model_dump().items():
         table.add_row(key, str(value))
     console.print(table)
+
+
+@index_app.command("fit")
+@friendly_errors
+def index_fit(
+    directory: Path = typer.Argument(..., help="A saved index directory; the fit is saved into its manifest."),
+    selector: str = typer.Option("adaptive", help="A selector that fits state on the pool (adaptive)."),
+    k: int = typer.Option(8, "--k", "-k", help="Print the thresholds for this k (all k up to fit_depth are saved)."),
+    param: Optional[list[str]] = typer.Option(None, "--param", help="A selector parameter as KEY=VALUE, e.g. "
+                                              "tolerance=0.02 (repeatable)."),
+) -> None:
+    """Fit a selector on queries drawn from the index's own pool and save the fit with the index."""
+    from .index import DemoIndex
+    from .selectors import make_selector
+
+    demo_index = DemoIndex.load(directory)
+    fitted = make_selector(selector, **_key_values(param or [])).fit(demo_index)
+    report = fitted.fit_report()
+    if report is None:
+        raise RiclError(f"selector {selector!r} fits nothing worth saving; `ricl index fit` is for adaptive")
+    demo_index.save(directory)
+    accuracy = report["fit_accuracy"].get(str(k), {})
+    console.print(f"{selector}: bandwidth {report['bandwidth']:.3g} on {report['n_fit_queries']} pool queries; "
+                  f"k={k}: thresholds {report['thresholds'].get(str(k))}, {accuracy}; saved to {directory}")
 
 
 def _strategies() -> str:
@@ -262,13 +287,16 @@ def serve(
     max_k: int = typer.Option(64, min=1, help="Largest k a request may ask for."),
     max_text_chars: int = typer.Option(4000, min=1, help="Longest text per field, in characters."),
     max_batch: int = typer.Option(256, min=1, help="Most examples one POST /examples may add."),
+    tokenizer: str = typer.Option(DEFAULT_MODEL, help="Model whose tokenizer counts a request's max_tokens budget "
+                                  "(a packaged name, a hub id or a local folder; loaded on first use)."),
 ) -> None:
     """Serve POST /select, POST /examples and GET /health over HTTP (OpenAPI schema at /openapi.json)."""
     from .service import Limits
     from .service import serve as run_service
 
     limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch)
-    run_service(index, host=host, port=port, strategy=strategy, seed=seed, api_key=api_key, limits=limits)
+    run_service(index, host=host, port=port, strategy=strategy, seed=seed, api_key=api_key, limits=limits,
+                tokenizer=tokenizer)
 
 
 # Analyses of saved results (retrieval_icl/analysis/cli.py): `ricl analyze ...` and `ricl report`.

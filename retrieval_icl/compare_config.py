@@ -28,6 +28,8 @@ class SelectorConfig(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
     encoder: str | None = None  # its own index over the same pool, e.g. an LM kernel "lm:smollm2-135m:layer=15"
+    k: int | None = Field(None, gt=0)  # its own k (adaptive: the most it may show), instead of the config's k sweep
+    max_tokens: int | None = Field(None, gt=0)  # a budget: its most relevant demonstrations that fit N prompt tokens
 
     @property
     def run_label(self) -> str:

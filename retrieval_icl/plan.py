@@ -8,14 +8,16 @@ here; only the scorer's tokenizer and context length are read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 from .compare_config import CompareConfig, Inputs, SelectorConfig
 from .index import DemoIndex
 from .prompts import Prompt, PromptBuilder
-from .scoring import Scorer, ScoreRequest
-from .selectors import Selection, make_selector
+from .scoring import Scorer, ScoreRequest, log_normalise
+from .selectors import MDLSelector, Selection, make_selector
+from .selectors.mdl import LabelProbs
 from .tasks import Example
 
 CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
@@ -38,6 +40,7 @@ class RunPlan:
     demo_labels: list[list[int]] = field(default_factory=list)  # per prompt, each demonstration's label
     encoder_similarities: list[list[float]] = field(default_factory=list)  # per prompt, cosine to each demonstration
     calibration_prompts: list[Prompt] | None = None  # content-free inputs with the same demonstrations
+    selector_fit: dict | None = None  # what the selector fitted on the pool (Selector.fit_report), for run_info.json
 
     @property
     def condition(self) -> tuple[int, str, str]:
@@ -54,38 +57,59 @@ def run_name(config: CompareConfig, label: str, seed: int, k: int, label_format:
     return "-".join(parts + [f"seed{seed}"])
 
 
-def planned_runs(config: CompareConfig) -> list[tuple[SelectorConfig, int]]:
-    """(selector, seed) pairs; a selector the seed cannot change runs once, under the first seed."""
+def planned_runs(config: CompareConfig) -> list[tuple[int, SelectorConfig, int]]:
+    """(k, selector, seed) in run order: each k of the sweep with the selectors in config order; a selector with its
+    own k runs once, in the first k's turn; a selector the seed cannot change runs under the first seed only."""
     plan = []
-    for sel in config.selectors:
-        probe = make_selector(sel.name, **sel.params)
-        seeds = config.seeds if probe.uses_seed else config.seeds[:1]
-        plan.extend((sel, s) for s in seeds)
+    for n, k in enumerate(config.ks):
+        for sel in config.selectors:
+            if sel.k is not None and n > 0:
+                continue
+            probe = make_selector(sel.name, **sel.params)
+            seeds = config.seeds if probe.uses_seed else config.seeds[:1]
+            plan.extend((sel.k or k, sel, s) for s in seeds)
     return plan
 
 
 def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, DemoIndex]],
                  scorer: Scorer) -> list[RunPlan]:
     """Every pool x k x (selector, seed) x label format, in a fixed order; `indexes` holds one {encoder: index} per
-    pool. Each selection is made once and written under every label format."""
+    pool. Each selection is made once and written under every label format; mdl scores its candidates with the
+    scorer here (the only model use in planning)."""
     max_tokens = min(config.max_prompt_tokens or scorer.context_length, scorer.context_length)
     builders = [PromptBuilder(inputs.task, fmt, scorer.tokenizer, max_tokens=max_tokens) for fmt in config.formats]
     continuations = [label_tokens(builder, inputs, scorer) for builder in builders]
     query_vectors = indexes[0][config.encoder].encoder.encode([q.text for q in inputs.queries])  # (Q, d) unit rows
     plans: list[RunPlan] = []
     for pool, by_encoder in zip(inputs.pools, indexes):
-        for k in config.ks:
-            for sel, seed in planned_runs(config):
-                encoder = sel.encoder or config.encoder
-                selector = make_selector(sel.name, **{**sel.params, "seed": seed}).fit(by_encoder[encoder])
-                selections = selector.select(inputs.queries, k)
-                for builder, conts in zip(builders, continuations):
-                    name = run_name(config, sel.run_label, seed, k, builder.label_format, pool.config.name)
-                    plan = RunPlan(sel.run_label, seed, k, builder.label_format, pool.config.name, name, selections,
-                                   conts, f"cosine:{encoder}")
-                    plans.append(fill_prompts(plan, config, inputs, by_encoder[config.encoder], query_vectors,
-                                              builder))
+        for k, sel, seed in planned_runs(config):
+            encoder = sel.encoder or config.encoder
+            selector = make_selector(sel.name, **{**sel.params, "seed": seed}).fit(by_encoder[encoder])
+            if isinstance(selector, MDLSelector):
+                selector.use_lm(lm_label_probs(builders[0], continuations[0], scorer, by_encoder[encoder]))
+            selections = selector.select(inputs.queries, k)
+            for builder, conts in zip(builders, continuations):
+                name = run_name(config, sel.run_label, seed, k, builder.label_format, pool.config.name)
+                plan = RunPlan(sel.run_label, seed, k, builder.label_format, pool.config.name, name, selections,
+                               conts, f"cosine:{encoder}", selector_fit=selector.fit_report())
+                plans.append(fill_prompts(plan, config, inputs, by_encoder[config.encoder], query_vectors, builder,
+                                          sel.max_tokens))
     return plans
+
+
+def lm_label_probs(builder: PromptBuilder, continuations: list[list[int]], scorer: Scorer,
+                   index: DemoIndex) -> LabelProbs:
+    """Label probabilities of prompts rendered as the run renders them, for mdl's candidate selections."""
+    reserve, n_fields = max(len(c) for c in continuations), len(builder.task.text_fields)
+
+    def label_probs(texts: Sequence[str], demo_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        # A query's text is its fields joined by newlines (Example.text); the prompt renders them one by one.
+        prompts = [builder.build([index.example(i) for i in ids], t.split("\n", n_fields - 1), reserve=reserve)
+                   for t, ids in zip(texts, demo_ids)]
+        scored = scorer.score([p.token_ids for p in prompts], continuations)
+        return np.exp(log_normalise(np.array([s.log_probs for s in scored])))
+
+    return label_probs
 
 
 def label_tokens(builder: PromptBuilder, inputs: Inputs, scorer: Scorer) -> list[list[int]]:
@@ -96,23 +120,25 @@ def label_tokens(builder: PromptBuilder, inputs: Inputs, scorer: Scorer) -> list
 
 
 def fill_prompts(plan: RunPlan, config: CompareConfig, inputs: Inputs, index: DemoIndex, query_vectors: np.ndarray,
-                 builder: PromptBuilder) -> RunPlan:
+                 builder: PromptBuilder, budget: int | None = None) -> RunPlan:
     """The plan's prompts (and content-free prompts when calibrating), demo labels and encoder similarities.
 
+    `budget` keeps each query's most relevant demonstrations that fit that many prompt tokens (PromptBuilder.build).
     `index` is the pool under the experiment's sentence encoder and `query_vectors` (Q, d) the queries under it:
     every record's encoder_similarities come from them, whatever kernel the selector used (its own similarities
     stay in demo_scores, named by demo_score_kind).
     """
     reserve = max(len(c) for c in plan.continuations)
-    plan.prompts = [builder.build(demos(index, s), q.texts, s.scores, reserve)
+    plan.prompts = [builder.build(demos(index, s), q.texts, s.scores, reserve, budget=budget)
                     for q, s in zip(inputs.queries, plan.selections)]
     plan.demo_labels = [[index.example(i).label for i in p.demo_ids] for p in plan.prompts]
     plan.encoder_similarities = [[round(float(v), 6) for v in index.embeddings(p.demo_ids) @ e] if p.demo_ids else []
                                  for p, e in zip(plan.prompts, query_vectors)]
     if config.calibrate:
         content_free = [CONTENT_FREE] * len(inputs.task.text_fields)
-        plan.calibration_prompts = [builder.build(demos(index, s), content_free, s.scores, reserve)
-                                    for s in plan.selections]
+        # The demonstrations each prompt kept (a budget or the context may have dropped some), nothing more.
+        plan.calibration_prompts = [builder.build([index.example(i) for i in p.demo_ids], content_free, None, reserve)
+                                    for p in plan.prompts]
     return plan
 
 

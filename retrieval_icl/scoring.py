@@ -91,10 +91,10 @@ def calibrate(log_probs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
         raise RiclError(
             f"calibrate needs log_probs (n, L) and content_free (L,) or (n, L); got {lp.shape} and {cf.shape}."
         )
-    return _log_normalise(_log_normalise(lp) - _log_normalise(cf))
+    return log_normalise(log_normalise(lp) - log_normalise(cf))
 
 
-def _log_normalise(x: np.ndarray) -> np.ndarray:
+def log_normalise(x: np.ndarray) -> np.ndarray:
     """Log-probs renormalised over the last axis (log-sum-exp with the max trick)."""
     top = x.max(axis=-1, keepdims=True)
     return x - (top + np.log(np.exp(x - top).sum(axis=-1, keepdims=True)))
