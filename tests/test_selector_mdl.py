@@ -100,3 +100,32 @@ def test_compare_runs_mdl_with_the_scorer_and_never_picks_a_less_certain_prompt_
                (("mdl", mdl), ("knn", [knn[r["query_id"]] for r in mdl]))}
     assert (entropy["mdl"] <= entropy["knn"] + 1e-12).all()
     assert (entropy["mdl"] < entropy["knn"] - 1e-6).any()  # some query found a more certain prompt than knn's
+
+
+@pytest.mark.lm
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_with_a_real_lm_mdl_keeps_the_least_uncertain_of_its_samples(tmp_path, model, request):
+    """The packaged LM scores each sample alone; mdl's pick (from one batched call) has the least label entropy."""
+    from retrieval_icl.plan import lm_label_probs
+    from retrieval_icl.prompts import PromptBuilder
+    from retrieval_icl.tasks import load_examples, load_task
+
+    runner = request.getfixturevalue(f"{model}_runner")
+    task = load_task("sst2")
+    index = DemoIndex(Encoder(cache_dir=tmp_path)).build(load_examples(task, "train", TINY_DATA)[:16])
+    builder = PromptBuilder(task, "default", runner.tokenizer, max_tokens=runner.context_length)
+    continuations = runner.label_continuations(builder.label_words, task.template.label_prefix)
+    batched = lm_label_probs(builder, continuations, runner, index)
+    seen: list[list[int]] = []
+
+    def recording(texts, demo_ids):
+        seen.extend(list(ids) for ids in demo_ids)
+        return batched(texts, demo_ids)
+
+    query = load_examples(task, "validation", TINY_DATA)[0]
+    selector = MDLSelector(candidates=6, samples=4).fit(index).use_lm(recording)
+    chosen = selector.select([query], 3)[0].demo_ids
+    alone = [label_entropy(batched([query.text], [ids]))[0] for ids in seen]  # each sample scored on its own
+    assert len(seen) == 4 and chosen in seen
+    assert max(alone) - min(alone) > 1e-3  # the samples differ, so picking the least uncertain one is a real choice
+    assert alone[seen.index(chosen)] == pytest.approx(min(alone), abs=1e-4)
