@@ -132,7 +132,8 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     mem = (_meminfo_gb() or float("nan"))
-    versions = {n: _version(n) for n in ("torch", "transformers", "sentence-transformers", "faiss-cpu", "ray")}
+    names = ("torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu", "ray")  # one faiss build
+    versions = {n: _version(n) for n in names}
     return {"cpu": cpu, "cores": str(os.cpu_count()), "torch_threads": str(torch.get_num_threads()),
             "memory_gb": f"{mem:.0f}", "python": platform.python_version(),
             **{k: v for k, v in versions.items() if v}}

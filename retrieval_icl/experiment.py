@@ -37,8 +37,8 @@ __all__ = ["ColumnsConfig", "CompareConfig", "PoolConfig", "SelectorConfig", "lo
 
 
 def package_versions() -> dict[str, str]:
-    names = ["retrieval-icl", "torch", "transformers", "sentence-transformers", "faiss-cpu", "numpy", "scipy",
-             "datasets"]
+    names = ["retrieval-icl", "torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu", "numpy",
+             "scipy", "datasets"]  # one of the two faiss builds is installed (the cpu or gpu extra)
     found = {}
     for name in names:
         try:
@@ -138,6 +138,9 @@ def run_compare(config: CompareConfig, overwrite: bool = False, scorer: Scorer |
         t = time.perf_counter()
         scorer = LMRunner(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype).load()
         timings["model_load"] = time.perf_counter() - t
+    loaded = getattr(scorer, "loaded", None)  # a local LMRunner; Ray workers and stand-ins hold no model here
+    if getattr(loaded, "model", None) is not None:
+        info.setdefault("model", model_info(loaded.model))
     runs = plan_score_assemble(config, inputs, indexes, scorer, timings)
     return finish_compare(output_dir, config, inputs, runs, start, timings, **info)
 
@@ -155,6 +158,12 @@ def plan_score_assemble(config: CompareConfig, inputs: Inputs, indexes: list[dic
     runs = assemble_runs(plans, answers, inputs.task.name, inputs.queries, config.calibrate)
     timings["assemble"] = time.perf_counter() - t
     return runs
+
+
+def model_info(model: Any) -> dict[str, str]:
+    """The device and dtype the model's weights ran in (config.dtype may say 'auto')."""
+    weight = next(model.parameters())
+    return {"device": str(weight.device), "dtype": str(weight.dtype).removeprefix("torch.")}
 
 
 def check_output_dir(config: CompareConfig, overwrite: bool) -> Path:

@@ -9,7 +9,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal, Sequence
 
-import faiss
 import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
@@ -17,6 +16,7 @@ from . import __version__
 from .atomic_dir import atomic_directory, write_text
 from .encoders import Encoder, make_encoder
 from .errors import RiclError
+from .faiss_support import faiss  # the one import of faiss: a missing build gets an install hint
 from .tasks import Example, fingerprint
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")

