@@ -5,8 +5,13 @@ requests from --clients concurrent clients while another client adds --adds exam
 over the run, then checks that every added example is searchable (BM25 on a marker word only it contains) and
 saved on disk. Bounded: it stops by itself after --requests selects or --max-seconds, whichever comes first.
 
-    python benchmarks/service_load.py                      # about a minute on 2 CPU cores
-    python benchmarks/service_load.py --requests 500 --clients 4
+By default (--mode compare) it does that twice in one run, each time on a fresh copy of the index: against a
+server answering each select alone (create_app(batching=False)) and against one batching concurrent selects (what
+`ricl serve` runs), and prints both and their ratio. --rounds 2 runs them A B, then B A.
+
+    python benchmarks/service_load.py                      # a few minutes on 2 CPU cores
+    python benchmarks/service_load.py --requests 40 --clients 4 --adds 8   # a smoke test
+    python benchmarks/service_load.py --mode batching --requests 500 --clients 4
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 
 import httpx
 import numpy as np
@@ -32,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 STRATEGIES = ["knn"] * 6 + ["mmr", "bm25", "balanced", "random"]  # mostly knn, every strategy exercised
 ADD_BATCH = 4
+MODES = {"per-request": False, "batching": True}  # name -> create_app(batching=...)
+SERVE = ("import os, sys\nfrom retrieval_icl.service import serve\n"
+         "serve(sys.argv[1], port=int(sys.argv[2]), api_key=os.environ['RICL_API_KEY'], batching=sys.argv[3] == '1')")
 
 
 @dataclass
@@ -41,6 +50,18 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     added: dict[int, str] = field(default_factory=dict)  # id -> marker word
+
+
+@dataclass
+class Outcome:
+    """One load run against one server."""
+
+    mode: str
+    per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    ok: bool
 
 
 def build_default_index(directory: Path) -> None:
@@ -69,10 +90,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index_dir: Path, port: int, api_key: str) -> subprocess.Popen:
+def start_server(index_dir: Path, port: int, api_key: str, batching: bool) -> subprocess.Popen:
+    """`ricl serve`'s service.serve in its own process, with batching on or off."""
     env = os.environ | {"RICL_API_KEY": api_key}
-    return subprocess.Popen([sys.executable, "-m", "retrieval_icl", "serve", "--index", str(index_dir),
-                             "--port", str(port)], env=env, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-c", SERVE, str(index_dir), str(port), str(int(batching))], env=env,
+                            cwd=ROOT)
 
 
 def wait_for_health(base: str, proc: subprocess.Popen, seconds: float) -> dict:
@@ -134,15 +156,34 @@ def searchable(base: str, headers: dict, added: dict[int, str]) -> int:
     return found
 
 
-def report(tally: Tally, wall: float, args: argparse.Namespace, found: int, on_disk: int, expected: int) -> bool:
-    """Print the figures; True when there were no errors and every added example is found and saved."""
+def report(mode: str, tally: Tally, wall: float, args: argparse.Namespace, found: int, on_disk: int,
+           expected: int) -> Outcome:
+    """Print the figures of one run; ok when there were no errors and every added example is found and saved."""
     ms = np.array(tally.latencies) * 1000
-    print(f"selects: {len(ms)} from {args.clients} clients in {wall:.1f} s ({len(ms) / wall:.0f}/s)")
-    print(f"latency ms: p50 {np.percentile(ms, 50):.1f}  p99 {np.percentile(ms, 99):.1f}  max {ms.max():.1f}")
-    print(f"errors: {len(tally.errors)}" + "".join(f"\n  {e}" for e in tally.errors[:10]))
-    print(f"added: {len(tally.added)} examples; searchable afterwards: {found}/{len(tally.added)}; "
-          f"saved on disk: {on_disk} examples (expected {expected})")
-    return not tally.errors and found == len(tally.added) == args.adds and on_disk == expected
+    outcome = Outcome(mode, len(ms) / wall, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)),
+                      len(tally.errors),
+                      not tally.errors and found == len(tally.added) == args.adds and on_disk == expected)
+    print(f"[{mode}] selects: {len(ms)} from {args.clients} clients in {wall:.1f} s ({outcome.per_second:.0f}/s)")
+    print(f"[{mode}] latency ms: p50 {outcome.p50_ms:.1f}  p99 {outcome.p99_ms:.1f}  max {ms.max():.1f}")
+    print(f"[{mode}] errors: {len(tally.errors)}" + "".join(f"\n  {e}" for e in tally.errors[:10]))
+    print(f"[{mode}] added: {len(tally.added)} examples; searchable afterwards: {found}/{len(tally.added)}; "
+          f"saved on disk: {on_disk} examples (expected {expected})", flush=True)
+    return outcome
+
+
+def summarise(outcomes: list[Outcome]) -> None:
+    """Per mode the median over rounds; with both modes, batching's requests/s and p99 over per-request's."""
+    rows = {}
+    print(f"\n{'mode':<12} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  ok")
+    for mode in MODES:
+        mine = [o for o in outcomes if o.mode == mode]
+        if mine:
+            rows[mode] = [median(getattr(o, f) for o in mine) for f in ("per_second", "p50_ms", "p99_ms")]
+            print(f"{mode:<12} {rows[mode][0]:>7.1f} {rows[mode][1]:>8.1f} {rows[mode][2]:>8.1f} "
+                  f"{sum(o.errors for o in mine):>6}  {all(o.ok for o in mine)}")
+    if len(rows) == len(MODES):
+        (base_rps, _, base_p99), (rps, _, p99) = rows["per-request"], rows["batching"]
+        print(f"batching / per-request: {rps / base_rps:.2f}x the requests/s, p99 {p99 / base_p99:.2f}x")
 
 
 def main() -> int:
@@ -151,23 +192,33 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--adds", type=int, default=100)
-    parser.add_argument("--max-seconds", type=float, default=600)
+    parser.add_argument("--max-seconds", type=float, default=600, help="per server run")
+    parser.add_argument("--mode", choices=["compare", *MODES], default="compare",
+                        help="compare: the same load against a per-request and a batching server, in one run")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per mode; alternating A B, B A")
     args = parser.parse_args()
+    modes = list(MODES) if args.mode == "compare" else [args.mode]
+    outcomes = []
     with tempfile.TemporaryDirectory(prefix="ricl-load-") as tmp:
-        index_dir = Path(tmp) / "index"
-        if args.index:
-            shutil.copytree(args.index, index_dir)
-        else:
-            build_default_index(index_dir)
-        return run(index_dir, args)
+        source = args.index or Path(tmp) / "source"
+        if not args.index:
+            build_default_index(source)
+        for r in range(args.rounds):
+            for mode in modes if r % 2 == 0 else modes[::-1]:
+                index_dir = Path(tmp) / f"{mode}-{r}"  # a fresh copy: every run starts from the same pool
+                shutil.copytree(source, index_dir)
+                outcomes.append(run(index_dir, args, mode))
+    summarise(outcomes)
+    return 0 if all(o.ok for o in outcomes) else 1
 
 
-def run(index_dir: Path, args: argparse.Namespace) -> int:
+def run(index_dir: Path, args: argparse.Namespace, mode: str) -> Outcome:
+    """The load against one server on `index_dir`, then the searchability and on-disk checks."""
     from retrieval_icl.index import DemoIndex
 
     port, api_key = free_port(), secrets.token_hex(16)
     base, headers = f"http://127.0.0.1:{port}", {"X-API-Key": api_key}
-    proc = start_server(index_dir, port, api_key)
+    proc = start_server(index_dir, port, api_key, MODES[mode])
     try:
         initial = wait_for_health(base, proc, seconds=180)["count"]
         tally, ticket, queries = Tally(), itertools.count(), query_texts()
@@ -186,8 +237,7 @@ def run(index_dir: Path, args: argparse.Namespace) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    ok = report(tally, wall, args, found, len(DemoIndex.load(index_dir)), initial + args.adds)
-    return 0 if ok else 1
+    return report(mode, tally, wall, args, found, len(DemoIndex.load(index_dir)), initial + args.adds)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@
 >>> chosen = demos.select("a moving film", k=8, max_tokens=120)  # doctest: +SKIP
 >>> demos.prompt_tokens("a moving film", chosen) <= 120  # doctest: +SKIP
 True
+>>> [len(c) for c in demos.select_many(["a moving film", "a dull plot"], k=2)]  # one encoder call  # doctest: +SKIP
+[2, 2]
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from .encoders import Encoder
 from .errors import RiclError
@@ -106,17 +110,39 @@ class DemoSelector:
         """k demonstrations for one query (text, or a dict of the text fields), in prompt order. With `max_tokens`,
         those of the k that fit max_tokens tokens of the rendered prompt, query included: the most similar first, each
         kept only if the whole prompt with it still fits (PromptBuilder.build); RiclError when not even one fits."""
-        text = self.query_text(query)
+        return self.select_many([query], k, strategy, max_tokens)[0]
+
+    def select_many(self, queries: Sequence[Query], k: int, strategy: str | None = None,
+                    max_tokens: int | None = None, embeddings: np.ndarray | None = None) -> list[list[SelectedExample]]:
+        """`select` for several queries at once: one encoder call and one selector search for all of them, under one
+        hold of the lock; the same selections as one by one (scores within float rounding of a batched encoder pass).
+        `embeddings` (n, d): the queries' rows of `embed`, when one encoder call serves several select_many calls.
+        One bad query fails the whole call."""
+        if isinstance(queries, (str, Mapping)):
+            raise RiclError("select_many expects a list of queries; use select for one query")
+        texts = [self.query_text(q) for q in queries]
         check_budget(max_tokens)
         with self._lock:
-            selection = self._selector(strategy or self.strategy).select([text], k)[0]
-            chosen = [self._selected(i, s) for i, s in zip(selection.demo_ids, selection.scores)]
+            selector = self._selector(strategy or self.strategy)
+            vectors = self.index.encoder.encode(texts) if embeddings is None else embeddings  # (n, d)
+            selections = selector.select_embedded(texts, vectors, k)
+            chosen = [[self._selected(i, s) for i, s in zip(sel.demo_ids, sel.scores)] for sel in selections]
             if max_tokens is None:
                 return chosen
-            prompt = self.prompt_budget.fit(self._demos(chosen), self.query_fields(query),
-                                            [c.score for c in chosen], max_tokens)
-            kept = set(prompt.demo_ids)
-            return [c for c in chosen if c.id in kept]
+            return [self._within_budget(q, c, max_tokens) for q, c in zip(queries, chosen)]
+
+    def embed(self, queries: Sequence[Query]) -> np.ndarray:
+        """(n, d) unit embeddings of the queries' texts (`query_text`), in one encoder call."""
+        texts = [self.query_text(q) for q in queries]
+        with self._lock:  # the encoder's tokenizer is not safe to share between threads; adds use it too
+            return self.index.encoder.encode(texts)
+
+    def _within_budget(self, query: Query, chosen: list[SelectedExample], max_tokens: int) -> list[SelectedExample]:
+        """Those of `chosen` that PromptBudget.fit keeps within max_tokens, in prompt order (the lock is held)."""
+        prompt = self.prompt_budget.fit(self._demos(chosen), self.query_fields(query), [c.score for c in chosen],
+                                        max_tokens)
+        kept = set(prompt.demo_ids)
+        return [c for c in chosen if c.id in kept]
 
     def prompt_tokens(self, query: Query, examples: Sequence[SelectedExample]) -> int:
         """Tokens of the prompt rendered with these examples, in this order, and the query (the sink token included),

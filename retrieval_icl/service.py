@@ -6,6 +6,12 @@ schema of the pydantic models below (GET /openapi.json). Bad input gets a 4xx wi
 limits, 422 for malformed JSON, wrong types, empty text, unknown strategies, k out of range and a max_tokens budget
 below 1 or too small for one demonstration. Malformed JSON is refused before the key is checked; everything else is
 checked after it.
+
+Concurrent selects are batched (`create_app(..., batching=True)`, what `ricl serve` runs): each request thread queues
+its query with a RequestBatcher and waits; one worker thread takes every query queued meanwhile, embeds them all in
+one encoder call and answers those with the same k, strategy and max_tokens with one DemoSelector.select_many (one
+search). A query that fails fails only its own request, with the message it gets alone. Adds still take the
+DemoSelector's lock, so no select sees a half-updated pool.
 """
 
 from __future__ import annotations
@@ -13,21 +19,25 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, AsyncIterator, Literal, NamedTuple
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
-from .demo_selector import DemoSelector
+from .demo_selector import DemoSelector, SelectedExample
 from .errors import RiclError
 from .models import DEFAULT_MODEL
+from .request_batcher import RequestBatcher, grouped
 from .selectors import SELECTORS
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
+MAX_SELECT_BATCH = 64  # queries per batch: bounds one batch's time, so a burst is answered in a few rounds
 
 
 class Limits(BaseModel):
@@ -172,10 +182,52 @@ def _check_size(texts: list[str], limits: Limits) -> None:
         raise HTTPException(413, f"a text has {longest} characters; the limit is {limits.max_text_chars}")
 
 
-def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
-    """The FastAPI app serving one DemoSelector; `api_key` protects the POST endpoints."""
+class SelectItem(NamedTuple):
+    """One select as the batcher queues it; requests with equal (k, strategy, max_tokens) are answered together."""
+
+    query: str | dict[str, str]
+    k: int
+    strategy: str
+    max_tokens: int | None
+
+
+def select_batch(selector: DemoSelector, items: list[SelectItem]) -> list[list[SelectedExample]]:
+    """Selects answered together: one encoder call for every query, one select_many per (k, strategy, max_tokens)."""
+    vectors = selector.embed([item.query for item in items])  # (n, d)
+    results: list[list[SelectedExample]] = [[] for _ in items]
+    for (k, strategy, max_tokens), rows in grouped(items, lambda item: item[1:]).items():
+        chosen = selector.select_many([items[r].query for r in rows], k, strategy, max_tokens, vectors[rows])
+        for row, examples in zip(rows, chosen):
+            results[row] = examples
+    return results
+
+
+def _batching_lifespan(selector: DemoSelector):
+    """Runs a RequestBatcher of selects for as long as the app is up (app.state.batcher)."""
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        with RequestBatcher(partial(select_batch, selector), max_batch=MAX_SELECT_BATCH) as batcher:
+            app.state.batcher = batcher
+            yield
+
+    return lifespan
+
+
+def _batched(http: Request, item: SelectItem) -> list[SelectedExample]:
+    batcher = getattr(http.app.state, "batcher", None)
+    if batcher is None:
+        raise RuntimeError("batching is on but the app's lifespan has not started its batcher; serve the app with "
+                           "uvicorn (or enter `with TestClient(app)`), or create_app(..., batching=False)")
+    return batcher.submit(item).result()
+
+
+def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limits | None = None,
+               batching: bool = True) -> FastAPI:
+    """The FastAPI app serving one DemoSelector; `api_key` protects the POST endpoints. With `batching`, concurrent
+    selects are answered together (see the module docstring); without, each request selects alone."""
     limits = limits or Limits()
-    app = FastAPI(title="retrieval-icl", summary="Demonstration selection for in-context learning.", version="1")
+    app = FastAPI(title="retrieval-icl", summary="Demonstration selection for in-context learning.", version="1",
+                  lifespan=_batching_lifespan(selector) if batching else None)
     guarded = [Depends(_key_check(api_key))]
 
     @app.exception_handler(RiclError)
@@ -195,14 +247,18 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
                       limits=limits)
 
     @app.post("/select", response_model=SelectResponse, dependencies=guarded, responses=ERRORS)
-    def select(request: SelectRequest) -> SelectResponse:
+    def select(request: SelectRequest, http: Request) -> SelectResponse:
         """k demonstrations for one query."""
         _check_size([request.text] if request.text is not None else list(request.fields.values()), limits)
         if request.k > limits.max_k:
             raise HTTPException(422, f"k={request.k} is over this server's limit of {limits.max_k}")
         strategy = request.strategy or selector.strategy
         query = request.text if request.text is not None else request.fields
-        chosen = selector.select(query, request.k, strategy, max_tokens=request.max_tokens)
+        item = SelectItem(query, request.k, strategy, request.max_tokens)
+        if batching:
+            # Checked here too: a malformed query then fails alone, not sending its batch down the one-by-one path.
+            selector.query_text(query)
+        chosen = _batched(http, item) if batching else selector.select(*item)
         tokens = selector.prompt_tokens(query, chosen) if request.max_tokens is not None else None
         return SelectResponse(strategy=strategy, k=request.k, examples=[ExampleOut(**c.to_dict()) for c in chosen],
                               prompt_tokens=tokens)
@@ -240,13 +296,14 @@ def _texts(fields: dict[str, str] | str) -> list[str]:
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, strategy: str = "knn", seed: int = 0,
           api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning",
-          tokenizer: str = DEFAULT_MODEL) -> None:
+          tokenizer: str = DEFAULT_MODEL, batching: bool = True) -> None:
     """Load the index, warm the encoder and serve until interrupted (one process: the pool lives in memory).
-    `tokenizer` (a model name) counts max_tokens budgets; it is loaded on the first request with one."""
+    `tokenizer` (a model name) counts max_tokens budgets; it is loaded on the first request with one. `batching`
+    answers concurrent selects together (create_app)."""
     import uvicorn
 
     selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed, tokenizer=tokenizer).warm_up()
-    app = create_app(selector, api_key=api_key, limits=limits)
+    app = create_app(selector, api_key=api_key, limits=limits, batching=batching)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         log.warning("serving on %s without an API key: anyone who can reach it can add examples", host)
     print(f"serving {len(selector)} examples from {index_dir} on http://{host}:{port} (docs at /docs)", flush=True)

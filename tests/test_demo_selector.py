@@ -1,10 +1,12 @@
 """DemoSelector: load a saved index, select with fields and labels, add examples, save back, share between threads."""
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from counting_encoder import counting_encoder
 
 from retrieval_icl.demo_selector import DemoSelector, SelectedExample
 from retrieval_icl.encoders import Encoder
@@ -29,6 +31,12 @@ def save_task_index(encoder, directory, task_name, split, n, text_fields=True):
                                      text_fields=task.text_fields if text_fields else None)
     index.save(directory)
     return examples
+
+
+@pytest.fixture(scope="module")
+def counting(tmp_path_factory):
+    """(an Encoder, its CountingModel): the encoder's model calls are recorded."""
+    return counting_encoder(tmp_path_factory.mktemp("emb-counting"))
 
 
 @pytest.fixture
@@ -57,6 +65,46 @@ def test_select_returns_fields_labels_and_cosines(sst2_dir, encoder):
         assert c.score == pytest.approx(float(demos.index.embeddings([c.id])[0] @ q), abs=1e-5)
     assert demos.select({"sentence": "a gorgeous, witty film"}, k=4) == chosen
     assert chosen[0].to_dict()["fields"] == chosen[0].fields
+
+
+QUERIES = ["a gorgeous, witty film", {"sentence": "dull and slow"}, "the cast is a joy", "a gorgeous, witty film",
+           "nothing happens for two long hours, and then it ends"]
+ADAPTIVE = {"bandwidth": 0.1, "thresholds": {1: 0.6, 2: 0.55}}  # two of QUERIES get 2 demonstrations, three get 4
+
+
+def assert_same_selections(got, expected):
+    """Equal, scores within float rounding: a batched encoder pass pads, so its embeddings differ in the last bits."""
+    assert [[replace(c, score=0.0) for c in row] for row in got] == [[replace(c, score=0.0) for c in row]
+                                                                    for row in expected]
+    assert np.allclose([c.score for row in got for c in row], [c.score for row in expected for c in row], atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy,params", [("knn", {}), ("mmr", {"lambda_mult": 0.5}), ("random", {}),
+                                             ("bm25", {}), ("adaptive", ADAPTIVE)])
+def test_select_many_is_select_one_by_one_in_one_encoder_call(sst2_dir, counting, strategy, params):
+    encoder, model = counting
+    demos = DemoSelector.load(sst2_dir, encoder=encoder, strategy=strategy, **params).warm_up()
+    model.calls.clear()
+    together = demos.select_many(QUERIES, k=4)
+    assert model.calls == [4]  # the four distinct texts, in one call
+    assert_same_selections(together, [demos.select(q, k=4) for q in QUERIES])
+    assert together[0] == together[3] and all(0 < len(row) <= 4 for row in together)
+    if strategy == "adaptive":
+        assert [len(row) for row in together] == [2, 4, 4, 2, 4]
+
+
+def test_select_many_takes_embeddings_from_embed(sst2_dir, encoder):
+    demos = DemoSelector.load(sst2_dir, encoder=encoder)
+    vectors = demos.embed(QUERIES)
+    assert vectors.shape == (5, 384)
+    assert demos.select_many(QUERIES, 3, "mmr", embeddings=vectors) == demos.select_many(QUERIES, 3, "mmr")
+    with pytest.raises(RiclError, match="got 2 embeddings for 5 query texts"):
+        demos.select_many(QUERIES, 3, embeddings=vectors[:2])
+    assert demos.select_many([], 3) == []
+    with pytest.raises(RiclError, match="select_many expects a list of queries"):
+        demos.select_many("a gorgeous, witty film", 3)
+    with pytest.raises(RiclError, match="query text is empty"):
+        demos.select_many(["fine", "  "], 3)
 
 
 def test_two_field_queries_and_strategies(rte_dir, encoder):
@@ -168,6 +216,15 @@ def test_a_token_budget_keeps_the_most_similar_whole_demonstrations(sst2_dir, en
         demos.select(query, k=6, max_tokens=5)
     with pytest.raises(RiclError, match="max_tokens must be a positive integer, got 0"):
         demos.select(query, k=6, max_tokens=0)
+
+
+@pytest.mark.lm  # the packaged SmolLM2 tokenizer (no weights)
+def test_select_many_within_a_token_budget_is_select_one_by_one(sst2_dir, encoder):
+    demos = DemoSelector.load(sst2_dir, encoder=encoder)
+    budget = demos.prompt_tokens(QUERIES[0], demos.select(QUERIES[0], k=6)) - 1
+    together = demos.select_many(QUERIES, k=6, max_tokens=budget)
+    assert_same_selections(together, [demos.select(q, k=6, max_tokens=budget) for q in QUERIES])
+    assert 0 < len(together[0]) < 6
 
 
 @pytest.mark.lm

@@ -13,9 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from counting_encoder import counting_encoder
 
 from retrieval_icl.demo_selector import DemoSelector
 from retrieval_icl.encoders import Encoder
+from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.service import Limits, create_app
 from retrieval_icl.tasks import load_examples, load_task
@@ -200,6 +202,103 @@ def test_without_a_key_the_endpoints_are_open(service):
 def test_form_body_and_wrong_method_are_refused(client):
     assert client.post("/select", data={"text": "fine"}, headers=KEY).status_code == 422
     assert client.get("/select").status_code == 405
+
+
+def test_the_per_request_path_answers_the_same(client, service):
+    _, selector, _ = service
+    bodies = [{"text": "a gorgeous, witty film", "k": 3}, {"text": "fine", "k": 2, "strategy": "mmr"},
+              {"text": "fine", "k": 35}, {"text": "fine", "k": 2, "strategy": "nope"}, {"text": "  ", "k": 2}]
+    app = create_app(selector, api_key=KEY["X-API-Key"], limits=LIMITS, batching=False)
+    with running(app) as base:
+        assert not hasattr(app.state, "batcher")
+        for body in bodies:
+            alone = httpx.post(f"{base}/select", json=body, headers=KEY, timeout=30)
+            batched = client.post("/select", json=body, headers=KEY)
+            assert (alone.status_code, alone.json()) == (batched.status_code, batched.json())
+
+
+def test_the_batcher_runs_while_the_app_is_up(service):
+    app = create_app(service[1])
+    with running(app) as base:
+        batcher = app.state.batcher
+        assert batcher.running
+        assert httpx.post(f"{base}/select", json={"text": "fine", "k": 2}, timeout=30).status_code == 200
+    assert not batcher.running  # the lifespan closed it when the server shut down
+
+
+@pytest.fixture
+def held_service(tmp_path):
+    """(base URL, app, DemoSelector, CountingModel) for a batching server whose encoder a test can hold."""
+    encoder, model = counting_encoder(tmp_path / "emb")
+    build_index(tmp_path / "index", encoder)
+    selector = DemoSelector.load(tmp_path / "index", encoder=encoder).warm_up()
+    app = create_app(selector, limits=LIMITS)
+    with running(app) as base:
+        yield base, app, selector, model
+
+
+def concurrent_replies(held_service, bodies: list[dict], queued: int) -> list[httpx.Response]:
+    """Replies to `bodies`, sent from one thread each while the encoder is held on an earlier request, released
+    once `queued` of them wait in the batcher: those reach the worker as one batch."""
+    base, app, _, model = held_service
+    replies: dict[int, httpx.Response] = {}
+
+    def post(n: int, body: dict) -> None:
+        replies[n] = httpx.post(f"{base}/select", json=body, timeout=60)
+
+    model.hold()
+    holder = threading.Thread(target=post, args=(-1, {"text": "hold the encoder", "k": 1}))
+    holder.start()
+    assert model.entered.wait(timeout=30)
+    threads = [threading.Thread(target=post, args=(n, body)) for n, body in enumerate(bodies)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: app.state.batcher.queued == queued, f"{queued} requests queued")
+    model.calls.clear()
+    model.gate.set()
+    for t in [holder, *threads]:
+        t.join(timeout=60)
+    assert replies[-1].status_code == 200
+    return [replies[n] for n in range(len(bodies))]
+
+
+GOOD = [{"text": "a gorgeous, witty film", "k": 3}, {"text": "dull and slow", "k": 3, "strategy": "mmr"},
+        {"fields": {"sentence": "the cast is a joy"}, "k": 5}, {"text": "a gorgeous, witty film", "k": 3,
+                                                                 "strategy": "random"},
+        {"text": "nothing happens at all", "k": 2, "strategy": "bm25"}, {"text": "dull and slow", "k": 3},
+        {"text": "a slow, gorgeous film", "k": 3, "strategy": "knn"}]
+
+
+def assert_like_the_library(reply: httpx.Response, body: dict, selector: DemoSelector) -> None:
+    """The reply holds what DemoSelector.select returns for its body (scores within float rounding of batching)."""
+    assert reply.status_code == 200, reply.text
+    query = body.get("text", body.get("fields"))
+    expected = [c.to_dict() for c in selector.select(query, body["k"], body.get("strategy"))]
+    got = reply.json()["examples"]
+    assert [e | {"score": 0} for e in got] == [e | {"score": 0} for e in expected]
+    assert [e["score"] for e in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+    assert reply.json()["strategy"] == body.get("strategy", "knn")
+
+
+def test_concurrent_selects_are_encoded_together_and_answered_like_the_library(held_service):
+    _, _, selector, model = held_service
+    replies = concurrent_replies(held_service, GOOD, queued=len(GOOD))
+    assert model.calls == [5]  # the five distinct query texts of all four strategies, in one encoder call
+    for reply, body in zip(replies, GOOD):
+        assert_like_the_library(reply, body, selector)
+
+
+def test_a_bad_query_among_concurrent_ones_fails_alone_with_its_own_message(held_service):
+    _, _, selector, model = held_service
+    bad = [{"text": "fine", "k": 35}, {"text": "fine", "k": 2, "strategy": "nope"}, {"text": "  ", "k": 2}]
+    replies = concurrent_replies(held_service, GOOD + bad, queued=len(GOOD) + 2)  # the blank text fails before
+    assert model.calls[0] == 6 and max(model.calls[1:]) == 1  # the whole batch, then one by one
+    for reply, body in zip(replies, GOOD):
+        assert_like_the_library(reply, body, selector)
+    for reply, body in zip(replies[len(GOOD):], bad):
+        with pytest.raises(RiclError) as alone:
+            selector.select(body["text"], body["k"], body.get("strategy"))
+        assert (reply.status_code, reply.json()["detail"]) == (422, str(alone.value))
 
 
 def free_port() -> int:
