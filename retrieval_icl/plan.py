@@ -16,8 +16,8 @@ from .compare_config import CompareConfig, Inputs, SelectorConfig
 from .index import DemoIndex
 from .prompts import Prompt, PromptBuilder
 from .scoring import Scorer, ScoreRequest, log_normalise
-from .selectors import MDLSelector, Selection, make_selector
-from .selectors.mdl import LabelProbs
+from .selectors import Selection, make_selector
+from .selectors.base import LabelProbs
 from .tasks import Example
 
 CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
@@ -74,8 +74,8 @@ def planned_runs(config: CompareConfig) -> list[tuple[int, SelectorConfig, int]]
 def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, DemoIndex]],
                  scorer: Scorer) -> list[RunPlan]:
     """Every pool x k x (selector, seed) x label format, in a fixed order; `indexes` holds one {encoder: index} per
-    pool. Each selection is made once and written under every label format; mdl scores its candidates with the
-    scorer here (the only model use in planning)."""
+    pool. Each selection is made once and written under every label format. Selectors that use the LM (mdl scores
+    its candidates, adaptive with fit_on=lm fits its thresholds) get it here: the only model use in planning."""
     max_tokens = min(config.max_prompt_tokens or scorer.context_length, scorer.context_length)
     builders = [PromptBuilder(inputs.task, fmt, scorer.tokenizer, max_tokens=max_tokens) for fmt in config.formats]
     continuations = [label_tokens(builder, inputs, scorer) for builder in builders]
@@ -84,9 +84,11 @@ def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, 
     for pool, by_encoder in zip(inputs.pools, indexes):
         for k, sel, seed in planned_runs(config):
             encoder = sel.encoder or config.encoder
-            selector = make_selector(sel.name, **{**sel.params, "seed": seed}).fit(by_encoder[encoder])
-            if isinstance(selector, MDLSelector):
-                selector.use_lm(lm_label_probs(builders[0], continuations[0], scorer, by_encoder[encoder]))
+            selector = make_selector(sel.name, **{**sel.params, "seed": seed})
+            if selector.uses_lm:  # mdl scores candidates, adaptive(fit_on=lm) fits to the LM's answers
+                selector.use_lm(lm_label_probs(builders[0], continuations[0], scorer, by_encoder[encoder]),
+                                model=config.model)
+            selector.fit(by_encoder[encoder])
             selections = selector.select(inputs.queries, k)
             for builder, conts in zip(builders, continuations):
                 name = run_name(config, sel.run_label, seed, k, builder.label_format, pool.config.name)

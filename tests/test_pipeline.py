@@ -178,3 +178,13 @@ def test_selectors_with_their_own_k_a_token_budget_and_adaptive_state_reported(t
     fits = json.loads((out / "run_info.json").read_text())["selector_fits"]
     assert list(fits) == ["adaptive-k6-k6-seed0"] and fits["adaptive-k6-k6-seed0"]["n_fit_queries"] == 30
     assert set(fits["adaptive-k6-k6-seed0"]["thresholds"]["6"]) == {"1", "2", "4"}
+
+
+def test_adaptive_fitted_to_the_lm_gets_the_runs_scorer(tmp_path, tokenizer):
+    scorer = VoteScorer(tokenizer)
+    selectors = [SelectorConfig(name="adaptive", k=4, params={"fit_on": "lm", "n_fit": 10, "fit_depth": 4})]
+    _, _, out = run_compare(config(tmp_path, selectors=selectors, capture_attention=False), scorer=scorer)
+    fit = json.loads((out / "run_info.json").read_text())["selector_fits"]["adaptive-seed0"]
+    assert fit["fit_on"] == "lm" and fit["settings"]["lm"] == "smollm2-135m" and list(fit["thresholds"]) == ["4"]
+    assert scorer.score_calls[0] == 10 * 3  # the fit: ten pool queries at 1, 2 and 4 demonstrations, one call
+    assert all(1 <= len(r["demo_ids"]) <= 4 for r in read_records(out))

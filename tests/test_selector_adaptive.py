@@ -89,10 +89,11 @@ def test_fit_thresholds_on_a_hand_made_case():
     gold = np.array([1, 0, 0, 1])
     # With m=1 query 3 (confidence .55) becomes wrong; the others keep their answer. No loss allowed: the
     # threshold sits at the least confident query before it, 0.8.
-    assert fit_thresholds(probs, gold, 2, tolerance=0.0) == {"1": pytest.approx(0.8)}
-    assert fit_thresholds(probs, gold, 2, tolerance=0.25) == {"1": pytest.approx(0.55)}  # one loss of four allowed
-    outcome = fit_outcome(probs, gold, 2, {"1": 0.8})
-    assert outcome == {"kernel_accuracy_k": 1.0, "kernel_accuracy_adaptive": 1.0, "mean_count": 1.25}
+    confidence, answers = probs[:, 1].max(axis=1), probs.argmax(axis=2)  # the kernel's answers after 1 and 2
+    assert fit_thresholds(confidence, answers, gold, 2, tolerance=0.0) == {"1": pytest.approx(0.8)}
+    assert fit_thresholds(confidence, answers, gold, 2, tolerance=0.25) == {"1": pytest.approx(0.55)}  # 1 of 4
+    outcome = fit_outcome(confidence, answers, gold, 2, {"1": 0.8})
+    assert outcome == {"accuracy_k": 1.0, "accuracy_adaptive": 1.0, "mean_count": 1.25}
 
 
 def test_thresholds_are_fitted_on_pool_queries_saved_with_the_index_and_reused(two_neighbourhoods, tmp_path):
@@ -120,7 +121,7 @@ def test_the_fitted_bandwidth_is_the_likelihood_maximiser_on_the_grid(tmp_path):
     fitted = AdaptiveSelector(n_fit=100).fit(index).fitted_
     assert 0.01 <= fitted["bandwidth"] <= 10 and fitted["n_fit_queries"] == 100
     # Pure clusters: the kernel vote over the neighbours is nearly always right, so one demonstration suffices often.
-    assert fitted["fit_accuracy"]["8"]["kernel_accuracy_k"] > 0.9
+    assert fitted["fit_accuracy"]["8"]["accuracy_k"] > 0.9
     assert fitted["fit_accuracy"]["8"]["mean_count"] < 8
 
 
@@ -152,7 +153,7 @@ def test_unfitted_and_bad_k_get_clear_errors(two_neighbourhoods):
     selector = AdaptiveSelector(bandwidth=0.1, n_fit=20, fit_depth=8).fit(index)
     with pytest.raises(RiclError, match="k must be a positive integer, got 0"):
         selector.select_embedded(["query"], q_same[None], 0)
-    with pytest.raises(RiclError, match="fitted for k up to 8 .* got k=9"):
+    with pytest.raises(RiclError, match=r"fitted for k in \[1, 2, 3, 4, 5, 6, 7, 8\] .* got k=9"):
         selector.select_embedded(["query"], q_same[None], 9)
 
 
@@ -161,3 +162,66 @@ def test_thresholds_given_as_strings_work_as_from_json(two_neighbourhoods):
     selector = AdaptiveSelector(bandwidth=0.1, thresholds={"1": 0.8, "2": 0.7}).fit(index)
     assert selector.thresholds_for(8) == {1: 0.8, 2: 0.7}
     assert len(selector.select_embedded(["query"], q_same[None], 8)[0].demo_ids) == 1
+
+
+class FewShotLM:
+    """An LM stand-in that answers the majority label of its demonstrations when it has at least `needs` of them,
+    and the other label below that. Records how many demonstrations each prompt had."""
+
+    def __init__(self, index: DemoIndex, needs: int) -> None:
+        self.index, self.needs, self.sizes = index, needs, []
+
+    def __call__(self, texts, demo_ids):
+        rows = []
+        for ids in demo_ids:
+            self.sizes.append(len(ids))
+            majority = int(np.mean([self.index.example(i).label for i in ids]) >= 0.5)
+            answer = majority if len(ids) >= self.needs else 1 - majority
+            rows.append(np.eye(2)[answer])
+        return np.array(rows)
+
+
+@pytest.fixture
+def clusters(tmp_path):
+    """Two tight clusters of 30, one per label, far apart: the kernel is sure everywhere."""
+    rng = np.random.default_rng(5)
+    a, b = unit(rng.normal(size=(2, D)))
+    return index_of(np.vstack([around(a, 30, 0.05, rng), around(b, 30, 0.05, rng)]), [0] * 30 + [1] * 30, tmp_path)
+
+
+def test_fitted_to_the_kernel_one_demonstration_suffices_on_pure_clusters(clusters):
+    selector = AdaptiveSelector(n_fit=40, fit_depth=8).fit(clusters)
+    assert selector.thresholds_for(8)[1] <= 1  # reachable: the kernel's 1-neighbour answers are as good as 8's
+    assert selector.fitted_["fit_accuracy"]["8"]["mean_count"] == 1.0
+
+
+def test_fitted_to_the_lm_it_never_shows_fewer_demonstrations_than_the_lm_needs(clusters):
+    lm = FewShotLM(clusters, needs=4)
+    selector = AdaptiveSelector(n_fit=40, fit_depth=8, fit_on="lm").use_lm(lm, model="few-shot").fit(clusters)
+    thresholds = selector.thresholds_for(8)
+    assert thresholds[1] > 1 and thresholds[2] > 1 and thresholds[4] <= 1  # 1 and 2 lose every query; 4 none
+    assert sorted(set(lm.sizes)) == [1, 2, 4, 8] and len(lm.sizes) == 4 * 40  # each fit query at each level, once
+    report = selector.fit_report()
+    assert report["fit_on"] == "lm" and report["settings"]["lm"] == "few-shot" and list(report["thresholds"]) == ["8"]
+    assert report["fit_accuracy"]["8"] == {"accuracy_k": 1.0, "accuracy_adaptive": 1.0, "mean_count": 4.0}
+    query = clusters.embeddings([0])
+    assert len(selector.select_embedded(["a new query"], query, 8)[0].demo_ids) == 4
+    with pytest.raises(RiclError, match=r"fitted for k in \[8\]"):
+        selector.select_embedded(["a new query"], query, 4)
+
+
+def test_an_lm_fit_is_reused_for_the_same_lm_and_redone_for_another(clusters):
+    first = FewShotLM(clusters, needs=2)
+    AdaptiveSelector(n_fit=20, fit_depth=4, fit_on="lm").use_lm(first, model="a").fit(clusters)
+    again = FewShotLM(clusters, needs=2)
+    AdaptiveSelector(n_fit=20, fit_depth=4, fit_on="lm").use_lm(again, model="a").fit(clusters)
+    other = FewShotLM(clusters, needs=2)
+    AdaptiveSelector(n_fit=20, fit_depth=4, fit_on="lm").use_lm(other, model="b").fit(clusters)
+    assert len(first.sizes) == 60 and again.sizes == [] and len(other.sizes) == 60
+
+
+def test_an_lm_fit_without_the_lm_says_what_to_do(clusters):
+    with pytest.raises(RiclError, match="fit_on='lm' fits its thresholds to the language model's answers"):
+        AdaptiveSelector(fit_on="lm").fit(clusters)
+    with pytest.raises(RiclError, match=r"fit_on must be one of \('kernel', 'lm'\)"):
+        AdaptiveSelector(fit_on="gold")

@@ -31,6 +31,7 @@ from .checks import check_fraction, check_greater, check_order, check_positive_i
 if TYPE_CHECKING:
     from ..index import DemoIndex
 
+FIT_ON = ("kernel", "lm")  # what the thresholds are fitted to: the kernel's answers, or the LM's own
 BANDWIDTHS = np.geomspace(0.01, 10.0, 61)  # the grid the bandwidth is fitted on
 NEVER = 1.0 + 1e-9  # a threshold no confidence reaches
 
@@ -49,8 +50,11 @@ class AdaptiveSelector(Selector):
 
     def __init__(self, bandwidth: float | None = None, prior: float = 1.0,
                  thresholds: Mapping[Any, float] | None = None, tolerance: float = 0.01, n_fit: int = 500,
-                 fit_depth: int = 32, order: str = "nearest_last", seed: int = 0):
+                 fit_depth: int = 32, fit_on: str = "kernel", order: str = "nearest_last", seed: int = 0):
         self.order, self.seed = check_order(order), seed
+        if fit_on not in FIT_ON:
+            raise RiclError(f"fit_on must be one of {FIT_ON}, got {fit_on!r}")
+        self.fit_on = fit_on
         self.bandwidth = None if bandwidth is None else float(check_greater("bandwidth", bandwidth, 0))
         self.prior = float(check_greater("prior", prior, 0))
         self.tolerance = float(check_fraction("tolerance", tolerance))
@@ -59,8 +63,13 @@ class AdaptiveSelector(Selector):
 
     def settings(self) -> dict[str, Any]:
         """The parameters a saved fit depends on."""
+        lm = {"fit_on": "lm", "lm": getattr(self, "lm_name", "")} if self.uses_lm else {}
         return {"bandwidth": self.bandwidth, "prior": self.prior, "tolerance": self.tolerance, "n_fit": self.n_fit,
-                "fit_depth": self.fit_depth, "seed": self.seed}
+                "fit_depth": self.fit_depth, "seed": self.seed, **lm}
+
+    @property
+    def uses_lm(self) -> bool:
+        return self.fit_on == "lm"
 
     def fit(self, index: "DemoIndex") -> "AdaptiveSelector":
         """Fit bandwidth and thresholds on queries drawn from the pool, or reuse the fit saved with the index."""
@@ -81,8 +90,9 @@ class AdaptiveSelector(Selector):
             return {m: t for m, t in self.thresholds.items() if m < k}
         fitted = self.fitted_["thresholds"]
         if str(k) not in fitted:
-            raise RiclError(f"adaptive was fitted for k up to {self.fitted_['depth']} (fit_depth={self.fit_depth}, "
-                            f"pool of {self.fitted_['count']}); got k={k}: use a larger fit_depth or a smaller k")
+            raise RiclError(f"adaptive was fitted for k in {sorted(map(int, fitted))} (fit_depth={self.fit_depth}, "
+                            f"pool of {self.fitted_['count']}, fit_on={self.fit_on!r}); got k={k}: fit with a larger "
+                            "fit_depth (the LM fit is for k = fit_depth) or ask for a smaller k")
         return {int(m): t for m, t in fitted[str(k)].items()}
 
     def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
@@ -118,22 +128,45 @@ def checked_thresholds(thresholds: Mapping[Any, float]) -> dict[int, float]:
 
 
 def fit_adaptive(selector: AdaptiveSelector, index: "DemoIndex") -> dict[str, Any]:
-    """Bandwidth and, for every k up to the fit depth, the thresholds per level, from queries drawn from the pool."""
-    cosines, labels, gold, n_labels = neighbourhoods(selector, index)
+    """Bandwidth and thresholds per level from queries drawn from the pool: for every k up to the fit depth against
+    the kernel's own answers, or (fit_on="lm") for k = the fit depth against the LM's answers with 1, 2, 4, ... k."""
+    ids, cosines, labels, gold, n_labels = neighbourhoods(selector, index)
     depth = cosines.shape[1]
     bandwidth = selector.bandwidth or fit_bandwidth(cosines, labels, gold, n_labels, selector.prior)
     probs = prefix_estimates(cosines, labels, n_labels, bandwidth, selector.prior)  # (n, depth, L)
+    ks = [depth] if selector.uses_lm else range(1, depth + 1)
+    answers = lm_answers(selector, ids, cosines, depth) if selector.uses_lm else probs.argmax(axis=2)  # (n, depth)
     thresholds, accuracy = {}, {}
-    for k in range(1, depth + 1):
-        thresholds[str(k)] = fit_thresholds(probs, gold, k, selector.tolerance)
-        accuracy[str(k)] = fit_outcome(probs, gold, k, thresholds[str(k)])
+    for k in ks:
+        confidence = probs[:, k - 1].max(axis=1)  # the kernel estimate over the k nearest, as `_choose` computes it
+        thresholds[str(k)] = fit_thresholds(confidence, answers, gold, k, selector.tolerance)
+        accuracy[str(k)] = fit_outcome(confidence, answers, gold, k, thresholds[str(k)])
     return {"n_labels": n_labels, "bandwidth": float(bandwidth), "depth": depth, "n_fit_queries": len(gold),
-            "thresholds": thresholds, "fit_accuracy": accuracy}
+            "fit_on": selector.fit_on, "thresholds": thresholds, "fit_accuracy": accuracy}
 
 
-def neighbourhoods(selector: AdaptiveSelector, index: "DemoIndex") -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """For n_fit pool rows drawn with the seed: their nearest others' cosines (n, depth) and labels (n, depth), their
-    own labels (n,) and the number of labels. depth is fit_depth, or less where a row's pool without it is smaller."""
+def lm_answers(selector: AdaptiveSelector, ids: np.ndarray, cosines: np.ndarray, k: int) -> np.ndarray:
+    """The LM's prediction for each fit query with its first m neighbours, at each level m of k (other columns -1):
+    (n, k). One call to the selector's `label_probs` for all of them."""
+    if getattr(selector, "label_probs", None) is None:
+        raise RiclError("adaptive with fit_on='lm' fits its thresholds to the language model's answers: call "
+                        "use_lm(label_probs) before fit (`ricl compare` does)")
+    texts = [selector.index_.example(int(i)).text for i in selector.fit_ids_]
+    asks = [(q, m) for q in range(len(ids)) for m in levels(k)]
+    prompts = [selector.in_prompt_order(texts[q], ([int(i) for i in ids[q, :m]], cosines[q, :m].tolist()))
+               for q, m in asks]
+    predicted = np.asarray(selector.label_probs([texts[q] for q, _ in asks], prompts)).argmax(axis=1)
+    answers = np.full(ids.shape, -1, dtype=np.int64)
+    for (q, m), y in zip(asks, predicted):
+        answers[q, m - 1] = y
+    return answers
+
+
+def neighbourhoods(selector: AdaptiveSelector,
+                   index: "DemoIndex") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """For n_fit pool rows drawn with the seed (their ids kept in selector.fit_ids_): their nearest others' ids,
+    cosines and labels (n, depth) each, their own labels (n,) and the number of labels. depth is fit_depth, or less
+    where a row's pool without it is smaller."""
     pool = selector.pool_
     rows = np.sort(np.random.default_rng(selector.seed).choice(len(pool), min(selector.n_fit, len(pool)), False))
     texts = pool.texts[rows]
@@ -148,7 +181,8 @@ def neighbourhoods(selector: AdaptiveSelector, index: "DemoIndex") -> tuple[np.n
     gold = np.array([label_of[int(i)] for i in pool.ids[rows][full]], dtype=np.int64)
     names = index.manifest.label_names
     n_labels = max(len(names) if names else 0, max(label_of.values()) + 1, 2)
-    return cosines[full].astype(np.float64), labels, gold, n_labels
+    selector.fit_ids_ = pool.ids[rows][full]
+    return found_ids[full], cosines[full].astype(np.float64), labels, gold, n_labels
 
 
 def prefix_estimates(cosines: np.ndarray, labels: np.ndarray, n_labels: int, bandwidth: float,
@@ -167,16 +201,19 @@ def fit_bandwidth(cosines: np.ndarray, labels: np.ndarray, gold: np.ndarray, n_l
     return float(BANDWIDTHS[int(np.argmax(scores))])
 
 
-def fit_thresholds(probs: np.ndarray, gold: np.ndarray, k: int, tolerance: float) -> dict[str, float]:
-    """Per level m < k, the lowest confidence threshold at which answering with m neighbours (kernel argmax) instead of
-    k loses at most an equal share of `tolerance` x n fit queries, net; thresholds made non-increasing in m."""
-    confidence = probs[:, k - 1].max(axis=1)  # (n,) over all k
-    wrong_k = probs[:, k - 1].argmax(axis=1) != gold
+def fit_thresholds(confidence: np.ndarray, answers: np.ndarray, gold: np.ndarray, k: int,
+                   tolerance: float) -> dict[str, float]:
+    """Per level m < k, the lowest confidence threshold at which answering with m neighbours instead of k loses at
+    most an equal share of `tolerance` x n fit queries, net; thresholds made non-increasing in m.
+
+    confidence: (n,) the kernel estimate's over the k nearest; answers: (n, >= k) the answer with the first m
+    neighbours in column m - 1 (the kernel's or the LM's); gold: (n,)."""
+    wrong_k = answers[:, k - 1] != gold
     allowed = tolerance * len(gold) / max(len(levels(k)) - 1, 1)  # the levels share the loss
+    order = np.argsort(-confidence, kind="stable")
     thresholds: dict[int, float] = {}
     for m in levels(k)[:-1]:
-        loss = (probs[:, m - 1].argmax(axis=1) != gold).astype(int) - wrong_k  # (n,) +1 lost, -1 gained
-        order = np.argsort(-confidence, kind="stable")
+        loss = (answers[:, m - 1] != gold).astype(int) - wrong_k  # (n,) +1 lost, -1 gained
         net = np.cumsum(loss[order])  # net loss when the i+1 most confident queries use m
         over = np.flatnonzero(net > allowed)
         last = over[0] - 1 if over.size else len(order) - 1  # the least confident query before the budget breaks
@@ -190,13 +227,12 @@ def fit_thresholds(probs: np.ndarray, gold: np.ndarray, k: int, tolerance: float
     return {str(m): t for m, t in sorted(thresholds.items())}
 
 
-def fit_outcome(probs: np.ndarray, gold: np.ndarray, k: int, thresholds: dict[str, float]) -> dict[str, float]:
-    """On the fit queries: kernel accuracy with all k and with the adaptive count, and the mean count."""
-    confidence = probs[:, k - 1].max(axis=1)
+def fit_outcome(confidence: np.ndarray, answers: np.ndarray, gold: np.ndarray, k: int,
+                thresholds: dict[str, float]) -> dict[str, float]:
+    """On the fit queries: accuracy of the answers with all k and with the adaptive count, and the mean count."""
     chosen = np.full(len(gold), k)
     for m, t in sorted(((int(m), t) for m, t in thresholds.items()), reverse=True):
         chosen[confidence >= t] = m  # smallest passing level wins, as in `_choose`
-    predicted = probs[np.arange(len(gold)), chosen - 1].argmax(axis=1)
-    return {"kernel_accuracy_k": float((probs[:, k - 1].argmax(axis=1) == gold).mean()),
-            "kernel_accuracy_adaptive": float((predicted == gold).mean()), "mean_count": float(chosen.mean())}
-
+    adaptive = answers[np.arange(len(gold)), chosen - 1]
+    return {"accuracy_k": float((answers[:, k - 1] == gold).mean()),
+            "accuracy_adaptive": float((adaptive == gold).mean()), "mean_count": float(chosen.mean())}

@@ -12,7 +12,7 @@ import hashlib
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 Query = Union[str, Example]
 Ranking = tuple[list[int], list[float]]  # demo ids and their cosines to the query, best first
+LabelProbs = Callable[[Sequence[str], Sequence[Sequence[int]]], np.ndarray]  # texts, demo ids -> (n, labels)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,17 @@ class Selector(ABC):
             SELECTORS[cls.name] = cls
 
     @property
+    def uses_lm(self) -> bool:
+        """True when the selector needs the language model (`use_lm`) before it fits or selects."""
+        return False
+
+    def use_lm(self, label_probs: LabelProbs, model: str = "") -> "Selector":
+        """Score prompts with `label_probs(query_texts, demo_ids_in_prompt_order) -> (n, n_labels)` probabilities;
+        `model` names the LM (a fit made with another LM is not reused). Returns self."""
+        self.label_probs, self.lm_name = label_probs, model
+        return self
+
+    @property
     def uses_seed(self) -> bool:
         """False when the seed cannot change the selection."""
         return self.seeded_choice or self.order == "random"
@@ -154,6 +166,12 @@ class Selector(ABC):
         embeddings[i] (n, d).
 
         Called after the checks: the selector is fitted and the pool without each query holds at least k."""
+
+    def in_prompt_order(self, text: str, ranking: Ranking) -> list[int]:
+        """A ranking's demo ids as `select` arranges them for this query, so an LM scores the prompt then shown."""
+        if self.order is None:
+            return ranking[0]
+        return order_selection(*ranking, self.order, text_seed(self.seed, text)).demo_ids
 
     def fit_report(self) -> dict[str, Any] | None:
         """What fit learned from the pool, for run_info.json (None when it learns nothing worth reporting)."""

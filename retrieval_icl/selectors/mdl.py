@@ -12,16 +12,14 @@ label probabilities. `ricl compare` passes one that renders and scores prompts e
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
-
 import numpy as np
 
 from ..errors import RiclError
 from .arrays import nearest
-from .base import Ranking, Selector, order_selection, text_seed
+from .base import LabelProbs, Ranking, Selector, text_seed
 from .checks import check_order, check_positive_int
 
-LabelProbs = Callable[[Sequence[str], Sequence[Sequence[int]]], np.ndarray]  # texts, demo ids -> (n, labels)
+__all__ = ["LabelProbs", "MDLSelector", "label_entropy"]
 
 
 class MDLSelector(Selector):
@@ -36,10 +34,9 @@ class MDLSelector(Selector):
         self.samples = check_positive_int("samples", samples)
         self.label_probs: LabelProbs | None = None
 
-    def use_lm(self, label_probs: LabelProbs) -> "MDLSelector":
-        """Score candidate prompts with `label_probs(query_texts, demo_ids_in_prompt_order) -> (n, n_labels)`."""
-        self.label_probs = label_probs
-        return self
+    @property
+    def uses_lm(self) -> bool:
+        return True
 
     def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
         if self.label_probs is None:
@@ -48,7 +45,7 @@ class MDLSelector(Selector):
         depth = min(max(self.candidates, k), len(self.index_))
         ids, scores = nearest(self.index_, embeddings, depth, [self.pool_.excluded_ids(t) for t in texts])
         drawn = [self._samples(t, i[i >= 0], s[i >= 0], k) for t, i, s in zip(texts, ids, scores)]
-        prompt_ids = [self._in_prompt_order(t, r) for t, rankings in zip(texts, drawn) for r in rankings]
+        prompt_ids = [self.in_prompt_order(t, r) for t, rankings in zip(texts, drawn) for r in rankings]
         probs = np.asarray(self.label_probs([t for t, rs in zip(texts, drawn) for _ in rs], prompt_ids))
         entropy = label_entropy(probs)  # (queries x samples,)
         chosen, start = [], 0
@@ -69,12 +66,6 @@ class MDLSelector(Selector):
                 seen.add(tuple(pick))
                 picks.append(pick)
         return [([int(ids[p]) for p in pick], [float(scores[p]) for p in pick]) for pick in picks]
-
-    def _in_prompt_order(self, text: str, ranking: Ranking) -> list[int]:
-        """The demo ids as `select` will arrange them, so the LM scores the prompt that is then shown."""
-        if self.order is None:
-            return ranking[0]
-        return order_selection(*ranking, self.order, text_seed(self.seed, text)).demo_ids
 
 
 def label_entropy(probs: np.ndarray) -> np.ndarray:
