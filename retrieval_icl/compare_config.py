@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .encoders import DEFAULT_ENCODER
+from .encoders import DEFAULT_ENCODER, LM_PREFIX
 from .errors import RiclError
 from .index import DemoIndex
 from .models import DEFAULT_MODEL
@@ -75,6 +75,7 @@ class CompareConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     model: str = DEFAULT_MODEL
     encoder: str = DEFAULT_ENCODER
+    encoder_backend: Literal["torch", "bfloat16"] = "torch"  # of every index's encoder, so of the queries too
     index_type: Literal["flat", "ivf", "hnsw"] = "flat"
     index_root: str = "indexes"  # each pool's index is saved as <index_root>/<task>-<split>-<pool fingerprint>
     pools: list[PoolConfig] = Field(default_factory=lambda: [PoolConfig()], min_length=1)
@@ -104,6 +105,10 @@ class CompareConfig(BaseModel):
             raise ValueError(f"pool names must be unique, got {names}")
         if self.k_values is not None and (not self.k_values or min(self.k_values) <= 0):
             raise ValueError(f"k_values must be positive integers, got {self.k_values}")
+        lm = [e for e in [self.encoder, *(s.encoder for s in self.selectors)] if e and e.startswith(LM_PREFIX)]
+        if self.encoder_backend != "torch" and lm:
+            raise ValueError(f"encoder_backend {self.encoder_backend!r} is for sentence-transformers encoders, but "
+                             f"{lm[0]!r} is an LM encoder; use encoder_backend: torch with LM encoders")
         return self
 
     @property
@@ -186,9 +191,12 @@ def load_inputs(config: CompareConfig) -> Inputs:
 
 
 def get_index(config: CompareConfig, pool: Pool, task: TaskSpec, encoder_name: str) -> DemoIndex:
-    """The pool's index under `encoder_name`, saved as
-    <index_root>/<task>-<split>-<perturbation>-<fingerprint>[-tag]."""
+    """The pool's index under `encoder_name` and the config's encoder backend, saved as
+    <index_root>/<task>-<split>-<perturbation>-<fingerprint>[-<encoder hash>][-<backend>]: the encoder hash for
+    encoders other than the config's, the backend when not torch, so no backend reuses another's index."""
     tag = "" if encoder_name == config.encoder else "-" + hashlib.sha256(encoder_name.encode()).hexdigest()[:8]
+    tag += "" if config.encoder_backend == "torch" else f"-{config.encoder_backend}"
     name = f"{pool.task_name}-{Path(pool.split).stem}-{pool.config.perturb or 'orig'}-{fingerprint(pool.examples)}"
     directory = Path(config.index_root) / (name + tag)
-    return load_or_build_index(directory, pool.examples, task, encoder_name, config.index_type)
+    return load_or_build_index(directory, pool.examples, task, encoder_name, config.index_type,
+                               config.encoder_backend)

@@ -6,6 +6,7 @@ A sentence-transformers name or path gives a `sentence_encoder.Encoder`; `lm:MOD
 
 from __future__ import annotations
 
+from .errors import RiclError
 from .sentence_encoder import (
     BACKENDS,
     DEFAULT_ENCODER,
@@ -13,19 +14,25 @@ from .sentence_encoder import (
     EmbeddingCache,
     Encoder,
     canonical_name,
+    check_backend,
     default_cache_dir,
 )
 
 __all__ = ["BACKENDS", "DEFAULT_ENCODER", "LM_PREFIX", "EmbeddingCache", "Encoder", "canonical_name",
-           "default_cache_dir", "make_encoder"]
+           "check_backend", "default_cache_dir", "make_encoder"]
 
 
-def make_encoder(name: str, **kwargs) -> Encoder:
+def make_encoder(name: str, backend: str = "torch", **kwargs) -> Encoder:
     """The encoder a name stands for: an LMEncoder for `lm:MODEL[:layer=N][:pooling=P]`, else a sentence-transformers
-    Encoder. Nothing is loaded (torch included) until the first `encode` or `load`."""
+    Encoder running on `backend` (one of BACKENDS). Nothing is loaded (torch included) until the first `encode` or
+    `load`."""
+    check_backend(backend)
     if name.startswith(LM_PREFIX):
+        if backend != "torch":
+            raise RiclError(f"encoder backend {backend!r} is for sentence-transformers encoders, but {name!r} is an "
+                            f"LM encoder; expected backend 'torch' (an LM encoder's precision is its `dtype`)")
         from .lm_encoder import LMEncoder
 
         model, layer, pooling = LMEncoder.parse(name)
         return LMEncoder(model, layer=layer, pooling=pooling, **kwargs)
-    return Encoder(name, **kwargs)
+    return Encoder(name, backend=backend, **kwargs)

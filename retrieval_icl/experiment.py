@@ -223,7 +223,7 @@ def run_compare_distributed(config: CompareConfig, n_workers: int = 2, overwrite
     def warm(inputs: Inputs) -> None:
         texts = [ex.text for pool in inputs.pools for ex in pool.examples] + [q.text for q in inputs.queries]
         for name in compare_encoders(config):
-            warm_embedding_cache(texts, name, n_workers, num_gpus=num_gpus)
+            warm_embedding_cache(texts, name, n_workers, num_gpus=num_gpus, backend=config.encoder_backend)
 
     runner = RayRunner(config.model, config.batch_size, config.device, config.dtype, n_workers, rows_per_call,
                        num_gpus).load()

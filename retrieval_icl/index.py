@@ -27,6 +27,7 @@ class IndexManifest(BaseModel):
     """What a saved index was built from and with: enough to refuse a wrong encoder or a stale pool."""
 
     encoder: str
+    encoder_backend: str = "torch"  # how the pool was embedded (sentence_encoder.BACKENDS); older manifests: torch
     dimension: int = Field(gt=0)
     metric: str = "inner_product"
     index_type: Literal["flat", "ivf", "hnsw"]
@@ -242,8 +243,9 @@ class DemoIndex:
         faiss_index = self._require_built()
         nlist = faiss_index.nlist if self.index_type == "ivf" else self.nlist  # the value used, when defaulted
         params = {"nlist": nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search}
-        return IndexManifest(encoder=self.encoder.name, dimension=faiss_index.d, index_type=self.index_type,
-                             count=len(self), versions=_versions(), params=params, fits=self.fits, **self._meta)
+        return IndexManifest(encoder=self.encoder.name, encoder_backend=self.encoder.backend, dimension=faiss_index.d,
+                             index_type=self.index_type, count=len(self), versions=_versions(), params=params,
+                             fits=self.fits, **self._meta)
 
     def save(self, directory: str | Path) -> Path:
         """Write index.faiss, examples.jsonl and manifest.json atomically: a crash leaves the old index whole."""
@@ -256,7 +258,8 @@ class DemoIndex:
 
     @classmethod
     def load(cls, directory: str | Path, encoder: Encoder | None = None) -> "DemoIndex":
-        """Open a saved index after checking its files agree with each other and with `encoder`."""
+        """Open a saved index after checking its files agree with each other and with `encoder`; without one, the
+        encoder is made from the manifest (name and backend), so queries are embedded the way the pool was."""
         directory = Path(directory)
         if not directory.is_dir():
             raise RiclError(f"{directory}: no index directory there "
@@ -275,8 +278,9 @@ class DemoIndex:
             raise RiclError(f"{directory}: files disagree ({counts}, dimension {faiss_index.d} vs manifest "
                             f"{manifest.dimension}); rebuild the index")
         p = manifest.params
-        index = cls(encoder or make_encoder(manifest.encoder), manifest.index_type, p.get("nlist"), p.get("nprobe", 16),
-                    p.get("hnsw_m", 32), p.get("ef_search", 128))
+        encoder = encoder or make_encoder(manifest.encoder, backend=manifest.encoder_backend)
+        index = cls(encoder, manifest.index_type, p.get("nlist"), p.get("nprobe", 16), p.get("hnsw_m", 32),
+                    p.get("ef_search", 128))
         index._faiss = faiss_index
         index._configure(faiss_index)
         index._ids = np.fromiter((ex.id for ex in examples), dtype=np.int64, count=len(examples))
@@ -313,12 +317,16 @@ def _flat_search(index: faiss.IndexFlat, queries: np.ndarray, k: int) -> tuple[n
 
 
 def _check_encoder(encoder: Encoder, manifest: IndexManifest, where: str) -> None:
-    """Refuse an encoder whose name or (once loaded) dimension differs from the one the index was built with."""
+    """Refuse an encoder whose name, backend or (once loaded) dimension differs from the one the index was built
+    with."""
     dim = encoder.dimension if encoder.loaded else None
     if encoder.name != manifest.encoder or (dim is not None and dim != manifest.dimension):
         shown = f"{encoder.name} (dim {dim})" if dim is not None else encoder.name
         raise RiclError(f"index at {where} was built with encoder {manifest.encoder} (dim {manifest.dimension}); "
                         f"refusing to use it with encoder {shown}")
+    if encoder.backend != manifest.encoder_backend:
+        raise RiclError(f"index at {where} was embedded with encoder backend {manifest.encoder_backend!r}; refusing "
+                        f"to use it with backend {encoder.backend!r} (expected the same backend, or rebuild the index)")
 
 
 def example_line(ex: Example) -> str:

@@ -33,6 +33,13 @@ _SQL_CHUNK = 900
 _LOCK_TIMEOUT = 60.0
 
 
+def check_backend(backend: str) -> str:
+    """The backend name, if it is one of BACKENDS; else a RiclError listing them."""
+    if backend not in BACKENDS:
+        raise RiclError(f"unknown encoder backend {backend!r}; expected one of {list(BACKENDS)}")
+    return backend
+
+
 def default_cache_dir() -> Path:
     """Where embeddings are cached: $RICL_CACHE_DIR/embeddings, else ~/.cache/retrieval_icl/embeddings."""
     root = os.environ.get("RICL_CACHE_DIR")
@@ -132,8 +139,7 @@ class Encoder:
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise RiclError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if backend not in BACKENDS:
-            raise RiclError(f"unknown encoder backend {backend!r}; expected one of {list(BACKENDS)}")
+        check_backend(backend)
         self.model = str(model)
         self.batch_size = batch_size
         self.device = device

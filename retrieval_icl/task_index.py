@@ -21,7 +21,7 @@ def build_task_index(examples: Sequence[Example], task: TaskSpec, encoder: str =
                      show_progress: bool = True, **encoder_kwargs: object) -> DemoIndex:
     """Embed the examples, build their index (manifest: fingerprint, task, label names, text fields) and save it to
     `directory` when given; `ray_workers` embeds on that many Ray workers (the saved index is the same).
-    `encoder_kwargs` go to `make_encoder` here and on the workers (e.g. cache_dir)."""
+    `encoder_kwargs` go to `make_encoder` here and on the workers (e.g. cache_dir, backend)."""
     meta = {"dataset_fingerprint": fingerprint(examples), "task": task.name, "label_names": task.label_names,
             "text_fields": task.text_fields}
     embeddings = None
@@ -37,16 +37,17 @@ def build_task_index(examples: Sequence[Example], task: TaskSpec, encoder: str =
 
 
 def load_or_build_index(directory: Path, examples: Sequence[Example], task: TaskSpec, encoder: str,
-                        index_type: str = "flat") -> DemoIndex:
-    """The index saved at `directory` (checked to hold these examples), else a new one built and saved there."""
+                        index_type: str = "flat", backend: str = "torch") -> DemoIndex:
+    """The index saved at `directory` (checked to hold these examples and this encoder and backend), else a new one
+    built and saved there."""
     if directory.exists():
-        index = DemoIndex.load(directory, encoder=make_encoder(encoder))
+        index = DemoIndex.load(directory, encoder=make_encoder(encoder, backend=backend))
         expected = fingerprint(examples)
         if index.manifest.dataset_fingerprint != expected:
             raise RiclError(f"index at {directory} holds another pool (fingerprint "
                             f"{index.manifest.dataset_fingerprint}, expected {expected}); remove it")
         log.info("loaded index %s (%d examples)", directory, len(index))
         return index
-    index = build_task_index(examples, task, encoder, index_type, directory)
+    index = build_task_index(examples, task, encoder, index_type, directory, backend=backend)
     log.info("built index %s (%d examples)", directory, len(index))
     return index

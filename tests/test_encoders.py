@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_icl.encoders import DEFAULT_ENCODER, EmbeddingCache, Encoder, default_cache_dir
+from retrieval_icl.encoders import DEFAULT_ENCODER, EmbeddingCache, Encoder, default_cache_dir, make_encoder
 from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.tasks import Example
@@ -141,3 +141,35 @@ def test_end_to_end_index_on_reviews(encoder, tmp_path):
     loaded.encoder.cache_dir = encoder.cache_dir
     again, again_ids = loaded.search_texts([examples[17].text], k=5)
     assert again_ids[0].tolist() == ids[0].tolist()
+
+
+def test_make_encoder_passes_the_backend():
+    assert make_encoder("all-MiniLM-L6-v2", backend="bfloat16", use_cache=False).backend == "bfloat16"
+    assert make_encoder("all-MiniLM-L6-v2").backend == "torch"
+    with pytest.raises(RiclError, match="unknown encoder backend 'onnx'; expected one of \\['torch', 'bfloat16'\\]"):
+        make_encoder("all-MiniLM-L6-v2", backend="onnx")
+    with pytest.raises(RiclError, match="'lm:smollm2-135m:layer=3' is an LM encoder; expected backend 'torch'"):
+        make_encoder("lm:smollm2-135m:layer=3", backend="bfloat16")
+
+
+def test_compare_indexes_are_kept_apart_by_backend(tmp_path, monkeypatch):
+    """An index saved under index_root with one backend is never reused by a config asking for another."""
+    from typing import get_args
+
+    from retrieval_icl.compare_config import CompareConfig, get_index, load_pool, resolve_task
+    from retrieval_icl.encoders import BACKENDS
+
+    assert get_args(CompareConfig.model_fields["encoder_backend"].annotation) == BACKENDS
+    monkeypatch.setenv("RICL_CACHE_DIR", str(tmp_path / "cache"))
+    directories = {}
+    for backend in ("torch", "bfloat16", "bfloat16"):
+        config = CompareConfig(task="sst2", data_dir=str(SST2.parents[1]), index_root=str(tmp_path / "indexes"),
+                               encoder_backend=backend)
+        task = resolve_task(config)
+        index = get_index(config, load_pool(config.pools[0], config, task), task, config.encoder)
+        assert index.manifest.encoder_backend == backend and index.encoder.backend == backend
+        directories[backend] = sorted(p.name for p in (tmp_path / "indexes").iterdir())
+    assert len(directories["torch"]) == 1 and len(directories["bfloat16"]) == 2
+    assert not index.encoder.loaded  # the second bfloat16 config loaded the saved index: nothing was embedded
+    new = (set(directories["bfloat16"]) - set(directories["torch"])).pop()
+    assert new == directories["torch"][0] + "-bfloat16"

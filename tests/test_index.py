@@ -247,3 +247,27 @@ def test_manifest_fields():
     assert m.params["nlist"] == 5 and m.params["nprobe"] == 16  # 200 // 39 caps 4*sqrt(200)
     assert set(m.versions) == {"retrieval_icl", "faiss", "numpy", "sentence_transformers"}
     assert m.versions["faiss"] == faiss.__version__ and len(m.dataset_fingerprint) == 16
+
+
+def test_manifest_records_the_encoder_backend_and_load_uses_it(tmp_path):
+    examples, x = pool(5)
+    idx = DemoIndex(Encoder("fake/encoder", use_cache=False, backend="bfloat16")).build(examples, embeddings=x)
+    path = idx.save(tmp_path / "idx")
+    assert json.loads((path / "manifest.json").read_text())["encoder_backend"] == "bfloat16"
+    loaded = DemoIndex.load(path)  # encoder made from the manifest: queries embedded the way the pool was
+    assert loaded.manifest.encoder_backend == "bfloat16" and loaded.encoder.backend == "bfloat16"
+    same = Encoder("fake/encoder", use_cache=False, backend="bfloat16")
+    assert DemoIndex.load(path, encoder=same).encoder is same
+    with pytest.raises(RiclError, match="embedded with encoder backend 'bfloat16'; refusing to use it with backend "
+                                        "'torch'"):
+        DemoIndex.load(path, encoder=Encoder("fake/encoder", use_cache=False))
+
+
+def test_a_manifest_without_a_backend_loads_as_torch(tmp_path):
+    idx, _, _ = built("flat", n=5)
+    path = idx.save(tmp_path / "idx")
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest.pop("encoder_backend") == "torch"
+    (path / "manifest.json").write_text(json.dumps(manifest))  # as written before the field existed
+    loaded = DemoIndex.load(path)
+    assert loaded.manifest.encoder_backend == "torch" and loaded.encoder.backend == "torch"
