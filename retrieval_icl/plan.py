@@ -89,11 +89,11 @@ def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, 
                 selector.use_lm(lm_label_probs(builders[0], continuations[0], scorer, by_encoder[encoder]),
                                 model=config.model)
             selector.fit(by_encoder[encoder])
-            selections = selector.select(inputs.queries, k)
+            selections, fit = selector.select(inputs.queries, k), selector.fit_report()
             for builder, conts in zip(builders, continuations):
                 name = run_name(config, sel.run_label, seed, k, builder.label_format, pool.config.name)
                 plan = RunPlan(sel.run_label, seed, k, builder.label_format, pool.config.name, name, selections,
-                               conts, f"cosine:{encoder}", selector_fit=selector.fit_report())
+                               conts, f"cosine:{encoder}", selector_fit=fit)
                 plans.append(fill_prompts(plan, config, inputs, by_encoder[config.encoder], query_vectors, builder,
                                           sel.max_tokens))
     return plans
