@@ -64,8 +64,9 @@ def index_build(
     labels: Optional[str] = typer.Option(None, help="With --file: label names in id order, comma-separated."),
     encoder: Optional[str] = typer.Option(None, help="sentence-transformers name or path, or an LM kernel like "
                                           "lm:smollm2-135m:layer=15:pooling=mean; default: packaged all-MiniLM-L6-v2."),
-    encoder_backend: str = typer.Option("torch", help="How the sentence encoder runs: torch (float32) or bfloat16 "
-                                        "(faster on CPUs with AMX/AVX512-BF16); recorded in the manifest."),
+    encoder_backend: str = typer.Option("torch", help="How the sentence encoder runs: torch (float32), bfloat16 "
+                                        "(faster on CPUs with AMX/AVX512-BF16) or onnx (float32 on ONNX Runtime); "
+                                        "recorded in the manifest."),
     index_type: str = typer.Option("flat", help="flat (exact), ivf or hnsw."),
     overwrite: bool = typer.Option(False, help="Replace an existing index at --out."),
     ray_workers: Optional[int] = typer.Option(None, min=1,
@@ -293,6 +294,9 @@ def serve(
     max_batch: int = typer.Option(256, min=1, help="Most examples one POST /examples may add."),
     tokenizer: str = typer.Option(DEFAULT_MODEL, help="Model whose tokenizer counts a request's max_tokens budget "
                                   "(a packaged name, a hub id or a local folder; loaded on first use)."),
+    encoder_threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for embedding queries (torch and "
+                                                  "ONNX Runtime); default: torch's. With the onnx backend on 2 "
+                                                  "cores, 1 leaves a core to the HTTP loop (benchmarks/README.md)."),
 ) -> None:
     """Serve POST /select, POST /examples and GET /health over HTTP (OpenAPI schema at /openapi.json)."""
     from .service import Limits
@@ -300,7 +304,7 @@ def serve(
 
     limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch)
     run_service(index, host=host, port=port, strategy=strategy, seed=seed, api_key=api_key, limits=limits,
-                tokenizer=tokenizer)
+                tokenizer=tokenizer, encoder_threads=encoder_threads)
 
 
 # Analyses of saved results (retrieval_icl/analysis/cli.py): `ricl analyze ...` and `ricl report`.

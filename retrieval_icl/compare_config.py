@@ -75,7 +75,7 @@ class CompareConfig(BaseModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     model: str = DEFAULT_MODEL
     encoder: str = DEFAULT_ENCODER
-    encoder_backend: Literal["torch", "bfloat16"] = "torch"  # of every index's encoder, so of the queries too
+    encoder_backend: Literal["torch", "bfloat16", "onnx"] = "torch"  # of every index's encoder, so of the queries too
     index_type: Literal["flat", "ivf", "hnsw"] = "flat"
     index_root: str = "indexes"  # each pool's index is saved as <index_root>/<task>-<split>-<pool fingerprint>
     pools: list[PoolConfig] = Field(default_factory=lambda: [PoolConfig()], min_length=1)

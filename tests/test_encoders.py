@@ -98,8 +98,8 @@ def test_bfloat16_backend_agrees_and_keeps_its_own_cache(encoder, tmp_path):
     cosine = (got * want).sum(1)
     assert cosine.min() >= 0.99 and not np.array_equal(got, want)  # close, and really computed in bfloat16
     assert fast._cache().path != encoder._cache().path
-    with pytest.raises(RiclError, match="unknown encoder backend 'onnx'"):
-        Encoder(backend="onnx")
+    with pytest.raises(RiclError, match="unknown encoder backend 'tflite'"):
+        Encoder(backend="tflite")
 
 
 def _fill_cache(args: tuple[str, int]) -> int:
@@ -146,8 +146,9 @@ def test_end_to_end_index_on_reviews(encoder, tmp_path):
 def test_make_encoder_passes_the_backend():
     assert make_encoder("all-MiniLM-L6-v2", backend="bfloat16", use_cache=False).backend == "bfloat16"
     assert make_encoder("all-MiniLM-L6-v2").backend == "torch"
-    with pytest.raises(RiclError, match="unknown encoder backend 'onnx'; expected one of \\['torch', 'bfloat16'\\]"):
-        make_encoder("all-MiniLM-L6-v2", backend="onnx")
+    with pytest.raises(RiclError, match="unknown encoder backend 'tflite'; expected one of \\['torch', 'bfloat16', "
+                                        "'onnx'\\]"):
+        make_encoder("all-MiniLM-L6-v2", backend="tflite")
     with pytest.raises(RiclError, match="'lm:smollm2-135m:layer=3' is an LM encoder; expected backend 'torch'"):
         make_encoder("lm:smollm2-135m:layer=3", backend="bfloat16")
 
