@@ -1,8 +1,9 @@
 """The forward against the machine's limit: matmul peak (float32, bfloat16) at the model's shapes, the forward's
 achieved FLOP/s and their ratio; then the forward in bfloat16 against float32, with prediction agreement.
 
-1. Peak: torch.matmul at the shapes SmolLM2's forward runs (tokens x hidden by hidden x {q/k/v/o, MLP}), in both
-   dtypes, best of several repeats: the most this machine's BLAS delivers at those sizes.
+1. Peak: F.linear (the op and weight layout of nn.Linear) at the shapes SmolLM2's forward runs (tokens x hidden by
+   hidden x {q/k/v/o, MLP}) and a square 1024 product, in both dtypes, best of --peak-repeats: the most this
+   machine's BLAS delivers at those sizes. The largest float32 figure is the peak the forward is measured against.
 2. Forward: LMRunner.score on real prompts (SST-2 validation queries, k random train demonstrations), FLOPs counted
    by torch's FlopCounterMode, time per prompt and achieved GFLOP/s, as a share of the float32 peak.
 3. bfloat16: the same prompts through LMRunner(dtype="bfloat16"), alternating with float32 in this process: the
@@ -13,6 +14,7 @@ matmuls and bfloat16 is slower. The script prints the flags it found.
 
     python benchmarks/bench_forward.py                      # ~3 min on 2 CPU cores with bfloat16 hardware
     python benchmarks/bench_forward.py --n-queries 8        # where bfloat16 is emulated (tens of times slower)
+    python benchmarks/bench_forward.py --skip-bfloat16 --explore threads compile   # the levers on float32
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from retrieval_icl.tasks import load_examples, load_task, sample_examples
 
 
 def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:
-    """Best-of-repeats GFLOP/s of an (m, k) @ (k, n) product in `dtype`."""
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
-    torch.matmul(a, b)  # warm up the kernel choice
+    """Best-of-repeats GFLOP/s of F.linear((m, k), weight (n, k)) in `dtype`: the op and weight layout of the model's
+    nn.Linear layers."""
+    x, weight = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+    for _ in range(3):  # warm up the kernel choice and the caches
+        torch.nn.functional.linear(x, weight)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        torch.matmul(a, b)
+        torch.nn.functional.linear(x, weight)
         best = min(best, time.perf_counter() - start)
     return 2 * m * k * n / best / 1e9
 
@@ -49,7 +53,8 @@ def peak_rows(config, tokens: int, repeats: int) -> list[dict]:
               "square 1024": (1024, 1024, 1024)}
     rows = []
     for name, (m, k, n) in shapes.items():
-        f32, bf16 = (matmul_gflops(m, k, n, dt, repeats) for dt in (torch.float32, torch.bfloat16))
+        f32 = matmul_gflops(m, k, n, torch.float32, repeats)
+        bf16 = matmul_gflops(m, k, n, torch.bfloat16, repeats if cpu_bfloat16_flags() else 2)  # emulated: slow
         rows.append({"shape": f"{name} ({m}x{k} @ {k}x{n})", "float32 GFLOP/s": round(f32, 1),
                      "bfloat16 GFLOP/s": round(bf16, 1), "bf16 / fp32": round(bf16 / f32, 2)})
     return rows
@@ -102,6 +107,41 @@ def compare_dtypes(task: str, runners: dict[str, LMRunner], args: argparse.Names
             "speed_bf16": timings["float32"].median / timings["bfloat16"].median}
 
 
+def explore(runner: LMRunner, args: argparse.Namespace) -> None:
+    """Levers on the float32 forward, each against the plain runner in this process on SST-2's prompts: one intra-op
+    thread instead of all, and torch.compile (inductor; its compile time reported apart)."""
+    import dataclasses
+
+    prompts, _, conts = prompts_for("sst2", runner, args.n_queries, args.k, args.seed)
+    chunks = [prompts[s : s + args.batch_size] for s in range(0, len(prompts), args.batch_size)]
+    threads = torch.get_num_threads()
+
+    def one_thread(c: int) -> np.ndarray:
+        torch.set_num_threads(1)
+        try:
+            return log_probs(runner, chunks[c], conts)
+        finally:
+            torch.set_num_threads(threads)
+
+    contenders = {f"float32, {threads} threads": lambda c: log_probs(runner, chunks[c], conts)}
+    if "threads" in args.explore:
+        contenders["float32, 1 thread"] = one_thread
+    if "compile" in args.explore:
+        model = torch.compile(runner.loaded.model, dynamic=True)
+        compiled = LMRunner(runner.model, batch_size=args.batch_size, device="cpu", dtype="float32",
+                            loaded=dataclasses.replace(runner.loaded, model=model))
+        start = time.perf_counter()
+        log_probs(compiled, chunks[0], conts)
+        print(f"\ntorch.compile: first call (compilation) {time.perf_counter() - start:.1f} s")
+        contenders["float32, torch.compile"] = lambda c: log_probs(compiled, chunks[c], conts)
+    timings, results = interleave(contenders, len(chunks), args.repeats)
+    print(f"\n## levers on the float32 forward: sst2, {len(prompts)} prompts\n")
+    print_table(timing_rows(timings, next(iter(contenders)), per=len(prompts), unit="prompt"))
+    base = np.concatenate(next(iter(results.values())))
+    for name, r in results.items():
+        print(f"- {name}: max |log-prob diff| {np.abs(np.concatenate(r) - base).max():.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-queries", type=int, default=32)
@@ -110,20 +150,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--tasks", nargs="+", default=["sst2", "agnews"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-repeats", type=int, default=30, help="repeats per matmul shape (best kept)")
+    parser.add_argument("--explore", nargs="*", default=[], choices=["threads", "compile"],
+                        help="also time these levers on the float32 forward (compile: a few minutes on 2 cores)")
+    parser.add_argument("--skip-bfloat16", action="store_true", help="only the peak and the levers")
     args = parser.parse_args()
     print_machine()
     print(f"torch threads {torch.get_num_threads()}; CPU bfloat16 flags: {cpu_bfloat16_flags() or 'none'}")
-    runners = {dt: LMRunner("smollm2-135m", batch_size=args.batch_size, device="cpu", dtype=dt).load()
-               for dt in ("float32", "bfloat16")}
+    dtypes = ("float32",) if args.skip_bfloat16 else ("float32", "bfloat16")
+    runners = {dt: LMRunner("smollm2-135m", batch_size=args.batch_size, device="cpu", dtype=dt).load() for dt in dtypes}
     tokens = args.batch_size * 200  # a batch of main-job prompts
-    print(f"\n## matmul peak at SmolLM2's shapes ({tokens} tokens), best of 5\n")
-    peaks = peak_rows(runners["float32"].loaded.model.config, tokens, repeats=5)
+    print(f"\n## matmul peak at SmolLM2's shapes ({tokens} tokens), best of {args.peak_repeats}\n")
+    peaks = peak_rows(runners["float32"].loaded.model.config, tokens, repeats=args.peak_repeats)
     print_table(peaks)
-    peak = max(r["float32 GFLOP/s"] for r in peaks[:3])
-    for task in args.tasks:
+    peak = max(r["float32 GFLOP/s"] for r in peaks)  # the most this BLAS gave at any of these sizes
+    if args.explore:
+        explore(runners["float32"], args)
+    for task in [] if args.skip_bfloat16 else args.tasks:
         found = compare_dtypes(task, runners, args)
         print(f"limit ratio ({task}): the float32 forward reaches {found['achieved_gflops'] / peak:.2f} of the "
-              f"float32 matmul peak at its shapes ({peak:.1f} GFLOP/s); bfloat16 runs {found['speed_bf16']:.2f}x "
+              f"float32 matmul peak ({peak:.1f} GFLOP/s); bfloat16 runs {found['speed_bf16']:.2f}x "
               f"float32's speed with {found['agreement']:.1%} identical predictions")
 
 

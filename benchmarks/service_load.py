@@ -5,9 +5,13 @@ requests from --clients concurrent clients while another client adds --adds exam
 over the run, then checks that every added example is searchable (BM25 on a marker word only it contains) and
 saved on disk. Bounded: it stops by itself after --requests selects or --max-seconds, whichever comes first.
 
-By default (--mode compare) it does that twice in one run, each time on a fresh copy of the index: against a
-server answering each select alone (create_app(batching=False)) and against one batching concurrent selects (what
-`ricl serve` runs), and prints both and their ratio. --rounds 2 runs them A B, then B A.
+By default (--mode compare) it does that four times in one run, each time on a fresh copy of the index: against
+a server answering each select alone (create_app(batching=False)), against one batching concurrent selects (what
+`ricl serve` runs), both on an index embedded with the default torch encoder, and against the batching server on
+the same examples embedded with the onnx encoder backend (float32 on ONNX Runtime; the backend is the index's:
+queries are embedded the way the pool was), once with the encoder on the default threads and once on one thread
+(`ricl serve --encoder-threads 1`). It prints each and their ratios to the per-request server.
+--rounds 2 runs A B C D, then D C B A.
 
     python benchmarks/service_load.py                      # a few minutes on 2 CPU cores
     python benchmarks/service_load.py --requests 40 --clients 4 --adds 8   # a smoke test
@@ -33,14 +37,16 @@ from statistics import median
 
 import httpx
 import numpy as np
+from common import DATA, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 STRATEGIES = ["knn"] * 6 + ["mmr", "bm25", "balanced", "random"]  # mostly knn, every strategy exercised
 ADD_BATCH = 4
-MODES = {"per-request": False, "batching": True}  # name -> create_app(batching=...)
+# name -> (create_app(batching=...), the index's encoder backend, serve(encoder_threads=...))
+MODES = {"per-request": (False, "torch", None), "batching": (True, "torch", None),
+         "batching-onnx": (True, "onnx", None), "batching-onnx-1-thread": (True, "onnx", 1)}
 SERVE = ("import os, sys\nfrom retrieval_icl.service import serve\n"
-         "serve(sys.argv[1], port=int(sys.argv[2]), api_key=os.environ['RICL_API_KEY'], batching=sys.argv[3] == '1')")
+         "serve(sys.argv[1], port=int(sys.argv[2]), api_key=os.environ['RICL_API_KEY'], batching=sys.argv[3] == '1',"
+         " encoder_threads=int(sys.argv[4]) or None)")
 
 
 @dataclass
@@ -64,16 +70,17 @@ class Outcome:
     ok: bool
 
 
-def build_default_index(directory: Path) -> None:
-    """SST-2 validation (872 examples) with the packaged encoder; embeddings cached after the first run."""
+def build_default_index(directory: Path, backend: str) -> None:
+    """SST-2 validation (872 examples) with the packaged encoder on `backend`; embeddings cached after the first
+    run."""
     from retrieval_icl.encoders import Encoder
     from retrieval_icl.index import DemoIndex
     from retrieval_icl.tasks import load_examples, load_task
 
     task = load_task("sst2")
     examples = load_examples(task, "validation", DATA)
-    DemoIndex(Encoder()).build(examples, task=task.name, label_names=task.label_names,
-                               text_fields=task.text_fields, show_progress=True).save(directory)
+    DemoIndex(Encoder(backend=backend)).build(examples, task=task.name, label_names=task.label_names,
+                                              text_fields=task.text_fields, show_progress=True).save(directory)
 
 
 def query_texts() -> list[str]:
@@ -90,11 +97,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index_dir: Path, port: int, api_key: str, batching: bool) -> subprocess.Popen:
-    """`ricl serve`'s service.serve in its own process, with batching on or off."""
+def start_server(index_dir: Path, port: int, api_key: str, batching: bool, threads: int | None) -> subprocess.Popen:
+    """`ricl serve`'s service.serve in its own process, with batching on or off and its encoder threads."""
     env = os.environ | {"RICL_API_KEY": api_key}
-    return subprocess.Popen([sys.executable, "-c", SERVE, str(index_dir), str(port), str(int(batching))], env=env,
-                            cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-c", SERVE, str(index_dir), str(port), str(int(batching)),
+                             str(threads or 0)], env=env, cwd=ROOT)
 
 
 def wait_for_health(base: str, proc: subprocess.Popen, seconds: float) -> dict:
@@ -181,9 +188,11 @@ def summarise(outcomes: list[Outcome]) -> None:
             rows[mode] = [median(getattr(o, f) for o in mine) for f in ("per_second", "p50_ms", "p99_ms")]
             print(f"{mode:<12} {rows[mode][0]:>7.1f} {rows[mode][1]:>8.1f} {rows[mode][2]:>8.1f} "
                   f"{sum(o.errors for o in mine):>6}  {all(o.ok for o in mine)}")
-    if len(rows) == len(MODES):
-        (base_rps, _, base_p99), (rps, _, p99) = rows["per-request"], rows["batching"]
-        print(f"batching / per-request: {rps / base_rps:.2f}x the requests/s, p99 {p99 / base_p99:.2f}x")
+    if "per-request" in rows:
+        base_rps, _, base_p99 = rows["per-request"]
+        for mode, (rps, _, p99) in rows.items():
+            if mode != "per-request":
+                print(f"{mode} / per-request: {rps / base_rps:.2f}x the requests/s, p99 {p99 / base_p99:.2f}x")
 
 
 def main() -> int:
@@ -198,15 +207,20 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="runs per mode; alternating A B, B A")
     args = parser.parse_args()
     modes = list(MODES) if args.mode == "compare" else [args.mode]
+    if args.index:  # a given index has its own backend: only the modes that do not choose one
+        modes = [m for m in modes if MODES[m][1] == "torch"] or parser.error("--index serves its own backend; "
+                                                                              "use a torch mode")
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="ricl-load-") as tmp:
-        source = args.index or Path(tmp) / "source"
-        if not args.index:
-            build_default_index(source)
+        sources = {}
+        for backend in dict.fromkeys(MODES[m][1] for m in modes):
+            sources[backend] = args.index or Path(tmp) / f"source-{backend}"
+            if not args.index:
+                build_default_index(sources[backend], backend)
         for r in range(args.rounds):
             for mode in modes if r % 2 == 0 else modes[::-1]:
                 index_dir = Path(tmp) / f"{mode}-{r}"  # a fresh copy: every run starts from the same pool
-                shutil.copytree(source, index_dir)
+                shutil.copytree(sources[MODES[mode][1]], index_dir)
                 outcomes.append(run(index_dir, args, mode))
     summarise(outcomes)
     return 0 if all(o.ok for o in outcomes) else 1
@@ -218,7 +232,7 @@ def run(index_dir: Path, args: argparse.Namespace, mode: str) -> Outcome:
 
     port, api_key = free_port(), secrets.token_hex(16)
     base, headers = f"http://127.0.0.1:{port}", {"X-API-Key": api_key}
-    proc = start_server(index_dir, port, api_key, MODES[mode])
+    proc = start_server(index_dir, port, api_key, MODES[mode][0], MODES[mode][2])
     try:
         initial = wait_for_health(base, proc, seconds=180)["count"]
         tally, ticket, queries = Tally(), itertools.count(), query_texts()
