@@ -5,13 +5,12 @@ requests from --clients concurrent clients while another client adds --adds exam
 over the run, then checks that every added example is searchable (BM25 on a marker word only it contains) and
 saved on disk. Bounded: it stops by itself after --requests selects or --max-seconds, whichever comes first.
 
-By default (--mode compare) it does that four times in one run, each time on a fresh copy of the index: against
+By default (--mode compare) it does that three times in one run, each time on a fresh copy of the index: against
 a server answering each select alone (create_app(batching=False)), against one batching concurrent selects (what
 `ricl serve` runs), both on an index embedded with the default torch encoder, and against the batching server on
 the same examples embedded with the onnx encoder backend (float32 on ONNX Runtime; the backend is the index's:
-queries are embedded the way the pool was), once with the encoder on the default threads and once on one thread
-(`ricl serve --encoder-threads 1`). It prints each and their ratios to the per-request server.
---rounds 2 runs A B C D, then D C B A.
+queries are embedded the way the pool was). It prints each and their ratios to the per-request server.
+--rounds 2 runs A B C, then C B A.
 
     python benchmarks/service_load.py                      # a few minutes on 2 CPU cores
     python benchmarks/service_load.py --requests 40 --clients 4 --adds 8   # a smoke test
@@ -41,12 +40,10 @@ from common import DATA, ROOT
 
 STRATEGIES = ["knn"] * 6 + ["mmr", "bm25", "balanced", "random"]  # mostly knn, every strategy exercised
 ADD_BATCH = 4
-# name -> (create_app(batching=...), the index's encoder backend, serve(encoder_threads=...))
-MODES = {"per-request": (False, "torch", None), "batching": (True, "torch", None),
-         "batching-onnx": (True, "onnx", None), "batching-onnx-1-thread": (True, "onnx", 1)}
+MODES = {"per-request": (False, "torch"), "batching": (True, "torch"),  # name -> (create_app(batching=...),
+         "batching-onnx": (True, "onnx")}                         #          the index's encoder backend)
 SERVE = ("import os, sys\nfrom retrieval_icl.service import serve\n"
-         "serve(sys.argv[1], port=int(sys.argv[2]), api_key=os.environ['RICL_API_KEY'], batching=sys.argv[3] == '1',"
-         " encoder_threads=int(sys.argv[4]) or None)")
+         "serve(sys.argv[1], port=int(sys.argv[2]), api_key=os.environ['RICL_API_KEY'], batching=sys.argv[3] == '1')")
 
 
 @dataclass
@@ -97,11 +94,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(index_dir: Path, port: int, api_key: str, batching: bool, threads: int | None) -> subprocess.Popen:
-    """`ricl serve`'s service.serve in its own process, with batching on or off and its encoder threads."""
+def start_server(index_dir: Path, port: int, api_key: str, batching: bool) -> subprocess.Popen:
+    """`ricl serve`'s service.serve in its own process, with batching on or off."""
     env = os.environ | {"RICL_API_KEY": api_key}
-    return subprocess.Popen([sys.executable, "-c", SERVE, str(index_dir), str(port), str(int(batching)),
-                             str(threads or 0)], env=env, cwd=ROOT)
+    return subprocess.Popen([sys.executable, "-c", SERVE, str(index_dir), str(port), str(int(batching))], env=env,
+                            cwd=ROOT)
 
 
 def wait_for_health(base: str, proc: subprocess.Popen, seconds: float) -> dict:
@@ -232,7 +229,7 @@ def run(index_dir: Path, args: argparse.Namespace, mode: str) -> Outcome:
 
     port, api_key = free_port(), secrets.token_hex(16)
     base, headers = f"http://127.0.0.1:{port}", {"X-API-Key": api_key}
-    proc = start_server(index_dir, port, api_key, MODES[mode][0], MODES[mode][2])
+    proc = start_server(index_dir, port, api_key, MODES[mode][0])
     try:
         initial = wait_for_health(base, proc, seconds=180)["count"]
         tally, ticket, queries = Tally(), itertools.count(), query_texts()

@@ -294,9 +294,6 @@ def serve(
     max_batch: int = typer.Option(256, min=1, help="Most examples one POST /examples may add."),
     tokenizer: str = typer.Option(DEFAULT_MODEL, help="Model whose tokenizer counts a request's max_tokens budget "
                                   "(a packaged name, a hub id or a local folder; loaded on first use)."),
-    encoder_threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for embedding queries (torch and "
-                                                  "ONNX Runtime); default: torch's. With the onnx backend on 2 "
-                                                  "cores, 1 leaves a core to the HTTP loop (benchmarks/README.md)."),
 ) -> None:
     """Serve POST /select, POST /examples and GET /health over HTTP (OpenAPI schema at /openapi.json)."""
     from .service import Limits
@@ -304,7 +301,7 @@ def serve(
 
     limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch)
     run_service(index, host=host, port=port, strategy=strategy, seed=seed, api_key=api_key, limits=limits,
-                tokenizer=tokenizer, encoder_threads=encoder_threads)
+                tokenizer=tokenizer)
 
 
 # Analyses of saved results (retrieval_icl/analysis/cli.py): `ricl analyze ...` and `ricl report`.

@@ -296,17 +296,17 @@ def _texts(fields: dict[str, str] | str) -> list[str]:
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, strategy: str = "knn", seed: int = 0,
           api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning",
-          tokenizer: str = DEFAULT_MODEL, batching: bool = True, encoder_threads: int | None = None) -> None:
+          tokenizer: str = DEFAULT_MODEL, batching: bool = True) -> None:
     """Load the index, warm the encoder and serve until interrupted (one process: the pool lives in memory).
     `tokenizer` (a model name) counts max_tokens budgets; it is loaded on the first request with one. `batching`
-    answers concurrent selects together (create_app). `encoder_threads`: torch's thread count, which the onnx
-    encoder backend follows too (default: unchanged)."""
+    answers concurrent selects together (create_app); then numpy's BLAS runs on one thread: a batch's search
+    products are small, and idle BLAS threads spin on the cores the encoder needs (benchmarks/service_load.py: 47 ->
+    64 requests/s with the onnx backend on 2 cores)."""
     import uvicorn
+    from threadpoolctl import threadpool_limits
 
-    if encoder_threads is not None:
-        import torch
-
-        torch.set_num_threads(encoder_threads)
+    if batching:
+        threadpool_limits(1, user_api="blas")
     selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed, tokenizer=tokenizer).warm_up()
     app = create_app(selector, api_key=api_key, limits=limits, batching=batching)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
