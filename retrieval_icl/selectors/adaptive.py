@@ -18,6 +18,7 @@ the index (`DemoIndex.save`, `ricl index fit`); a later fit with the same settin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
@@ -63,7 +64,7 @@ class AdaptiveSelector(Selector):
 
     def settings(self) -> dict[str, Any]:
         """The parameters a saved fit depends on."""
-        lm = {"fit_on": "lm", "lm": getattr(self, "lm_name", "")} if self.uses_lm else {}
+        lm = {"fit_on": "lm", "lm": self.lm_name} if self.uses_lm else {}
         return {"bandwidth": self.bandwidth, "prior": self.prior, "tolerance": self.tolerance, "n_fit": self.n_fit,
                 "fit_depth": self.fit_depth, "seed": self.seed, **lm}
 
@@ -130,12 +131,12 @@ def checked_thresholds(thresholds: Mapping[Any, float]) -> dict[int, float]:
 def fit_adaptive(selector: AdaptiveSelector, index: "DemoIndex") -> dict[str, Any]:
     """Bandwidth and thresholds per level from queries drawn from the pool: for every k up to the fit depth against
     the kernel's own answers, or (fit_on="lm") for k = the fit depth against the LM's answers with 1, 2, 4, ... k."""
-    ids, cosines, labels, gold, n_labels = neighbourhoods(selector, index)
-    depth = cosines.shape[1]
-    bandwidth = selector.bandwidth or fit_bandwidth(cosines, labels, gold, n_labels, selector.prior)
-    probs = prefix_estimates(cosines, labels, n_labels, bandwidth, selector.prior)  # (n, depth, L)
+    near = neighbourhoods(selector, index)
+    gold, n_labels, depth = near.gold, near.n_labels, near.cosines.shape[1]
+    bandwidth = selector.bandwidth or fit_bandwidth(near.cosines, near.labels, gold, n_labels, selector.prior)
+    probs = prefix_estimates(near.cosines, near.labels, n_labels, bandwidth, selector.prior)  # (n, depth, L)
     ks = [depth] if selector.uses_lm else range(1, depth + 1)
-    answers = lm_answers(selector, ids, cosines, depth) if selector.uses_lm else probs.argmax(axis=2)  # (n, depth)
+    answers = lm_answers(selector, near, depth) if selector.uses_lm else probs.argmax(axis=2)  # (n, depth)
     thresholds, accuracy = {}, {}
     for k in ks:
         confidence = probs[:, k - 1].max(axis=1)  # the kernel estimate over the k nearest, as `_choose` computes it
@@ -145,13 +146,13 @@ def fit_adaptive(selector: AdaptiveSelector, index: "DemoIndex") -> dict[str, An
             "fit_on": selector.fit_on, "thresholds": thresholds, "fit_accuracy": accuracy}
 
 
-def lm_answers(selector: AdaptiveSelector, ids: np.ndarray, cosines: np.ndarray, k: int) -> np.ndarray:
+def lm_answers(selector: AdaptiveSelector, near: "Neighbourhoods", k: int) -> np.ndarray:
     """The LM's prediction for each fit query with its first m neighbours, at each level m of k (other columns -1):
     (n, k). One call to the selector's `label_probs` for all of them."""
-    if getattr(selector, "label_probs", None) is None:
+    if selector.label_probs is None:
         raise RiclError("adaptive with fit_on='lm' fits its thresholds to the language model's answers: call "
                         "use_lm(label_probs) before fit (`ricl compare` does)")
-    texts = [selector.index_.example(int(i)).text for i in selector.fit_ids_]
+    texts, ids, cosines = near.texts, near.ids, near.cosines
     asks = [(q, m) for q in range(len(ids)) for m in levels(k)]
     prompts = [selector.in_prompt_order(texts[q], ([int(i) for i in ids[q, :m]], cosines[q, :m].tolist()))
                for q, m in asks]
@@ -162,11 +163,21 @@ def lm_answers(selector: AdaptiveSelector, ids: np.ndarray, cosines: np.ndarray,
     return answers
 
 
-def neighbourhoods(selector: AdaptiveSelector,
-                   index: "DemoIndex") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """For n_fit pool rows drawn with the seed (their ids kept in selector.fit_ids_): their nearest others' ids,
-    cosines and labels (n, depth) each, their own labels (n,) and the number of labels. depth is fit_depth, or less
-    where a row's pool without it is smaller."""
+@dataclass(frozen=True)
+class Neighbourhoods:
+    """The fit queries (pool rows) and their nearest other pool examples."""
+
+    texts: list[str]  # (n,) the queries' texts
+    ids: np.ndarray  # (n, depth) their nearest others' ids, nearest first
+    cosines: np.ndarray  # (n, depth) float64
+    labels: np.ndarray  # (n, depth) those neighbours' labels
+    gold: np.ndarray  # (n,) the queries' own labels
+    n_labels: int
+
+
+def neighbourhoods(selector: AdaptiveSelector, index: "DemoIndex") -> Neighbourhoods:
+    """For n_fit pool rows drawn with the seed, their nearest others; depth is fit_depth, or less where a row's pool
+    without it is smaller. Rows an approximate index answers with fewer neighbours are left out."""
     pool = selector.pool_
     rows = np.sort(np.random.default_rng(selector.seed).choice(len(pool), min(selector.n_fit, len(pool)), False))
     texts = pool.texts[rows]
@@ -181,8 +192,8 @@ def neighbourhoods(selector: AdaptiveSelector,
     gold = np.array([label_of[int(i)] for i in pool.ids[rows][full]], dtype=np.int64)
     names = index.manifest.label_names
     n_labels = max(len(names) if names else 0, max(label_of.values()) + 1, 2)
-    selector.fit_ids_ = pool.ids[rows][full]
-    return found_ids[full], cosines[full].astype(np.float64), labels, gold, n_labels
+    return Neighbourhoods(texts[full].tolist(), found_ids[full], cosines[full].astype(np.float64), labels, gold,
+                          n_labels)
 
 
 def prefix_estimates(cosines: np.ndarray, labels: np.ndarray, n_labels: int, bandwidth: float,

@@ -16,10 +16,8 @@ import numpy as np
 
 from ..errors import RiclError
 from .arrays import nearest
-from .base import LabelProbs, Ranking, Selector, text_seed
+from .base import Ranking, Selector, text_seed
 from .checks import check_order, check_positive_int
-
-__all__ = ["LabelProbs", "MDLSelector", "label_entropy"]
 
 
 class MDLSelector(Selector):
@@ -32,7 +30,6 @@ class MDLSelector(Selector):
         self.order, self.seed = check_order(order), seed
         self.candidates = check_positive_int("candidates", candidates)
         self.samples = check_positive_int("samples", samples)
-        self.label_probs: LabelProbs | None = None
 
     @property
     def uses_lm(self) -> bool:
