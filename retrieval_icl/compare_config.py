@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .encoders import DEFAULT_ENCODER, LM_PREFIX
+from .encoders import DEFAULT_ENCODER, check_encoder_backend
 from .errors import RiclError
 from .index import DemoIndex
 from .models import DEFAULT_MODEL
@@ -105,10 +105,11 @@ class CompareConfig(BaseModel):
             raise ValueError(f"pool names must be unique, got {names}")
         if self.k_values is not None and (not self.k_values or min(self.k_values) <= 0):
             raise ValueError(f"k_values must be positive integers, got {self.k_values}")
-        lm = [e for e in [self.encoder, *(s.encoder for s in self.selectors)] if e and e.startswith(LM_PREFIX)]
-        if self.encoder_backend != "torch" and lm:
-            raise ValueError(f"encoder_backend {self.encoder_backend!r} is for sentence-transformers encoders, but "
-                             f"{lm[0]!r} is an LM encoder; use encoder_backend: torch with LM encoders")
+        for encoder in [self.encoder, *(s.encoder for s in self.selectors if s.encoder)]:
+            try:
+                check_encoder_backend(encoder, self.encoder_backend)
+            except RiclError as e:
+                raise ValueError(str(e)) from None
         return self
 
     @property

@@ -177,6 +177,6 @@ def test_a_bad_encoder_backend_is_one_clear_error(tmp_path):
     assert_one_line_error(ricl("validate", cfg), r"exp\.yaml: encoder_backend: Input should be 'torch', 'bfloat16' "
                                                  r"or 'onnx'")
     cfg.write_text("task: sst2\nencoder_backend: bfloat16\nselectors: [{name: knn, encoder: 'lm:smollm2-135m'}]\n")
-    assert_one_line_error(ricl("validate", cfg), r"'lm:smollm2-135m' is an LM encoder; use encoder_backend: torch")
+    assert_one_line_error(ricl("validate", cfg), r"'lm:smollm2-135m' is an LM encoder; use backend 'torch'")
     cfg.write_text("task: sst2\nencoder_backend: bfloat16\n")
     assert ricl("validate", cfg).exit_code == 0

@@ -149,7 +149,7 @@ def test_make_encoder_passes_the_backend():
     with pytest.raises(RiclError, match="unknown encoder backend 'tflite'; expected one of \\['torch', 'bfloat16', "
                                         "'onnx'\\]"):
         make_encoder("all-MiniLM-L6-v2", backend="tflite")
-    with pytest.raises(RiclError, match="'lm:smollm2-135m:layer=3' is an LM encoder; expected backend 'torch'"):
+    with pytest.raises(RiclError, match="'lm:smollm2-135m:layer=3' is an LM encoder; use backend 'torch'"):
         make_encoder("lm:smollm2-135m:layer=3", backend="bfloat16")
 
 
