@@ -205,8 +205,9 @@ def main() -> int:
     args = parser.parse_args()
     modes = list(MODES) if args.mode == "compare" else [args.mode]
     if args.index:  # a given index has its own backend: only the modes that do not choose one
-        modes = [m for m in modes if MODES[m][1] == "torch"] or parser.error("--index serves its own backend; "
-                                                                              "use a torch mode")
+        modes = [m for m in modes if MODES[m][1] == "torch"]
+        if not modes:
+            parser.error("--index serves its own backend; use a mode without one (per-request or batching)")
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="ricl-load-") as tmp:
         sources = {}

@@ -257,7 +257,7 @@ class Encoder:
                     convert_to_numpy=True,
                     show_progress_bar=False,
                 ).astype(np.float32, copy=False)
-                if self.backend != "torch":  # rows normalised in low precision: renormalise in float32
+                if self.backend == "bfloat16":  # rows normalised in low precision: renormalise in float32
                     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
                 if cache is not None:
                     cache.put(batch, vecs)
