@@ -30,6 +30,8 @@ from statistics import median
 import yaml
 from common import DATA, ROOT, print_machine, print_table
 
+from retrieval_icl.analysis.records import load_results
+
 CONFIG = ROOT / "configs" / "experiments" / "sst2_knn_vs_random.yaml"
 DEFAULT_CONTENDERS = ["torch=encoder_backend:torch", "onnx=encoder_backend:onnx"]
 
@@ -62,8 +64,7 @@ def run_cold(name: str, overrides: dict, n_queries: int | None, scratch: Path) -
     if child.returncode != 0:
         raise SystemExit(f"[{name}] the main job failed ({child.returncode}):\n{stderr[-3000:]}")
     info = json.loads((work / "results" / "run_info.json").read_text())
-    records = [json.loads(line) for line in (work / "results" / "records.jsonl").read_text().splitlines()]
-    return {"name": name, "wall": wall, "info": info, "records": records}
+    return {"name": name, "wall": wall, "info": info, "records": load_results(work / "results").records}
 
 
 def accuracy(records: list[dict], selector: str) -> float:
