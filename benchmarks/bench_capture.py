@@ -26,7 +26,7 @@ import torch
 from common import DATA, interleave, peak_delta_mb, print_machine, print_table, timing_rows
 
 from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.runner import _BATCH_OVERHEAD_TOKENS, LMRunner, batch_bounds
+from retrieval_icl.runner import LMRunner
 from retrieval_icl.tasks import load_examples, load_task, sample_examples
 
 FLOOR, OURS, EAGER = "sdpa, no capture", "ours: sdpa + row capture", "eager + output_attentions"
@@ -35,7 +35,7 @@ FLOOR, OURS, EAGER = "sdpa, no capture", "ours: sdpa + row capture", "eager + ou
 def eager_rows(runner: LMRunner, prompts: Sequence[Sequence[int]]) -> list[np.ndarray]:
     """Prediction rows from eager attention maps, one (layers, heads, T_i) array per prompt (sorted longest first),
     batched as the runner batches them."""
-    bounds = batch_bounds([len(p) for p in prompts], runner.batch_size, _BATCH_OVERHEAD_TOKENS)
+    bounds = runner.batch_limits().cut([len(p) for p in prompts])
     return [row for a, b in bounds for row in _eager_batch(runner, prompts[a:b])]
 
 

@@ -33,6 +33,9 @@ class AttentionCapture:
         if positions.ndim != 1 or positions.dtype not in (torch.int32, torch.int64):
             raise RiclError(f"positions must be a 1-D integer tensor (one query index per batch row), got {positions}.")
         self.positions = positions.long()  # (batch,)
+        # read once here, not in every layer: on a GPU each read of a device tensor waits for the stream
+        self._bounds = (int(self.positions.min()), int(self.positions.max())) if len(self.positions) else (0, -1)
+        self._placed: dict[torch.device, torch.Tensor] = {}  # positions copied to each device the layers run on
         self.layers: dict[int, torch.Tensor] = {}  # layer_idx -> (batch, heads, T)
 
     def rows(self) -> torch.Tensor:
@@ -44,12 +47,14 @@ class AttentionCapture:
     def record(self, module: Any, query: torch.Tensor, key: torch.Tensor, mask: Any, scaling: Any, kw: dict) -> None:
         """Store the softmax row of each batch row's query position for this layer."""
         batch, _, q_len, _ = query.shape  # (batch, heads, q, d)
-        if self.positions.shape[0] != batch or int(self.positions.max()) >= q_len or int(self.positions.min()) < 0:
+        if self.positions.shape[0] != batch or self._bounds[1] >= q_len or self._bounds[0] < 0:
             raise RiclError(
                 f"capture positions {self.positions.tolist()} do not fit a forward of batch {batch}, length {q_len}; "
                 "expected one index in [0, length) per batch row."
             )
-        positions = self.positions.to(query.device)
+        if query.device not in self._placed:
+            self._placed[query.device] = self.positions.to(query.device)
+        positions = self._placed[query.device]
         causal = kw.get("is_causal", getattr(module, "is_causal", True))
         scores = _row_scores(query, key, positions, scaling)  # (batch, heads, k)
         scores = _apply_mask(scores, mask, positions, q_len, causal)

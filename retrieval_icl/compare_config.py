@@ -83,7 +83,8 @@ class CompareConfig(BaseModel):
     label_formats: list[str] | None = None  # several label formats on the same selections; replaces label_format
     calibrate: bool = False
     capture_attention: bool = True
-    batch_size: int = Field(8, gt=0)
+    batch_size: int | None = Field(None, gt=0)  # prompts per forward; default 8 on CPU, no row limit on a GPU
+    max_batch_tokens: int | None = Field(None, gt=0)  # padded tokens per forward; default none on CPU, from GPU memory
     max_prompt_tokens: int | None = Field(None, gt=0)  # default: the model's context length
     device: str | None = None
     dtype: str = "auto"

@@ -136,11 +136,12 @@ def run_compare(config: CompareConfig, overwrite: bool = False, scorer: Scorer |
         from .runner import LMRunner
 
         t = time.perf_counter()
-        scorer = LMRunner(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype).load()
+        scorer = LMRunner(config.model, batch_size=config.batch_size, device=config.device, dtype=config.dtype,
+                          max_batch_tokens=config.max_batch_tokens).load()
         timings["model_load"] = time.perf_counter() - t
     loaded = getattr(scorer, "loaded", None)  # a local LMRunner; Ray workers and stand-ins hold no model here
     if getattr(loaded, "model", None) is not None:
-        info.setdefault("model", model_info(loaded.model))
+        info.setdefault("model", model_info(scorer, config.capture_attention))
     runs = plan_score_assemble(config, inputs, indexes, scorer, timings)
     return finish_compare(output_dir, config, inputs, runs, start, timings, **info)
 
@@ -160,10 +161,13 @@ def plan_score_assemble(config: CompareConfig, inputs: Inputs, indexes: list[dic
     return runs
 
 
-def model_info(model: Any) -> dict[str, str]:
-    """The device and dtype the model's weights ran in (config.dtype may say 'auto')."""
-    weight = next(model.parameters())
-    return {"device": str(weight.device), "dtype": str(weight.dtype).removeprefix("torch.")}
+def model_info(runner: Any, capture: bool) -> dict[str, Any]:
+    """The device and dtype the model's weights ran in and the batch limits it scored with (the config may say
+    'auto' and leave the limits to the device)."""
+    weight = next(runner.loaded.model.parameters())
+    limits = runner.batch_limits(capture)
+    return {"device": str(weight.device), "dtype": str(weight.dtype).removeprefix("torch."),
+            "batch_rows": limits.rows, "batch_tokens": limits.tokens}
 
 
 def check_output_dir(config: CompareConfig, overwrite: bool) -> Path:
@@ -226,5 +230,5 @@ def run_compare_distributed(config: CompareConfig, n_workers: int = 2, overwrite
             warm_embedding_cache(texts, name, n_workers, num_gpus=num_gpus, backend=config.encoder_backend)
 
     runner = RayRunner(config.model, config.batch_size, config.device, config.dtype, n_workers, rows_per_call,
-                       num_gpus).load()
+                       num_gpus, config.max_batch_tokens).load()
     return run_compare(config, overwrite, runner, warm, ray_workers=n_workers)

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,24 @@ DEFAULT_MODEL = "smollm2-135m"
 FULL_SCALE_MODEL = "EleutherAI/gpt-j-6b"  # the paper's model: fp16 on a GPU (~12 GB)
 DTYPES = ("float32", "float16", "bfloat16")  # torch dtype names
 _SANE_MAX_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30
+# The oldest transformers the test suite passes on. Older 5.x releases lack what the runner and capture rely on: GPT-J's
+# attention became switchable (capture) in 5.24, the KV cache is `cache` from 5.24 (`past_key_values` before), a 2-D
+# `logits_to_keep` is read per row from 5.22, and before 5.23 Gemma 3's GGUF tokenizer converts with the wrong BOS.
+MIN_TRANSFORMERS = "5.24.0"
+
+
+def check_transformers_version(installed: str | None = None) -> str:
+    """The installed transformers version; ImportError naming the floor and the fix when it is older."""
+    from packaging.version import Version
+
+    installed = installed or metadata.version("transformers")
+    if Version(installed).release < Version(MIN_TRANSFORMERS).release:
+        raise ImportError(f"retrieval-icl needs transformers >= {MIN_TRANSFORMERS}, found {installed}: "
+                          f"run `pip install 'transformers>={MIN_TRANSFORMERS},<6'`.")
+    return installed
+
+
+check_transformers_version()  # at import, before any model code: not as an odd error deep inside a forward
 
 
 @dataclass(frozen=True)
@@ -189,14 +208,22 @@ def cpu_bfloat16_flags() -> list[str]:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """'auto' -> float16 on CUDA, float32 elsewhere; else one of DTYPES."""
+    """'auto' -> on CUDA bfloat16 where the GPU runs it at full speed (compute capability 8.0 on: Ampere, Hopper,
+    ...; float32's range, so no overflow) and float16 before that; float32 elsewhere. Else one of DTYPES."""
     import torch
 
     if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return cuda_auto_dtype(torch.cuda.get_device_capability(device)) if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
         raise RiclError(f"dtype {dtype!r} is not supported; expected 'auto' or one of {sorted(DTYPES)}.")
     return getattr(torch, dtype)
+
+
+def cuda_auto_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """What dtype 'auto' runs on a CUDA GPU of this compute capability: bfloat16 from 8.0 on, float16 before."""
+    import torch
+
+    return torch.bfloat16 if capability >= (8, 0) else torch.float16
 
 
 def load_causal_lm(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .atomic_dir import atomic_directory
+from .batching import batch_bounds
 from .errors import RiclError
 
 if TYPE_CHECKING:
@@ -91,8 +92,7 @@ class OnnxSentenceModel:
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, **_: object) -> np.ndarray:
         """(n, d) float32 unit rows, in the order of `texts`. Tokenised once; rows sorted by token count and cut
-        into batches of at most `batch_size` that pad little (runner.batch_bounds)."""
-        from .runner import batch_bounds
+        into batches of at most `batch_size` that pad little (batching.batch_bounds)."""
 
         features = {name: value.numpy() for name, value in self.st.preprocess(list(texts)).items()
                     if name in self.input_names}

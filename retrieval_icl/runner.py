@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .batching import BatchLimits, device_limits
 from .capture import capture_attention as _capture_attention
 from .capture import one_cpu_thread
 from .errors import RiclError
@@ -19,10 +20,8 @@ from .scoring import LabelScores, Scorer
 
 log = logging.getLogger(__name__)
 _SMALL_PASS_TOKENS = 64  # label-tail passes with at most this many tokens run on one CPU thread
-# What one more forward costs, in padded tokens: on CPU a batch is cut where its padding would cost more; elsewhere
-# (GPUs gain from wide batches) as few batches as possible, each as little padded as possible.
-_BATCH_OVERHEAD_TOKENS = 32
-_FEWEST_BATCHES = 10**9
+_FREE_MEMORY_SHARE = 0.5  # of the accelerator's free memory, what an automatic token budget may plan to fill
+_MAX_AUTO_BATCH_TOKENS = 1 << 16  # wider batches gain nothing measurable on an H200 (benchmarks/README.md)
 
 
 class LMRunner(Scorer):
@@ -38,21 +37,28 @@ class LMRunner(Scorer):
       full-vocabulary softmax, no length normalisation, no renormalisation over the label set.
     - The prediction position is the last prompt token. ``attention[l, h, i]`` is the post-softmax attention
       weight from that position to prompt position i in layer l, head h (each row sums to 1 over the prompt).
-    - Batching (right padding, longest prompts first, at most `batch_size` rows; on CPU a batch is cut where
-      padding would cost more than another forward, see `batch_bounds`) does not change results: batched equals
-      one-at-a-time within 1e-4 in float32. Multi-token labels reuse the prompt's KV cache where the cache allows
-      it, one pass per distinct run of leading label tokens.
+    - Batching (right padding, longest prompts first; on CPU at most `batch_size` rows, 8 by default, cut where
+      padding would cost more than another forward; on an accelerator as few batches as fit `max_batch_tokens`
+      padded tokens, by default sized from free memory; see `batching.py`) does not change results: batched equals
+      one-at-a-time within 1e-4 in float32; a batch that runs out of accelerator memory is split in two and retried.
+      Multi-token labels reuse the prompt's KV cache where the cache allows it, one pass per distinct run of leading
+      label tokens.
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 8, device: str | None = None, dtype: str = "auto",
-                 loaded: LoadedModel | None = None, share_prompt_cache: bool = True):
-        """`loaded`: an already loaded model to score with (then `load()` is not needed and `model` only names it).
-        `share_prompt_cache=False` forces one full forward per (prompt, multi-token label) instead of reusing the
-        prompt's KV cache (a reference path for tests)."""
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise RiclError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int | None = None, device: str | None = None,
+                 dtype: str = "auto", loaded: LoadedModel | None = None, share_prompt_cache: bool = True,
+                 max_batch_tokens: int | None = None):
+        """`batch_size`: most prompts per forward (default 8 on CPU, no row limit on an accelerator);
+        `max_batch_tokens`: most padded tokens per forward (default none on CPU, sized from free memory on an
+        accelerator). `loaded`: an already loaded model to score with (then `load()` is not needed and `model` only
+        names it). `share_prompt_cache=False` forces one full forward per (prompt, multi-token label) instead of
+        reusing the prompt's KV cache (a reference path for tests)."""
+        for name, value in (("batch_size", batch_size), ("max_batch_tokens", max_batch_tokens)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise RiclError(f"{name} must be a positive integer or None, got {value!r}.")
         self.model = model
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.device = device
         self.dtype = dtype
         self._loaded = loaded
@@ -90,17 +96,43 @@ class LMRunner(Scorer):
         """Label log-probs (and attention rows when asked) for each prompt, in the prompts' order."""
         self.check_inputs(prompts, continuations)
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: less padding
-        overhead = _BATCH_OVERHEAD_TOKENS if self.loaded.device.type == "cpu" else _FEWEST_BATCHES
-        bounds = batch_bounds([len(prompts[i]) for i in order], self.batch_size, overhead)
+        bounds = self.batch_limits(capture_attention).cut([len(prompts[i]) for i in order])
         batches = [order[a:b] for a, b in bounds]
         results: list[LabelScores | None] = [None] * len(prompts)
         log.debug("scoring %d prompts x %d labels in %d batches", len(prompts), len(continuations), len(batches))
         with torch.inference_mode():
             for idx in tqdm(batches, desc="scoring", unit="batch", disable=not show_progress):
-                scores = self._score_batch([prompts[i] for i in idx], continuations, capture_attention)
-                for i, s in zip(idx, scores):
+                for i, s in zip(idx, self._score_rows([prompts[i] for i in idx], continuations, capture_attention)):
                     results[i] = s
         return results  # type: ignore[return-value]
+
+    def batch_limits(self, capture: bool = False) -> BatchLimits:
+        """Rows and padded tokens per forward on the model's device (see `batching.device_limits`)."""
+        on_cpu = self.loaded.device.type == "cpu"
+        auto = None if on_cpu or self.max_batch_tokens else self.auto_batch_tokens(capture)
+        return device_limits(on_cpu, self.batch_size, self.max_batch_tokens, auto, self.loaded.model.num_parameters())
+
+    def auto_batch_tokens(self, capture: bool) -> int:
+        """Padded tokens per forward that fit in a share of the accelerator's free memory: activations, KV cache,
+        captured rows and float64 label log-probs, estimated from the model's config (at least one full context)."""
+        free, _ = torch.cuda.mem_get_info(self.loaded.device)
+        budget = int(_FREE_MEMORY_SHARE * free / forward_bytes_per_token(self.loaded, capture))
+        return max(self.context_length, min(budget, _MAX_AUTO_BATCH_TOKENS))
+
+    def _score_rows(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], capture: bool
+    ) -> list[LabelScores]:
+        """`_score_batch`, split in two and retried when the accelerator runs out of memory."""
+        try:
+            return self._score_batch(prompts, continuations, capture)
+        except torch.cuda.OutOfMemoryError:
+            if len(prompts) == 1:
+                raise
+            log.warning("out of accelerator memory on a batch of %d prompts; splitting it in two", len(prompts))
+            torch.cuda.empty_cache()
+            half = len(prompts) // 2
+            return (self._score_rows(prompts[:half], continuations, capture)
+                    + self._score_rows(prompts[half:], continuations, capture))
 
     def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded ids and attention mask, both (batch, longest) long, on the model's device."""
@@ -176,25 +208,18 @@ class LMRunner(Scorer):
         return self.loaded.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
 
 
-def batch_bounds(lengths: Sequence[int], max_rows: int, overhead: int) -> list[tuple[int, int]]:
-    """Contiguous batches [(start, end), ...] of lengths sorted longest first, at most max_rows each, that minimise
-    padded tokens plus `overhead` tokens per batch (dynamic programming over the cut points).
-
-    >>> batch_bounds([500, 300, 290, 280], max_rows=4, overhead=32)
-    [(0, 1), (1, 4)]
-    """
-    best = [0.0] + [float("inf")] * len(lengths)  # best[j]: cost of the first j rows
-    cut = [0] * (len(lengths) + 1)
-    for j in range(1, len(lengths) + 1):
-        for i in range(max(0, j - max_rows), j):
-            cost = best[i] + (j - i) * lengths[i] + overhead  # rows i..j-1 padded to lengths[i], the longest
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    bounds, j = [], len(lengths)
-    while j > 0:
-        bounds.append((cut[j], j))
-        j = cut[j]
-    return bounds[::-1]
+def forward_bytes_per_token(loaded: LoadedModel, capture: bool) -> int:
+    """Accelerator bytes one padded token of a scoring forward may hold at its peak: a layer's activations (residual
+    stream, attention projections, MLP), every layer's KV cache, the captured rows (float32 per layer and head), and
+    its share of the (rows, vocabulary) logits and float64 log-probs for prompts of 16 tokens or more."""
+    config = loaded.model.config.get_text_config()
+    width = config.hidden_size
+    mlp = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * width
+    head_dim = getattr(config, "head_dim", None) or width // config.num_attention_heads
+    kv = 2 * loaded.n_layers * (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * head_dim
+    size = next(loaded.model.parameters()).element_size()
+    per_token = size * (8 * width + 4 * mlp + kv) + (4 * loaded.n_layers * loaded.n_heads if capture else 0)
+    return per_token + 20 * config.vocab_size // 16  # logits, their float64 copy and its log-softmax, per row
 
 
 def _croppable(cache: Any, length: int) -> bool:

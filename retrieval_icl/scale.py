@@ -148,12 +148,15 @@ class ScoreWorker:
 
 def score_distributed(prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
                       model: str = "smollm2-135m", n_workers: int = 2, capture_attention: bool = False,
-                      batch_size: int = 8, device: str | None = None, dtype: str = "auto", rows_per_call: int = 32,
-                      num_gpus: float = 0) -> list[LabelScores]:
-    """`LMRunner(model, batch_size, device, dtype).score(prompts, continuations, capture_attention)` on Ray workers."""
+                      batch_size: int | None = None, device: str | None = None, dtype: str = "auto",
+                      rows_per_call: int = 32, num_gpus: float = 0,
+                      max_batch_tokens: int | None = None) -> list[LabelScores]:
+    """`LMRunner(model, batch_size, device, dtype, max_batch_tokens=...).score(prompts, continuations,
+    capture_attention)` on Ray workers."""
     if len(prompts) == 0 or len(continuations) == 0:
         raise RiclError(f"need at least one prompt and one label, got {len(prompts)} and {len(continuations)}.")
-    kwargs = {"runner_kwargs": {"model": model, "batch_size": batch_size, "device": device, "dtype": dtype},
+    kwargs = {"runner_kwargs": {"model": model, "batch_size": batch_size, "device": device, "dtype": dtype,
+                                "max_batch_tokens": max_batch_tokens},
               "continuations": [list(map(int, c)) for c in continuations], "capture_attention": capture_attention}
     rows = [{"row": i, "prompt": list(map(int, p))} for i, p in enumerate(prompts)]
     batches = _run_rows(rows, ScoreWorker, kwargs, n_workers, rows_per_call, num_gpus)
@@ -171,9 +174,10 @@ class RayRunner(LMRunner):
     prompt once, so each worker loads the model once per group.
     """
 
-    def __init__(self, model: str = "smollm2-135m", batch_size: int = 8, device: str | None = None,
-                 dtype: str = "auto", n_workers: int = 2, rows_per_call: int = 32, num_gpus: float = 0) -> None:
-        super().__init__(model, batch_size, device, dtype)
+    def __init__(self, model: str = "smollm2-135m", batch_size: int | None = None, device: str | None = None,
+                 dtype: str = "auto", n_workers: int = 2, rows_per_call: int = 32, num_gpus: float = 0,
+                 max_batch_tokens: int | None = None) -> None:
+        super().__init__(model, batch_size, device, dtype, max_batch_tokens=max_batch_tokens)
         _check_workers(n_workers)
         self.n_workers, self.rows_per_call, self.num_gpus = n_workers, rows_per_call, num_gpus
 
@@ -187,7 +191,8 @@ class RayRunner(LMRunner):
         """As `LMRunner.score`, each worker scoring shards of `rows_per_call` prompts."""
         self.check_inputs(prompts, continuations)
         return score_distributed(prompts, continuations, self.model, self.n_workers, capture_attention,
-                                 self.batch_size, self.device, self.dtype, self.rows_per_call, self.num_gpus)
+                                 self.batch_size, self.device, self.dtype, self.rows_per_call, self.num_gpus,
+                                 self.max_batch_tokens)
 
     def score_many(self, requests: Sequence[ScoreRequest]) -> list[list[LabelScores]]:
         """Every request's answers, from one `score` job per (continuations, capture) group of distinct prompts."""

@@ -105,7 +105,8 @@ def test_resolved_config_and_versions_are_saved(results):
     info = json.loads((out / "run_info.json").read_text())
     assert {"torch", "transformers", "faiss-cpu"} <= set(info["versions"]) and info["n_queries"] == 60
     assert info["pools"]["in_distribution"]["size"] == 400
-    assert info["model"] == {"device": "cpu", "dtype": "float32"}  # what the weights ran in, though config says auto
+    # what the weights ran in, though config says auto, and the batch limits they scored with
+    assert info["model"] == {"device": "cpu", "dtype": "float32", "batch_rows": 8, "batch_tokens": None}
 
 
 def test_rerun_refuses_to_overwrite_and_reuses_the_index(results):

@@ -18,6 +18,7 @@ from retrieval_icl.models import (
     cache_root,
     context_length,
     converted_dir,
+    cuda_auto_dtype,
     load_causal_lm,
     resolve_device,
     resolve_dtype,
@@ -44,7 +45,7 @@ def test_hub_ids_and_paths_pass_through(tmp_path):
 
 def test_device_and_dtype_resolution():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert [cuda_auto_dtype(c) for c in [(7, 5), (8, 0), (9, 0)]] == [torch.float16, torch.bfloat16, torch.bfloat16]
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(RiclError, match="dtype"):
         resolve_dtype("fp8", torch.device("cpu"))

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from retrieval_icl.batching import CPU_BATCH_OVERHEAD_TOKENS, FEWEST_BATCHES, BatchLimits, batch_bounds, device_limits
+from retrieval_icl.capture import capture_attention
 from retrieval_icl.errors import RiclError
-from retrieval_icl.models import LoadedModel
-from retrieval_icl.runner import _BATCH_OVERHEAD_TOKENS, LMRunner, batch_bounds
+from retrieval_icl.models import LoadedModel, check_transformers_version
+from retrieval_icl.runner import LMRunner
 from retrieval_icl.scoring import calibrate
 
 TEXTS = [
@@ -166,7 +168,7 @@ def test_prompts_across_gemma3_sliding_window_match_plain_forward(gemma3_runner)
     assert runner.loaded.model.config.sliding_window == 512
     text = encode(runner, [" ".join(TEXTS * 20)])[0]  # BOS, then ~1200 tokens of prompt text
     lengths = [530, 520, 509, 498]
-    assert batch_bounds(lengths, runner.batch_size, _BATCH_OVERHEAD_TOKENS) == [(0, 2), (2, 4)]  # as the runner cuts
+    assert runner.batch_limits().cut(lengths) == [(0, 2), (2, 4)]  # as the runner cuts
     prompts = [text[:n] for n in lengths]
     conts = runner.label_continuations(["not at all negative", "Sci/Tech"])
     assert [len(c) for c in conts] == [4, 3]
@@ -184,3 +186,83 @@ def test_bad_inputs_say_what_was_expected(smollm2_runner):
         smollm2_runner.score([[1, 2]], [[]])
     with pytest.raises(RiclError, match="alike"):
         smollm2_runner.label_continuations(["positive", "positive"])
+
+
+def test_batch_bounds_keep_a_token_budget():
+    lengths = [500, 300, 290, 280, 100, 90]
+    bounds = batch_bounds(lengths, max_rows=100, overhead=10**9, max_tokens=600)
+    # the fewest batches within 600 padded tokens each (4), the least padded of those: 1580 tokens, not the greedy
+    # [500] [300, 290] [280, 100] [90]'s 1750
+    assert bounds == [(0, 1), (1, 2), (2, 4), (4, 6)]
+    assert all((b - a) * lengths[a] <= 600 for a, b in bounds)
+    assert batch_bounds([900, 10], max_rows=8, overhead=10**9, max_tokens=600) == [(0, 1), (1, 2)]  # too long: alone
+    assert batch_bounds(lengths, max_rows=100, overhead=10**9) == [(0, 6)]  # no budget: one batch
+
+
+def test_device_limits_keep_cpu_behaviour_and_size_accelerator_batches_by_tokens():
+    assert device_limits(True, None, None, None) == BatchLimits(8, None, CPU_BATCH_OVERHEAD_TOKENS)
+    assert device_limits(True, 3, 1000, 5000) == BatchLimits(3, 1000, CPU_BATCH_OVERHEAD_TOKENS)
+    on_gpu = device_limits(False, None, None, 5000)
+    assert on_gpu.tokens == 5000 and on_gpu.rows >= 1000 and on_gpu.overhead == FEWEST_BATCHES
+    assert device_limits(False, 16, 2000, 5000) == BatchLimits(16, 2000, FEWEST_BATCHES)  # what is asked wins
+    lengths = [190] * 40 + [120] * 40
+    assert on_gpu.cut(lengths) == [(0, 14), (14, 40), (40, 80)]  # 3 batches of at most 5000 tokens, none mixed
+
+
+def test_token_budget_batches_score_as_row_batches(tiny_gptj):
+    loaded = LoadedModel(tiny_gptj, _PadOnly(), "tiny-gptj", 256, 2, 4)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 1000, (n,), generator=gen).tolist() for n in (5, 17, 9, 12, 30, 3, 22)]
+    conts = [[7], [8, 9, 10]]
+    by_rows = LMRunner(batch_size=2, loaded=loaded).score(prompts, conts, capture_attention=True)
+    by_tokens = LMRunner(loaded=loaded, max_batch_tokens=40)
+    assert by_tokens.batch_limits().tokens == 40
+    got = by_tokens.score(prompts, conts, capture_attention=True)
+    for a, b in zip(by_rows, got):
+        np.testing.assert_allclose(a.log_probs, b.log_probs, atol=1e-5)
+        np.testing.assert_allclose(a.attention, b.attention, atol=1e-6)
+
+
+def test_a_batch_out_of_accelerator_memory_is_split_and_retried(tiny_gptj):
+    """Fault injection: the tiny GPT-J's weights in a model whose forward raises CUDA's out-of-memory error on more
+    than two rows, as a GPU would on a batch too large for it."""
+    from transformers import GPTJForCausalLM
+
+    sizes = []
+
+    class SmallBatchesOnly(GPTJForCausalLM):
+        def forward(self, input_ids=None, **kwargs):
+            sizes.append(input_ids.shape[0])
+            if input_ids.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+            return super().forward(input_ids=input_ids, **kwargs)
+
+    faulty = SmallBatchesOnly(tiny_gptj.config).eval()
+    faulty.load_state_dict(tiny_gptj.state_dict())
+    prompts = [[5 + i] * (4 + i) for i in range(7)]
+    conts = [[7], [8]]
+    expected = LMRunner(batch_size=1, loaded=LoadedModel(tiny_gptj, _PadOnly(), "tiny-gptj", 256, 2, 4)).score(
+        prompts, conts)
+    got = LMRunner(batch_size=7, loaded=LoadedModel(faulty, _PadOnly(), "faulty", 256, 2, 4)).score(prompts, conts)
+    assert sizes[0] == 7 and max(sizes[1:]) > 2 and sum(s for s in sizes if s <= 2) == 7  # 7 -> 3 + 4 -> ... -> 1-2s
+    for a, b in zip(expected, got):
+        np.testing.assert_allclose(a.log_probs, b.log_probs, atol=1e-5)
+
+
+def test_transformers_floor_and_the_behaviours_the_runner_relies_on(tiny_gptj):
+    """Below MIN_TRANSFORMERS the package refuses at import; at or above it, a forward returns its KV cache as
+    `.cache`, a 2-D `logits_to_keep` keeps one position per row, and GPT-J can switch its attention (capture)."""
+    with pytest.raises(ImportError, match=r"transformers >= 5\.24\.0, found 5\.23\.1.*pip install"):
+        check_transformers_version("5.23.1")
+    assert check_transformers_version("5.24.0") == "5.24.0" and check_transformers_version("5.30.0.dev0")
+    ids = torch.randint(1, 1000, (3, 9), generator=torch.Generator().manual_seed(4))
+    last = torch.tensor([[8], [3], [5]])
+    with torch.inference_mode():
+        full = tiny_gptj(input_ids=ids).logits  # (3, 9, V)
+        kept = tiny_gptj(input_ids=ids, use_cache=True, logits_to_keep=last)
+    assert kept.logits.shape == (3, 1, full.shape[-1])
+    torch.testing.assert_close(kept.logits[:, 0], full[torch.arange(3), last[:, 0]], atol=1e-5, rtol=1e-5)
+    assert type(kept.cache).__name__ == "DynamicCache" and kept.cache.get_seq_length() == 9
+    with capture_attention(tiny_gptj, last[:, 0]) as cap:
+        tiny_gptj(input_ids=ids)
+    assert cap.rows().shape == (3, 2, 4, 9)
