@@ -31,9 +31,22 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
 
 
 def _task_and_examples(task: Optional[str], split: Optional[str], data_dir: Optional[Path], file: Optional[Path],
-                       text_fields: Optional[str], label_field: str, labels: Optional[str]):
-    from .tasks import load_examples, load_task, read_examples_file, task_from_columns
+                       text_fields: Optional[str], label_field: str, labels: Optional[str],
+                       hf_dataset: Optional[str] = None, hf_config: Optional[str] = None):
+    from .tasks import hf_dataset_examples, load_examples, load_task, read_examples_file, task_from_columns
 
+    if hf_dataset is not None:
+        if task is not None or file is not None or data_dir is not None:
+            raise RiclError("--hf-dataset names the data and its columns: give it without --task, --file and "
+                            "--data-dir")
+        if not text_fields:
+            raise RiclError("--hf-dataset needs --text-field (e.g. --text-field sentence; two comma-separated)")
+        split = split or "train"
+        spec, examples = hf_dataset_examples(hf_dataset, split, text_fields.split(","), label_field,
+                                             labels.split(",") if labels else None, hf_config)
+        return spec, examples, split
+    if hf_config is not None:
+        raise RiclError("--hf-config goes with --hf-dataset (a hub dataset's configuration, e.g. --hf-config sst2)")
     if file is not None:
         if task is not None:
             spec = load_task(task)
@@ -44,7 +57,7 @@ def _task_and_examples(task: Optional[str], split: Optional[str], data_dir: Opti
                             "(e.g. --text-field text --labels neg,pos)")
         return spec, read_examples_file(file, spec), "file"
     if task is None:
-        raise RiclError("give --task NAME (with --data-dir for local files) or --file PATH")
+        raise RiclError("give --task NAME (with --data-dir for local files), --file PATH or --hf-dataset NAME")
     spec = load_task(task)
     split = split or spec.pool_split
     return spec, load_examples(spec, split, data_dir), split
@@ -54,14 +67,22 @@ def _task_and_examples(task: Optional[str], split: Optional[str], data_dir: Opti
 @friendly_errors
 def index_build(
     out: Path = typer.Option(..., "--out", "-o", help="Directory to save the index in (e.g. indexes/sst2-train)."),
-    task: Optional[str] = typer.Option(None, help="Task name (configs/tasks) or task YAML path."),
-    split: Optional[str] = typer.Option(None, help="Split to index; default: the task's pool split."),
-    data_dir: Optional[Path] = typer.Option(None, help="Local data dir laid out as NAME/SPLIT.jsonl; "
-                                            "default: the HF hub."),
-    file: Optional[Path] = typer.Option(None, help="Your own JSONL or CSV file instead of a task's split."),
-    text_field: Optional[str] = typer.Option(None, help="With --file: text column(s), comma-separated."),
-    label_field: str = typer.Option("label", help="With --file: label column."),
-    labels: Optional[str] = typer.Option(None, help="With --file: label names in id order, comma-separated."),
+    task: Optional[str] = typer.Option(None, help="Built-in task name (`ricl tasks`) or task YAML path."),
+    split: Optional[str] = typer.Option(None, help="Split to index; default: the task's pool split (with "
+                                        "--hf-dataset: train)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Local data dir laid out as NAME/SPLIT.jsonl (or .csv, "
+                                            ".parquet); default: the HF hub."),
+    file: Optional[Path] = typer.Option(None, help="Your own JSONL, CSV or Parquet file instead of a task's split."),
+    hf_dataset: Optional[str] = typer.Option(None, "--hf-dataset", help="A Hugging Face dataset without a task "
+                                             "YAML: a hub id, or a folder written by save_to_disk; with --split, "
+                                             "--text-field, --label-field (and --labels unless it is a ClassLabel)."),
+    hf_config: Optional[str] = typer.Option(None, "--hf-config", help="With --hf-dataset: the hub dataset's "
+                                            "configuration (e.g. sst2 of glue)."),
+    text_field: Optional[str] = typer.Option(None, help="With --file or --hf-dataset: text column(s), "
+                                             "comma-separated."),
+    label_field: str = typer.Option("label", help="With --file or --hf-dataset: label column."),
+    labels: Optional[str] = typer.Option(None, help="With --file or --hf-dataset: label names in id order, "
+                                         "comma-separated; default with --hf-dataset: the ClassLabel's names."),
     encoder: Optional[str] = typer.Option(None, help="sentence-transformers name or path, or an LM kernel like "
                                           "lm:smollm2-135m:layer=15:pooling=mean; default: packaged all-MiniLM-L6-v2."),
     encoder_backend: str = typer.Option("torch", help="How the sentence encoder runs: torch (float32), bfloat16 "
@@ -81,7 +102,8 @@ def index_build(
     check_backend(encoder_backend)
     if out.exists() and not overwrite:
         raise RiclError(f"{out} exists; pass --overwrite to replace it")
-    spec, examples, _ = _task_and_examples(task, split, data_dir, file, text_field, label_field, labels)
+    spec, examples, _ = _task_and_examples(task, split, data_dir, file, text_field, label_field, labels, hf_dataset,
+                                           hf_config)
     if ray_workers is not None:
         from .scale import connect_ray
 
@@ -148,20 +170,30 @@ def select(
     seed: int = typer.Option(0, help="Seed for random choices."),
     param: Optional[list[str]] = typer.Option(None, "--param", help="Another selector parameter as KEY=VALUE "
                                               "(repeatable; the value is read as YAML), e.g. lambda_mult=0.3."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="A token budget: of the k, the most similar "
+                                             "whole demonstrations whose rendered prompt (query included) fits N "
+                                             "tokens, in prompt order."),
+    tokenizer: str = typer.Option(DEFAULT_MODEL, help="With --max-tokens: the model whose tokenizer counts the "
+                                  "budget (a packaged name, a hub id or a local folder)."),
 ) -> None:
     """Print the demonstrations a selector picks for one query, in prompt order."""
-    from .index import DemoIndex
-    from .selectors import make_selector
+    from .demo_selector import DemoSelector
 
-    demo_index = DemoIndex.load(index)
+    # The application API, as `ricl serve` uses it, so a budget is kept exactly as over HTTP and in Python.
     params = {"seed": seed} | ({"order": order} if order else {}) | _key_values(param or [])
-    chosen = make_selector(selector, **params).fit(demo_index).select([query], k)[0]
-    names = demo_index.manifest.label_names
+    demos = DemoSelector.load(index, strategy=selector, use_cache=True, tokenizer=tokenizer, **params)
+    from transformers.utils import logging as hf_logging  # imported once the index is known good: errors stay fast
+
+    # A bad k or budget is found once the encoder has loaded: no weight-loading bar beside its one `error:` line.
+    hf_logging.disable_progress_bar()
+    chosen = demos.select(query, k, max_tokens=max_tokens)
     table = Table("rank", "id", "score", "label", "text")
-    for rank, (i, score) in enumerate(zip(chosen.demo_ids, chosen.scores), 1):
-        ex = demo_index.example(i)
-        table.add_row(str(rank), str(i), f"{score:.3f}", names[ex.label] if names else str(ex.label), ex.text[:100])
+    for rank, ex in enumerate(chosen, 1):
+        label = ex.label_name if ex.label_name is not None else str(ex.label)
+        table.add_row(str(rank), str(ex.id), f"{ex.score:.3f}", label, "\n".join(ex.fields.values())[:100])
     console.print(table)
+    if max_tokens is not None:
+        console.print(f"prompt tokens: {demos.prompt_tokens(query, chosen)} of {max_tokens}")
 
 
 def _key_values(items: list[str]) -> dict:

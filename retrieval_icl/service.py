@@ -12,6 +12,9 @@ its query with a RequestBatcher and waits; one worker thread takes every query q
 one encoder call and answers those with the same k, strategy and max_tokens with one DemoSelector.select_many (one
 search). A query that fails fails only its own request, with the message it gets alone. Adds still take the
 DemoSelector's lock, so no select sees a half-updated pool.
+
+GET /docs (Swagger UI) and GET /redoc render the schema from files the service serves itself (docs_page.py): they
+work without internet.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from .demo_selector import DemoSelector, SelectedExample
+from .docs_page import add_docs
 from .errors import RiclError
 from .models import DEFAULT_MODEL
 from .request_batcher import RequestBatcher, grouped
@@ -227,7 +231,9 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
     selects are answered together (see the module docstring); without, each request selects alone."""
     limits = limits or Limits()
     app = FastAPI(title="retrieval-icl", summary="Demonstration selection for in-context learning.", version="1",
-                  lifespan=_batching_lifespan(selector) if batching else None)
+                  lifespan=_batching_lifespan(selector) if batching else None,
+                  docs_url=None, redoc_url=None)  # FastAPI's pages load from a CDN; add_docs serves them offline
+    add_docs(app)
     guarded = [Depends(_key_check(api_key))]
 
     @app.exception_handler(RiclError)

@@ -1,9 +1,8 @@
-"""Task specs (configs/tasks/*.yaml) and dataset loading: Hugging Face hub, or local JSONL/CSV files."""
+"""Task specs (task_configs/*.yaml, package data) and dataset loading: a Hugging Face dataset (by a task's hub path,
+or by name or save_to_disk folder without a task), or local JSONL/CSV/Parquet files (readers.py)."""
 
 from __future__ import annotations
 
-import codecs
-import csv
 import hashlib
 import json
 import logging
@@ -11,16 +10,18 @@ import random
 import reprlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RiclError
-from .yaml_config import check_file, not_utf8, read_yaml, validation_message
+from .readers import READERS
+from .yaml_config import check_file, read_yaml, validation_message
 
 log = logging.getLogger(__name__)
 
-TASKS_DIR = Path(__file__).resolve().parent.parent / "configs" / "tasks"
+# Inside the package, so an installed (not editable) copy finds the built-in tasks too.
+TASKS_DIR = Path(__file__).resolve().parent / "task_configs"
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class TaskSpec(BaseModel):
 
 
 def load_task(name_or_path: str | Path) -> TaskSpec:
-    """A task by name (configs/tasks/NAME.yaml) or by the path of a YAML file."""
+    """A task by name (task_configs/NAME.yaml) or by the path of a YAML file."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
         path = TASKS_DIR / f"{name_or_path}.yaml"
@@ -132,82 +133,15 @@ def task_from_columns(text_fields: Sequence[str], label_field: str, label_names:
     fields = list(text_fields)
     if len(set(label_names)) < 2:
         raise RiclError(f"label names {list(label_names)}: expected at least two distinct names, e.g. neg,pos")
+    if not 1 <= len(fields) <= 2:
+        raise RiclError(f"text fields {fields}: expected one or two text columns, e.g. review or premise,hypothesis")
     template = PromptTemplate(input="\n".join(f"{f.capitalize()}: {{{f}}}" for f in fields) if len(fields) > 1
                               else f"Input: {{{fields[0]}}}")
-    return TaskSpec(name=name, text_fields=fields, label_field=label_field, label_names=list(label_names),
-                    template=template)
-
-
-def _utf8_lines(path: Path) -> Iterator[str]:
-    """The file's lines, a leading UTF-8 byte-order mark dropped; bytes that are not UTF-8 text are an error."""
     try:
-        f = path.open("rb")
-    except OSError as e:
-        raise RiclError(f"{path}: cannot read ({e.strerror})")
-    with f:
-        for line_no, raw in enumerate(f, 1):
-            if line_no == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)  # accepted and dropped: Excel and Notepad write it
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise not_utf8(path, line_no, raw, e.start)
-            if "\0" in line:  # never in JSON or in text a person wrote: a binary file, or UTF-16 without a BOM
-                raise RiclError(f"{path}:{line_no}: a NUL byte at column {line.index(chr(0)) + 1}; expected UTF-8 text "
-                                "(is this a binary or UTF-16 file?)")
-            yield line
-
-
-def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSON Lines file."""
-    for line_no, line in enumerate(_utf8_lines(path), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RiclError(f"{path}:{line_no}: not valid JSON ({e.msg}, column {e.colno}); "
-                            "expected one JSON object per line")
-        except (ValueError, RecursionError):  # json's limits: integers over 4300 digits, nesting past the stack
-            raise RiclError(f"{path}:{line_no}: not valid JSON (a number too long or nesting too deep); "
-                            "expected one JSON object per line")
-        if not isinstance(row, dict):
-            raise RiclError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-        yield line_no, row
-
-
-def _ragged(path: Path, start: int, end: int, row: list[str], header: list[str]) -> RiclError:
-    """A row whose field count differs from the header's: said, not guessed at (a stray comma shifts the label)."""
-    runs_on = f"; the row runs on to line {end}: an unclosed quote?" if end > start else ""
-    return RiclError(f"{path}:{start}: {len(row)} field(s), expected {len(header)} like the header "
-                     f"({','.join(header)}){runs_on}")
-
-
-def _rows_csv(path: Path) -> Iterator[tuple[int, dict]]:
-    """(first line, {column: value}) for each row of a CSV file with a header line; blank lines are skipped."""
-    reader, header, end = csv.reader(_utf8_lines(path)), None, 0
-    try:
-        for row in reader:
-            start, end = end + 1, reader.line_num
-            if not row:
-                continue
-            if header is None:
-                header = _csv_header(path, start, row)
-            elif len(row) != len(header):
-                raise _ragged(path, start, end, row, header)
-            else:
-                yield start, dict(zip(header, row))
-    except csv.Error as e:
-        raise RiclError(f"{path}:{reader.line_num}: not valid CSV ({e})")
-
-
-def _csv_header(path: Path, line_no: int, header: list[str]) -> list[str]:
-    """The column names; a repeated one is an error, as a dict would silently keep only its last value."""
-    for name in header:
-        if header.count(name) > 1:
-            raise RiclError(f"{path}:{line_no}: column {name!r} appears {header.count(name)} times in the header; "
-                            "expected distinct column names")
-    return header
+        return TaskSpec(name=name, text_fields=fields, label_field=label_field, label_names=list(label_names),
+                        template=template)
+    except ValidationError as e:  # a repeated label name, a field name that is no format key: one line, not a dump
+        raise RiclError(f"text fields {fields}, labels {list(label_names)}: {e.errors()[0]['msg']}")
 
 
 def _label_id(raw: object, task: TaskSpec, where: str) -> int:
@@ -244,32 +178,37 @@ def _example(row: dict, task: TaskSpec, fallback_id: int, where: str) -> Example
     return Example(id=fallback_id, texts=tuple(texts), label=_label_id(row[task.label_field], task, where))
 
 
-# Each example file type: its row reader and the layout an empty file is missing.
-_READERS = {".jsonl": (_rows_jsonl, "one JSON object per line"), ".json": (_rows_jsonl, "one JSON object per line"),
-            ".csv": (_rows_csv, "a header line, then one row per example")}
-
-
 def read_examples_file(path: str | Path, task: TaskSpec) -> list[Example]:
-    """Examples from one UTF-8 JSONL or CSV file (a UTF-8 byte-order mark is dropped); the id is the row's position,
-    so it is stable for a given file. Every problem with the file is a RiclError naming it and, for a row, the line."""
+    """Examples from one UTF-8 JSONL or CSV file (a UTF-8 byte-order mark is dropped) or Parquet file; the id is the
+    row's position, so it is stable for a given file. Every problem with the file is a RiclError naming it and, for a
+    row, the line (for Parquet, `row N`, N counted from 0)."""
     path = Path(path)
-    check_file(path, "a .jsonl or .csv file of examples")
-    if path.suffix not in _READERS:
-        raise RiclError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl or .csv")
-    rows, layout = _READERS[path.suffix]
-    examples = [_example(row, task, i, f"{path}:{line}") for i, (line, row) in enumerate(rows(path))]
+    check_file(path, "a .jsonl, .csv or .parquet file of examples")
+    if path.suffix not in READERS:
+        raise RiclError(f"{path}: unsupported file type {path.suffix!r}; expected .jsonl, .csv or .parquet")
+    rows, layout = READERS[path.suffix]
+    examples = [_example(row, task, i, where) for i, (where, row) in enumerate(rows(path))]
     if not examples:
         raise RiclError(f"{path}: no examples; expected {layout}")
     return examples
 
 
+_SPLIT_SUFFIXES = (".jsonl", ".csv", ".parquet")  # a data dir's NAME/SPLIT file, the first that exists
+
+
 def _local_file(task: TaskSpec, split: str, data_dir: Path) -> Path:
     folder = data_dir / (task.source.local_name or task.name)
     split = task.source.local_splits.get(split, split)
-    for suffix in (".jsonl", ".csv"):
+    for suffix in _SPLIT_SUFFIXES:
         if (folder / f"{split}{suffix}").exists():
             return folder / f"{split}{suffix}"
-    raise RiclError(f"no split {split!r} for task {task.name} under {folder} (expected {split}.jsonl or {split}.csv)")
+    raise RiclError(f"no split {split!r} for task {task.name} under {folder} "
+                    f"(expected {split}.jsonl, {split}.csv or {split}.parquet)")
+
+
+def _dataset_examples(ds: Any, task: TaskSpec, where: str) -> list[Example]:
+    """Examples from a `datasets.Dataset`, the id being the row's position; an error names `where` and `row N`."""
+    return [_example(row, task, i, f"{where} row {i}") for i, row in enumerate(ds)]
 
 
 def _hub_examples(task: TaskSpec, split: str) -> list[Example]:
@@ -278,14 +217,86 @@ def _hub_examples(task: TaskSpec, split: str) -> list[Example]:
     if task.source.hub_path is None:
         raise RiclError(f"task {task.name} names no hub dataset; pass a data dir with {task.name}/{split}.jsonl")
     ds = datasets.load_dataset(task.source.hub_path, task.source.hub_config, split=split)
-    where = f"hub {task.source.hub_path}/{task.source.hub_config or ''}:{split}"
-    return [_example(row, task, i, f"{where} row {i}") for i, row in enumerate(ds)]
+    return _dataset_examples(ds, task, f"hub {task.source.hub_path}/{task.source.hub_config or ''}:{split}")
+
+
+def hf_dataset_examples(name: str | Path, split: str, text_fields: Sequence[str], label_field: str = "label",
+                        label_names: Sequence[str] | None = None,
+                        config: str | None = None) -> tuple[TaskSpec, list[Example]]:
+    """One split of a Hugging Face dataset without a task YAML, and the task made from its columns (task_from_columns).
+
+    `name` is a folder written by `Dataset.save_to_disk` or `DatasetDict.save_to_disk`, or else a hub id loaded with
+    `datasets.load_dataset(name, config, split=split)` (the hub or its cache must be reachable). The label names are
+    `label_names` in id order, else those of the label column's ClassLabel feature. Errors name dataset, split, row."""
+    folder = Path(name)
+    where = f"dataset {name}{f' ({config})' if config else ''} split {split}"
+    ds = _saved_split(folder, split, config, where) if folder.exists() else _hub_split(str(name), config, split)
+    columns = list(dict.fromkeys([*text_fields, label_field]))
+    for column in columns:
+        if column not in ds.column_names:
+            raise RiclError(f"{where}: no column {column!r}; columns are {sorted(ds.column_names)}")
+    names = list(label_names) if label_names else _class_label_names(ds, label_field, where)
+    task_name = folder.resolve().name if folder.exists() else str(name)  # a folder's name, else the hub id
+    task = task_from_columns(text_fields, label_field, names, name=task_name)
+    examples = _dataset_examples(ds.select_columns(columns), task, where)  # unused columns (images) not decoded
+    if not examples:
+        raise RiclError(f"{where}: no examples; expected at least one row")
+    return task, examples
+
+
+def _saved_split(folder: Path, split: str, config: str | None, where: str) -> Any:
+    """The split of a folder written by save_to_disk: a DatasetDict's split, or a Dataset saved on its own."""
+    import datasets
+
+    if not folder.is_dir():
+        raise RiclError(f"{folder}: a file, not a dataset folder; read a file of examples with --file "
+                        "(read_examples_file)")
+    if config is not None:
+        raise RiclError(f"{folder}: a saved dataset has no configs; give --hf-config only with a hub id")
+    try:
+        saved = datasets.load_from_disk(str(folder))
+    except FileNotFoundError as e:  # datasets says "neither a `Dataset` directory nor a `DatasetDict` directory"
+        raise RiclError(f"{folder}: not a dataset folder ({e}); expected one written by save_to_disk, or a hub id")
+    except IndexError:  # datasets 5 saves a split of no rows as no shards, then cannot concatenate them on load
+        raise RiclError(f"{folder}: datasets cannot load it back: a split saved with no rows? Save it without "
+                        "that split, or with save_to_disk(..., num_shards=1)") from None
+    if isinstance(saved, datasets.DatasetDict):
+        if split not in saved:
+            raise RiclError(f"{where}: no such split; the splits are {list(saved)}")
+        return saved[split]
+    if saved.split is not None and str(saved.split) != split:  # a Dataset saved on its own may record its split
+        raise RiclError(f"{where}: no such split; the folder holds split {str(saved.split)!r} only")
+    return saved
+
+
+def _hub_split(name: str, config: str | None, split: str) -> Any:
+    import datasets
+
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    # offline: ConnectionError; an unknown id: DatasetNotFoundError (an OSError); a wrong split or config: ValueError
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RiclError(f"hub dataset {name!r}, split {split!r}: cannot load ({reason}); expected a hub id (with the "
+                        "hub or its cache reachable) or a folder written by save_to_disk")
+
+
+def _class_label_names(ds: Any, label_field: str, where: str) -> list[str]:
+    """The names of the label column's ClassLabel feature; any other column needs the names given."""
+    import datasets
+
+    feature = ds.features[label_field]
+    if not isinstance(feature, datasets.ClassLabel):
+        kind = getattr(feature, "dtype", type(feature).__name__)
+        raise RiclError(f"{where}: column {label_field!r} holds {kind}, not a ClassLabel with names; give the label "
+                        "names in id order (--labels neg,pos)")
+    return list(feature.names)
 
 
 def load_examples(task: TaskSpec, split: str, data_dir: str | Path | None = None) -> list[Example]:
-    """All labelled examples of a split: a JSONL/CSV path as the split, `data_dir/<local_name>/<split>.*`, or the
-    hub."""
-    if Path(split).suffix in (".jsonl", ".json", ".csv"):
+    """All labelled examples of a split: a JSONL/CSV/Parquet path as the split, `data_dir/<local_name>/<split>.*`, or
+    the hub."""
+    if Path(split).suffix in READERS:
         return read_examples_file(split, task)
     if data_dir is None:
         return _hub_examples(task, split)

@@ -7,6 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retrieval_icl.cli import app
+from retrieval_icl.tasks import TASKS_DIR
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 runner = CliRunner()
@@ -103,7 +104,7 @@ def test_bad_experiment_config_names_the_field(tmp_path):
 
 def test_validate_accepts_the_shipped_configs():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for path in [*root.glob("experiments/*.yaml"), root / "tasks" / "sst2.yaml"]:
+    for path in [*root.glob("experiments/*.yaml"), TASKS_DIR / "sst2.yaml"]:
         result = ricl("validate", path)
         assert result.exit_code == 0, (path, result.output)
 
@@ -124,6 +125,44 @@ def test_select_takes_selector_parameters(small_index):
                                "a film"), "KEY=VALUE")
     assert_one_line_error(ricl("select", "--index", small_index, "--selector", "mmr", "--param", "lambda_mult=7",
                                "a film"), "lambda_mult")
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of each body row of a printed rich table: rank, id, score, label, text."""
+    return [[c.strip() for c in line.strip("│").split("│")] for line in output.splitlines() if line.startswith("│")]
+
+
+@pytest.mark.lm  # loads the packaged SmolLM2 tokenizer, as tests/test_budget.py does
+def test_select_with_a_token_budget_keeps_what_the_application_api_keeps(small_index):
+    from retrieval_icl.demo_selector import DemoSelector
+
+    query = "a witty and gorgeous movie"
+    full = table_rows(ricl("select", "--index", small_index, "-k", "4", query).output)
+    demos = DemoSelector.load(small_index, tokenizer="smollm2-135m")
+    everything = demos.prompt_tokens(query, demos.select(query, k=4))
+    for budget in (everything, everything - 1, 40, 10**6):
+        result = ricl("select", "--index", small_index, "-k", "4", "--max-tokens", budget, "--tokenizer",
+                      "smollm2-135m", query)
+        assert result.exit_code == 0, result.output
+        kept = demos.select(query, k=4, max_tokens=budget)
+        rows = table_rows(result.output)
+        assert [int(r[1]) for r in rows] == [d.id for d in kept] and 1 <= len(rows) <= 4
+        assert {r[1] for r in rows} <= {r[1] for r in full}  # a subset of the unbudgeted k, none cut
+        assert f"prompt tokens: {demos.prompt_tokens(query, kept)} of {budget}" in result.output
+        assert demos.prompt_tokens(query, kept) <= budget
+        assert (len(rows) == 4) == (budget >= everything)
+
+
+@pytest.mark.lm
+def test_a_budget_too_small_for_one_demonstration_is_one_error_line(small_index):
+    result = ricl("select", "--index", small_index, "-k", "4", "--max-tokens", "12", "a witty and gorgeous movie")
+    assert_one_line_error(result, r"^error: max_tokens=12 leaves no room for a demonstration: the prompt without "
+                                  r"demonstrations takes \d+ tokens")
+
+
+def test_a_budget_below_one_is_one_error_line(small_index):
+    assert_one_line_error(ricl("select", "--index", small_index, "--max-tokens", "0", "a film"),
+                          r"max_tokens must be a positive integer, got 0")
 
 
 def test_compare_summary_stays_readable_at_80_columns():

@@ -1,5 +1,6 @@
-"""Every file reader fails cleanly: a JSONL, CSV or YAML file that is not what was expected gives one RiclError
-naming the file and line (the CLI prints it as one `error:` line, exit code 2); random bytes never do worse."""
+"""Every file reader fails cleanly: a JSONL, CSV, Parquet or YAML file that is not what was expected gives one
+RiclError naming the file and line, or row for Parquet (the CLI prints it as one `error:` line, exit code 2); random
+or damaged bytes never do worse."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -135,7 +138,7 @@ def test_a_bad_csv_row_names_its_line(tmp_path, content, pattern):
     ("blank.jsonl", "\n \n", r"blank\.jsonl: no examples; expected one JSON object per line"),
     ("empty.csv", "", r"empty\.csv: no examples; expected a header line, then one row per example"),
     ("header.csv", "text,label\n", r"header\.csv: no examples; expected a header line"),
-    ("data.txt", GOOD_JSONL, r"data\.txt: unsupported file type '\.txt'; expected \.jsonl or \.csv"),
+    ("data.txt", GOOD_JSONL, r"data\.txt: unsupported file type '\.txt'; expected \.jsonl, \.csv or \.parquet"),
 ])
 def test_empty_and_unsupported_files(tmp_path, name, content, pattern):
     assert_fails(write(tmp_path, name, content), pattern)
@@ -144,13 +147,113 @@ def test_empty_and_unsupported_files(tmp_path, name, content, pattern):
 def test_a_directory_or_a_missing_file(tmp_path):
     (tmp_path / "train.jsonl").mkdir()
     assert_fails(tmp_path / "train.jsonl",
-                 r"train\.jsonl: is a directory; expected a \.jsonl or \.csv file of examples")
-    assert_fails(tmp_path / "gone.csv", r"gone\.csv: no such file; expected a \.jsonl or \.csv file")
+                 r"train\.jsonl: is a directory; expected a \.jsonl, \.csv or \.parquet file of examples")
+    assert_fails(tmp_path / "gone.csv", r"gone\.csv: no such file; expected a \.jsonl, \.csv or \.parquet file")
     task = load_task("sst2")
     (tmp_path / "sst2").mkdir()
     (tmp_path / "sst2" / "train.jsonl").mkdir()
     with pytest.raises(RiclError, match=r"sst2/train\.jsonl: is a directory"):
         load_examples(task, "train", tmp_path)
+
+
+# --- Parquet: the same examples as JSONL and CSV; each failure names the file and, for a row, `row N` ----------------
+
+def write_parquet(folder: Path, name: str, columns: dict, **options) -> Path:
+    """A Parquet file of these columns (lists or pyarrow arrays), written by pyarrow as a user's tools would."""
+    path = folder / name
+    pq.write_table(pa.table(columns), path, **options)
+    return path
+
+
+@pytest.mark.parametrize("columns", [
+    {"text": ["fine", "awful"], "label": [1, 0]},
+    {"text": ["fine", "awful"], "label": ["pos", "neg"]},  # label names, as in JSONL and CSV
+    {"text": ["fine", "awful"], "label": ["1", "neg"]},  # a string column mixing ids and names, as CSV has
+    {"text": ["fine", "awful"], "label": [1.0, 0.0]},
+    {"text": ["fine", "awful"], "label": pa.array(["pos", "neg"]).dictionary_encode()},  # pandas' categorical
+    {"id": [7, 8], "text": pa.array([" fine ", "awful"], pa.large_string()), "label": pa.array([1, 0], pa.int8())},
+])
+def test_a_parquet_file_gives_the_same_examples(tmp_path, columns):
+    assert read_examples_file(write_parquet(tmp_path, "good.parquet", columns), TASK) == GOOD_EXAMPLES
+
+
+def test_parquet_rows_are_counted_across_row_groups_and_found_in_a_data_dir(tmp_path):
+    rows = [json.loads(line) for line in (DATA / "sst2" / "train.jsonl").read_text().splitlines()]
+    (tmp_path / "sst2").mkdir()
+    columns = {"sentence": [r["sentence"] for r in rows], "label": [r["label"] for r in rows]}
+    path = write_parquet(tmp_path / "sst2", "train.parquet", columns, row_group_size=7)
+    task = load_task("sst2")
+    assert load_examples(task, "train", tmp_path) == load_examples(task, "train", DATA)  # sst2/train.parquet
+    assert load_examples(task, str(path)) == load_examples(task, "train", DATA)  # a Parquet path as the split
+    columns["label"][33] = 5  # in the fifth row group of seven rows
+    write_parquet(tmp_path / "sst2", "train.parquet", columns, row_group_size=7)
+    assert_fails(path, r"train\.parquet row 33: label=5 is outside the label set 0\.\.1",
+                 read=lambda p: load_examples(task, "train", tmp_path))
+
+
+@pytest.mark.parametrize("columns, pattern", [
+    ({"review": ["ok"], "label": [1]}, r"bad\.parquet row 0: no column 'text'; columns are \['label', 'review'\]"),
+    ({"text": ["ok", "fine"], "rating": [1, 0]}, r"bad\.parquet row 0: no column 'label'"),
+    ({"text": [1, 5], "label": [1, 0]}, r"bad\.parquet row 0: text=1 is not a string \(int\); expected text"),
+    ({"text": ["ok", None], "label": [1, 0]}, r"bad\.parquet row 1: text=None is not a string \(NoneType\)"),
+    ({"text": [b"ok", b"x"], "label": [1, 0]}, r"bad\.parquet row 0: text=b'ok' is not a string \(bytes\)"),
+    ({"text": ["ok", "  "], "label": [1, 0]}, r"bad\.parquet row 1: text is empty"),
+    ({"text": ["ok", "fine"], "label": [1, 2]}, r"bad\.parquet row 1: label=2 is outside the label set 0\.\.1"),
+    ({"text": ["ok", "fine"], "label": [1, None]}, r"bad\.parquet row 1: label=None is not a label id 0\.\.1"),
+    ({"text": ["ok", "fine"], "label": ["pos", "maybe"]}, r"bad\.parquet row 1: label='maybe' is not a label id"),
+    ({"text": ["ok", "fine"], "label": [1.0, 0.5]}, r"bad\.parquet row 1: label=0\.5 is not a label id"),
+    ({"text": ["ok", "fine"], "label": [1.0, float("nan")]}, r"bad\.parquet row 1: label=nan is not a label id"),
+    ({"text": pa.array([b"ok", b"caf\xe9"]).view(pa.string()), "label": [1, 0]},  # a writer that did not check
+     r"bad\.parquet row 1: column 'text' is not UTF-8 text \(byte 0xe9 at position 4\); expected UTF-8 strings"),
+    ({"text": pa.array([], pa.string()), "label": pa.array([], pa.int64())},
+     r"bad\.parquet: no examples; expected a Parquet table with one row per example$"),
+])
+def test_a_bad_parquet_row_names_its_row(tmp_path, columns, pattern):
+    assert_fails(write_parquet(tmp_path, "bad.parquet", columns), pattern)
+
+
+def test_a_parquet_schema_with_a_repeated_column(tmp_path):
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array([1])],
+                                        names=["text", "text", "label"]), path)
+    assert_fails(path, r"bad\.parquet: column 'text' appears 2 times in the schema; expected distinct column names")
+
+
+def parquet_bytes(compression: str = "snappy") -> bytes:
+    """A valid Parquet file of the good examples, five times over in row groups of four rows."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"text": ["fine", "awful"] * 5, "label": [1, 0] * 5}), sink,
+                   compression=compression, row_group_size=4)
+    return sink.getvalue().to_pybytes()
+
+
+@pytest.mark.parametrize("content, pattern", [
+    pytest.param(b"", r"Parquet file size is 0 bytes", id="empty"),
+    pytest.param(GOOD_CSV.encode(), r"magic bytes not found", id="csv-named-parquet"),
+    pytest.param(parquet_bytes()[:-30], r"magic bytes not found", id="truncated"),
+    pytest.param(parquet_bytes()[:100] + parquet_bytes()[-80:], r"smaller than the size reported", id="middle-cut"),
+    pytest.param(parquet_bytes()[:4] + b"\xff" * 8 + parquet_bytes()[12:], r"Couldn't deserialize", id="bad-header"),
+    pytest.param(parquet_bytes()[:20] + b"\xff" * 8 + parquet_bytes()[28:], r"Invalid BYTE_ARRAY", id="bad-page"),
+])
+def test_a_parquet_file_that_pyarrow_cannot_read(tmp_path, content, pattern):
+    assert_fails(write(tmp_path, "bad.parquet", content),
+                 rf"bad\.parquet: not a readable Parquet file \(.*{pattern}.*\); expected a Parquet table with one row")
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(compression=st.sampled_from(["snappy", "zstd", "none"]), cut=st.none() | st.integers(0, 2000),
+       flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=4))
+def test_damaged_parquet_bytes_give_examples_or_a_one_line_error(tmp_path, compression, cut, flips):
+    content = bytearray(parquet_bytes(compression))
+    for at, byte in flips:
+        content[at % len(content)] = byte
+    path = write(tmp_path, "damaged.parquet", bytes(content[:cut]))
+    try:
+        result = read_examples_file(path, TASK)
+    except RiclError as e:
+        assert "\n" not in str(e) and "damaged.parquet" in str(e), str(e)
+        return
+    assert result and all(isinstance(e, Example) and e.label in (0, 1) and e.texts[0] for e in result)
 
 
 # --- YAML ------------------------------------------------------------------------------------------------------
@@ -299,6 +402,16 @@ def test_cli_index_build_on_a_bad_csv_and_a_bad_task_yaml(tmp_path):
     good = write(tmp_path, "good.jsonl", GOOD_JSONL)
     assert_cli_error(ricl("index", "build", "--task", task, "--file", good, "--out", tmp_path / "i"),
                      r"task\.yaml:3: not valid YAML .*YAML does not allow tabs")
+
+
+def test_cli_index_build_on_a_bad_parquet_file(tmp_path):
+    corrupt = write(tmp_path, "reviews.parquet", parquet_bytes()[:-30])
+    assert_cli_error(ricl("index", "build", "--file", corrupt, "--text-field", "text", "--labels", "neg,pos",
+                          "--out", tmp_path / "i"), r"reviews\.parquet: not a readable Parquet file \(")
+    bad_row = write_parquet(tmp_path, "rows.parquet", {"text": ["ok", "fine", "good"], "label": [1, 0, 3]})
+    assert_cli_error(ricl("index", "build", "--file", bad_row, "--text-field", "text", "--labels", "neg,pos",
+                          "--out", tmp_path / "i"), r"rows\.parquet row 2: label=3 is outside the label set")
+    assert not (tmp_path / "i").exists()
 
 
 @pytest.mark.parametrize("command", ["compare", "study"])

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -14,8 +15,10 @@ import httpx
 import pytest
 import uvicorn
 from counting_encoder import counting_encoder
+from fastapi import FastAPI
 
 from retrieval_icl.demo_selector import DemoSelector
+from retrieval_icl.docs_page import add_docs
 from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
@@ -202,6 +205,56 @@ def test_without_a_key_the_endpoints_are_open(service):
 def test_form_body_and_wrong_method_are_refused(client):
     assert client.post("/select", data={"text": "fine"}, headers=KEY).status_code == 422
     assert client.get("/select").status_code == 405
+
+
+def referenced_urls(html: str) -> list[str]:
+    """Every URL a docs page loads: scripts, stylesheets, the icon and the schema."""
+    return [a or b for a, b in re.findall(r'(?:src|href|spec-url)="([^"]+)"|url: \'([^\']+)\'', html)]
+
+
+def assert_served_offline(client: httpx.Client, page: str, prefix: str = "") -> None:
+    """`page` answers HTML naming no other host, and every URL it names answers 200 from this server, without a key."""
+    reply = client.get(page)
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/html"), reply.text[:500]
+    assert not re.search(r"https?://", reply.text), reply.text  # no CDN, no Google fonts
+    # and the browser is told to load nothing from another host (ReDoc's bundle asks a CDN for a logo)
+    assert reply.headers["content-security-policy"].startswith("default-src 'self';"), reply.headers
+    assert not re.search(r"https?:|\*", reply.headers["content-security-policy"]), reply.headers
+    urls = referenced_urls(reply.text)
+    assert f"{prefix}/openapi.json" in urls and any(u.endswith(".js") for u in urls), urls
+    for url in urls:
+        assert url.startswith(prefix + "/"), url
+        got = client.get(url)
+        assert got.status_code == 200, (url, got.status_code)
+        if url.endswith(".js"):  # the whole Swagger UI or ReDoc bundle, not a loader that fetches the rest
+            assert len(got.content) > 500_000 and "javascript" in got.headers["content-type"], url
+        elif url.endswith(".css"):
+            assert len(got.content) > 50_000 and got.headers["content-type"].startswith("text/css"), url
+        elif url.endswith(".png"):
+            assert got.content.startswith(b"\x89PNG"), url
+        else:
+            assert got.json()["info"]["title"] == "retrieval-icl", url
+
+
+def test_docs_and_redoc_pages_load_every_asset_from_the_service(client):
+    for page in ("/docs", "/redoc"):
+        assert_served_offline(client, page)  # `client` sends no key: like /openapi.json, the pages are public
+    schema = client.get("/openapi.json").json()
+    assert not {"/docs", "/redoc"} & set(schema["paths"])
+    assert client.post("/select", json={"text": "fine", "k": 2}).status_code == 401  # the key still guards /select
+
+
+def test_docs_pages_follow_the_path_the_app_is_mounted_under(service):
+    outer = FastAPI()
+    outer.mount("/ricl", create_app(service[1], batching=False))  # as behind a proxy that forwards /ricl/...
+    with running(outer) as base, httpx.Client(base_url=base, timeout=30) as client:
+        for page in ("/ricl/docs", "/ricl/redoc"):
+            assert_served_offline(client, page, prefix="/ricl")
+
+
+def test_add_docs_refuses_an_app_with_fastapis_cdn_pages():
+    with pytest.raises(ValueError, match=r"expected FastAPI\(docs_url=None, redoc_url=None\)"):
+        add_docs(FastAPI())
 
 
 def test_the_per_request_path_answers_the_same(client, service):

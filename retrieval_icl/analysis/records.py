@@ -13,8 +13,8 @@ import numpy as np
 
 from ..attention_summary import N_SUMMARY_COLUMNS
 from ..errors import RiclError
+from ..readers import rows_jsonl
 from ..record import RunRecord
-from ..tasks import _rows_jsonl
 from ..yaml_config import read_yaml
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def load_results(directory: str | Path) -> Results:
     path = directory / "records.jsonl"
     if not path.exists():
         raise RiclError(f"{path}: no such file; {directory} is not a `ricl compare` results directory")
-    records = [RunRecord.check(row, f"{path}:{no}") for no, row in _rows_jsonl(path)]
+    records = [RunRecord.check(row, where) for where, row in rows_jsonl(path)]
     if not records:
         raise RiclError(f"{path}: no records")
     n_labels = {len(r["label_log_probs"]) for r in records}
