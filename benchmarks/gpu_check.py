@@ -1,4 +1,4 @@
-"""GPU check: FAISS search on the GPU, float16 scoring and attention capture on CUDA, the main job timed on a GPU.
+"""GPU check: search on the GPU, scoring and attention capture on CUDA, the main job timed on a GPU.
 
 After `bash scripts/install.sh --gpu`, on a machine with an NVIDIA GPU (a few minutes):
 
@@ -10,11 +10,12 @@ After `bash scripts/install.sh --gpu`, on a machine with an NVIDIA GPU (a few mi
 (a) faiss: flat inner-product search of random unit vectors (100k x 384, 1000 queries, k=10) on the GPU against the
     CPU. Ids must be identical except at ties: an id may differ only where the two scores at that rank agree within
     `--tie-tol`. Scores within 1e-4, and the GPU's scores against float64 inner products of the ids it returned.
-(b) models: a tiny random GPT-J (as tests/conftest.py builds it) and the packaged SmolLM2-135M in float16 on CUDA
-    against float32 on CPU: label predictions (a flip fails only where the CPU's margin between its top two labels is
-    clear, more than twice the log-prob tolerance), the largest log-prob difference, and our captured attention
-    rows (capture.py) against eager attention's rows (`output_attentions=True`) on the same device and dtype.
-(c) main job: `ricl compare configs/experiments/sst2_knn_vs_random.yaml` with `device: cuda` and `dtype: float16`
+(b) models: a tiny random GPT-J (as tests/conftest.py builds it) and the packaged SmolLM2-135M on CUDA in --dtype
+    (default: what `dtype: auto` runs there, bfloat16 from compute capability 8.0) against float32 on CPU: label
+    predictions (a flip fails only where the CPU's margin between its top two labels is clear, more than twice the
+    log-prob tolerance), the largest log-prob difference, and our captured attention rows (capture.py) against eager
+    attention's rows (`output_attentions=True`) on the same device and dtype.
+(c) main job: `ricl compare configs/experiments/sst2_knn_vs_random.yaml` with `device: cuda` and that dtype
     (a config that includes it, since `ricl compare` takes those from the config): its exit status, the device and
     dtype the weights ran in, wall time, accuracy per selector and, when a CPU run of the same config is in
     results/sst2_knn_vs_random, the share of predictions the two runs agree on.

@@ -116,8 +116,7 @@ class LMRunner(Scorer):
         """Padded tokens per forward that fit in a share of the accelerator's free memory: activations, KV cache,
         captured rows and float64 label log-probs, estimated from the model's config (at least one full context)."""
         free, _ = torch.cuda.mem_get_info(self.loaded.device)
-        budget = int(_FREE_MEMORY_SHARE * free / forward_bytes_per_token(self.loaded, capture))
-        return max(self.context_length, min(budget, _MAX_AUTO_BATCH_TOKENS))
+        return tokens_for_memory(free, forward_bytes_per_token(self.loaded, capture), self.context_length)
 
     def _score_rows(
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], capture: bool
@@ -206,6 +205,16 @@ class LMRunner(Scorer):
         starts = torch.as_tensor([len(p) for p in prompts], device=ids.device)[:, None]  # (b, 1)
         keep = starts + torch.arange(n, device=ids.device)  # (b, m-1): where tokens 0..m-2 sit
         return self.loaded.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+
+
+def tokens_for_memory(free_bytes: int, bytes_per_token: int, context_length: int) -> int:
+    """Padded tokens per forward that fit a share of `free_bytes`, at least one full context, at most the cap.
+
+    >>> tokens_for_memory(8 * 2**30, 200_000, 2048), tokens_for_memory(2**20, 200_000, 2048)
+    (21474, 2048)
+    """
+    budget = int(_FREE_MEMORY_SHARE * free_bytes / bytes_per_token)
+    return max(context_length, min(budget, _MAX_AUTO_BATCH_TOKENS))
 
 
 def forward_bytes_per_token(loaded: LoadedModel, capture: bool) -> int:

@@ -10,7 +10,7 @@ from retrieval_icl.batching import CPU_BATCH_OVERHEAD_TOKENS, FEWEST_BATCHES, Ba
 from retrieval_icl.capture import capture_attention
 from retrieval_icl.errors import RiclError
 from retrieval_icl.models import LoadedModel, check_transformers_version
-from retrieval_icl.runner import LMRunner
+from retrieval_icl.runner import LMRunner, forward_bytes_per_token, tokens_for_memory
 from retrieval_icl.scoring import calibrate
 
 TEXTS = [
@@ -266,3 +266,22 @@ def test_transformers_floor_and_the_behaviours_the_runner_relies_on(tiny_gptj):
     with capture_attention(tiny_gptj, last[:, 0]) as cap:
         tiny_gptj(input_ids=ids)
     assert cap.rows().shape == (3, 2, 4, 9)
+
+
+def test_an_accelerator_budget_is_sized_from_free_memory(tiny_gptj):
+    loaded = LoadedModel(tiny_gptj, _PadOnly(), "tiny-gptj", 256, 2, 4)
+    plain, captured = forward_bytes_per_token(loaded, False), forward_bytes_per_token(loaded, True)
+    # float32: 4 x (8 x 64 residual + 4 x 256 MLP + 2 x 2 layers x 64 KV) + 20 x 1000 / 16 vocabulary share per token
+    assert plain == 4 * (8 * 64 + 4 * 256 + 2 * 2 * 64) + 20 * 1000 // 16
+    assert captured == plain + 4 * 2 * 4  # float32 rows: layers x heads per token
+    assert tokens_for_memory(2**31, plain, 256) == 65536  # capped
+    assert tokens_for_memory(10**8, plain, 256) == 10**8 // 2 // plain  # half the free memory
+    assert tokens_for_memory(10**4, plain, 256) == 256  # never below one full context
+
+
+def test_docstring_examples_hold():
+    from handmade_results import doctest_failures
+
+    from retrieval_icl import batching, runner
+
+    assert doctest_failures(batching) == doctest_failures(runner) == 0
