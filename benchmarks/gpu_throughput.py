@@ -37,6 +37,7 @@ from retrieval_icl.models import LoadedModel  # noqa: E402
 from retrieval_icl.random_models import random_causal_lm  # noqa: E402
 from retrieval_icl.runner import LMRunner  # noqa: E402
 
+_COMPILED: set[int] = set()  # models compiled in place by `compiled`
 LABELS = [[5], [6]]  # two one-token labels, as SST-2's " negative" / " positive"
 
 
@@ -118,9 +119,9 @@ def plain_forward(loaded: LoadedModel, prompts: Sequence[Sequence[int]], rows: i
 
 def compiled(loaded: LoadedModel, prompts: Sequence[Sequence[int]]) -> object:
     """The token-budget runner with the model compiled in place (inductor, dynamic shapes), once."""
-    if not getattr(loaded.model, "_ricl_compiled", False):
+    if id(loaded.model) not in _COMPILED:
         loaded.model.compile(dynamic=True)
-        loaded.model._ricl_compiled = True
+        _COMPILED.add(id(loaded.model))
     return LMRunner(loaded=loaded).score(prompts, LABELS)
 
 

@@ -62,11 +62,12 @@ class LMRunner(Scorer):
         self.device = device
         self.dtype = dtype
         self._loaded = loaded
+        self._auto_tokens: dict[bool, int] = {}  # capture -> budget, sized once: the allocator's cache shrinks "free"
         self.share_prompt_cache = share_prompt_cache
 
     def load(self) -> "LMRunner":
         """Load the model and tokenizer; returns self."""
-        self._loaded = load_causal_lm(self.model, self.device, self.dtype)
+        self._loaded, self._auto_tokens = load_causal_lm(self.model, self.device, self.dtype), {}
         return self
 
     @property
@@ -115,8 +116,11 @@ class LMRunner(Scorer):
     def auto_batch_tokens(self, capture: bool) -> int:
         """Padded tokens per forward that fit in a share of the accelerator's free memory: activations, KV cache,
         captured rows and float64 label log-probs, estimated from the model's config (at least one full context)."""
-        free, _ = torch.cuda.mem_get_info(self.loaded.device)
-        return tokens_for_memory(free, forward_bytes_per_token(self.loaded, capture), self.context_length)
+        if capture not in self._auto_tokens:
+            free, _ = torch.cuda.mem_get_info(self.loaded.device)
+            per_token = forward_bytes_per_token(self.loaded, capture)
+            self._auto_tokens[capture] = tokens_for_memory(free, per_token, self.context_length)
+        return self._auto_tokens[capture]
 
     def _score_rows(
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], capture: bool

