@@ -37,6 +37,8 @@ class StudyConfig(BaseModel):
     selection_fraction: float = Field(0.7, gt=0.0, lt=1.0)
     selection_n: int | None = Field(None, gt=0)
     seed: int = 0
+    n_splits: int = Field(20, ge=1)  # seeded selection/held-out splits of the Table 2 controls
+    n_null: int = Field(200, ge=0)  # label permutations of the null
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -73,7 +75,8 @@ def run_study(path: str | Path, overwrite: bool = False) -> list[Path]:
     from .experiment import run_compare
 
     study = load_study(path)
-    split = {"selection_fraction": study.selection_fraction, "selection_n": study.selection_n, "seed": study.seed}
+    split = {"selection_fraction": study.selection_fraction, "selection_n": study.selection_n, "seed": study.seed,
+             "n_splits": study.n_splits, "n_null": study.n_null}
     directories = []
     for config in study_configs(path):
         directory = Path(config.output_dir)

@@ -24,8 +24,8 @@ def summary(demo_labels: list[int], target: int, rng: np.random.Generator) -> np
     """(L, H, D, 5): small random attention; head BEST puts its max and pre_label attention on demos labelled target."""
     s = rng.uniform(0.0, 0.05, size=(L, H, len(demo_labels), 5)).astype(np.float32)
     hit = np.array(demo_labels) == target
-    s[BEST[0], BEST[1], hit, 2:] = 0.5
-    s[BEST[0], BEST[1], ~hit, 2:] = 0.001
+    s[BEST[0], BEST[1], hit, 1:] = 0.5  # y_mass (the label weight), x_max, y_max, pre_label
+    s[BEST[0], BEST[1], ~hit, 1:] = 0.001
     return s
 
 

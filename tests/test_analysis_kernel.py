@@ -57,7 +57,7 @@ def test_encoder_kernel_reads_the_experiments_encoder_not_the_selectors_scores(t
         recs.append(make_record("lm-seed0", q, g, g, labels, own, selector="lm", demo_score_kind="cosine:lm:x",
                                 encoder_similarities=scores))
     results = load_results(write_dir(tmp_path / "own", recs, {"task": "sst2", "selectors": SELECTORS[:1]}))
-    column = kernel.table2_column(results, "lm-seed0", tau=0.01)
+    column, _ = kernel.table2_column(results, ["lm-seed0"], tau=0.01)
     assert column["encoder_kernel_accuracy"]["value"] == 1.0
 
 
@@ -70,7 +70,7 @@ def test_calibrated_records_are_reconstructed_against_the_raw_prediction(tmp_pat
     # write_dir plants head BEST on the demos of each record's `prediction`; here that is the calibrated one
     rec = reconstruct_run(results, "knn-seed0", selection_n=20)
     assert rec.agreement_[BEST] == 0.0 and rec.heldout_["icl_accuracy"]["value"] == 1.0
-    column = kernel.table2_column(results, "knn-seed0", tau=0.1, reconstruction=rec)
+    column, _ = kernel.table2_column(results, ["knn-seed0"], tau=0.1, selection_n=20, n_null=10)
     assert column["icl_accuracy"]["value"] == 1.0 and column["calibrated_icl_accuracy"]["value"] == 0.0
 
 

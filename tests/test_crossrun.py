@@ -32,7 +32,7 @@ def test_models_side_by_side_with_the_papers_rows(tmp_path):
     assert "| paper: GPT-J-6B (28 layers x 16 heads) | Table 2 | icl_accuracy | 0.805 |" in text
     assert "| paper: GPT-J-6B (28 layers x 16 heads) | Table 2 | encoder_kernel_accuracy | 0.503 |" in text
     assert "| smollm2-135m | knn | reconstruction_agreement | 1.000 [1.000, 1.000] |" in text
-    assert ("| gemma3-270m | knn | best_head | L1H2 |" in text and
+    assert ("| gemma3-270m | knn | best_head | L1H2 (20/20 splits) |" in text and
             "| gemma3-270m | knn | best_head_depth | 0.50 |" in text)
     rows = list(csv.DictReader(csv_path.open()))
     agreement = [r for r in rows if r["metric"] == "reconstruction_agreement"]

@@ -9,8 +9,9 @@ that gathers them.
 
 Modules: registry.py (each analysis declared once: name, command, when it applies, how it runs), records.py (load
 and check a results directory), attention.py (Figure 2 map, HeadReconstruction), kernel.py (KernelRegression,
-Table 2), surrogate.py (KernelSurrogate against the LM; fit_surrogate), bandwidth.py, label_format.py,
-distribution.py, frontier.py (accuracy against prompt tokens), report.py, cli.py.
+Table 2), controls.py (baselines, repeated splits, permutation null), surrogate.py (KernelSurrogate against the LM;
+fit_surrogate), bandwidth.py, label_format.py, distribution.py, frontier.py (accuracy against prompt tokens),
+report.py, cli.py.
 """
 
 from __future__ import annotations
@@ -52,10 +53,11 @@ def run_analyses(results: Results, options: Options = Options()) -> dict[str, di
 
 def run_all(results: Results, runs: Sequence[str] | None = None, tau: float = 0.1, selection_fraction: float = 0.7,
             selection_n: int | None = None, seed: int = 0, n_bins: int = 5,
-            reference: str | None = None) -> dict[str, dict | str]:
+            reference: str | None = None, n_splits: int = 20, n_null: int = 200) -> dict[str, dict | str]:
     """`run_analyses` with the options as keywords."""
     return run_analyses(results, Options(runs=runs, tau=tau, selection_fraction=selection_fraction,
-                                         selection_n=selection_n, seed=seed, bins=n_bins, reference=reference))
+                                         selection_n=selection_n, seed=seed, bins=n_bins, reference=reference,
+                                         n_splits=n_splits, n_null=n_null))
 
 
 def write_report(directory: str | Path, html: bool = True) -> list[Path]:

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats as st
 
 from ..stats import bootstrap_ci
-from .attention import reconstruct_run, span_max_weights
+from .attention import demo_weights, reconstruct_run
 from .records import Results, group_by
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
 from .votes import normalise, rate
@@ -115,7 +115,7 @@ def entropy_rows(results: Results, selection_fraction: float, selection_n: int |
         layer, head = rec.best_head_
         held = ~rec.selection_
         records = [r for r, h in zip(results.runs([run])[run], held) if h]
-        ent = np.array([entropy(span_max_weights(s)[layer, head]) for s, h in zip(results.summaries(run), held) if h])
+        ent = np.array([entropy(demo_weights(s)[layer, head]) for s, h in zip(results.summaries(run), held) if h])
         correct = np.array([r["raw_prediction"] == r["gold"] for r in records])  # the model the attention explains
         sims = np.array([mean_similarity(r) for r in records])
         p = st.mannwhitneyu(ent[correct], ent[~correct]).pvalue if 0 < correct.sum() < correct.size else np.nan
@@ -195,7 +195,7 @@ def analyze_bandwidth(results: Results, n_bins: int = 5, selection_fraction: flo
         fig = plot_bins(ent_bins, "normalised entropy of the head's kernel weights", "Effective bandwidth", label="")
         sections.append(Section(
             "Effective bandwidth: entropy of the reconstructed kernel weights",
-            "Per held-out query, the best head's weights over the demonstrations (max attention over [x_i, y_i]), "
+            "Per held-out query, the best head's weights over the demonstrations (its attention on each label y_i), "
             "normalised; entropy / log(k) is 0 when one demonstration takes all the weight and 1 when all share it. "
             "Mann-Whitney p compares correct and wrong queries.",
             table=ent_rows, figure=save_figure(fig, out / "bandwidth_entropy.png")))

@@ -32,10 +32,13 @@ TAU = typer.Option(0.1, "--tau", min=0.0, help="Bandwidth of the encoder kernel 
 BINS = typer.Option(5, "--bins", min=2, help="Quantile bins of similarity for random selections.")
 REFERENCE = typer.Option(None, "--reference", help="The run the frontier tests every run against; default: the run "
                          "labelled knn-k8, else a knn run with k = 8.")
+N_SPLITS = typer.Option(20, "--n-splits", min=1, help="Seeded selection/held-out splits the Table 2 controls "
+                        "average over.")
+N_NULL = typer.Option(200, "--n-null", min=0, help="Label permutations of the null for the best head.")
 # Each registry Options field: its type and its typer option (real types: typer reads them from the signature).
 OPTIONS = {"runs": (Optional[list[str]], RUNS), "tau": (float, TAU), "selection_fraction": (float, FRACTION),
            "selection_n": (Optional[int], SELECTION_N), "seed": (int, SEED), "bins": (int, BINS),
-           "reference": (Optional[str], REFERENCE)}
+           "reference": (Optional[str], REFERENCE), "n_splits": (int, N_SPLITS), "n_null": (int, N_NULL)}
 
 
 def _load(results_dir: Path) -> Results:
@@ -97,7 +100,7 @@ def report(results_dirs: list[Path] = typer.Argument(..., help="A results direct
            out: Optional[Path] = typer.Option(None, "--out", help="Folder of the cross-run table (several "
                                               "directories); default results/cross_run."),
            tau: float = TAU, selection_fraction: float = FRACTION, selection_n: Optional[int] = SELECTION_N,
-           seed: int = SEED) -> None:
+           seed: int = SEED, n_splits: int = N_SPLITS, n_null: int = N_NULL) -> None:
     """Write RESULTS_DIR/report.md (and .html): setup, accuracy, and every saved analysis with figures and tables.
     With several directories: OUT/table2.md and table2.csv, Table 2 across models and tasks with the paper's rows."""
     from . import run_all, write_report
@@ -106,12 +109,13 @@ def report(results_dirs: list[Path] = typer.Argument(..., help="A results direct
         from .crossrun import write_cross_run_report
 
         for path in write_cross_run_report(results_dirs, out or Path("results/cross_run"), tau, selection_fraction,
-                                           selection_n, seed):
+                                           selection_n, seed, n_splits, n_null):
             typer.echo(f"wrote {path}")
         return
     results_dir = results_dirs[0]
     folder = results_dir / "analysis"
     if analyze and not any((folder / f"{n}.json").exists() for n in names()):
-        run_all(_load(results_dir))
+        run_all(_load(results_dir), tau=tau, selection_fraction=selection_fraction, selection_n=selection_n,
+                seed=seed, n_splits=n_splits, n_null=n_null)
     for path in write_report(results_dir, html=html):
         typer.echo(f"wrote {path}")

@@ -7,13 +7,17 @@ y_hat(x) = argmax_c sum_i K(x, x_i) [y_i = c] / sum_i K(x, x_i), over the demons
     prediction position (the "Output:" token before y_i, summary column pre_label). Under softmax attention that is
     exp(q(x) . k(x_i) / sqrt(d)) / Z, i.e. the head's query/key kernel up to a per-query constant, which the
     normalisation cancels;
-(c) attention reconstruction: K = the head's max attention over [x_i, y_i] (see attention.py).
-Each is compared with the model's raw (uncalibrated) prediction: attention comes from the uncalibrated model.
+(c) attention reconstruction: K = the head's attention on the label tokens y_i (the paper's protocol); the max over
+    [x_i, ':', y_i] is an ablation (see attention.py).
+Each is compared with the model's raw (uncalibrated) prediction: attention comes from the uncalibrated model, and
+beside the one-line baselines of controls.py over repeated splits, with its permutation null.
 Ties between labels (all-zero weights included) are broken uniformly at random, seeded, and counted.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -21,8 +25,17 @@ import numpy as np
 from ..attention_summary import PRE_LABEL
 from ..errors import RiclError
 from ..paper import PAPER_MODEL, TABLE2, table2_reference
-from .attention import reconstruct_run
-from .records import Results
+from .attention import MAX_PLACES, demo_weights, max_places
+from .controls import (
+    BASELINES,
+    N_NULL,
+    N_SPLITS,
+    ReconstructionControls,
+    baseline_predictions,
+    head_predictions,
+    padded,
+)
+from .records import Results, most_common
 from .report import Section, new_figure, save_analysis, save_figure, write_csv
 from .votes import argmax_breaking_ties, class_votes, normalise, rate, raw_predictions
 
@@ -30,6 +43,10 @@ TABLE2_ROWS = ("icl_accuracy", "reconstruction_agreement", "reconstructed_accura
                "head_kernel_accuracy")
 # Rows beside the paper's: the encoder kernel's agreement with the raw prediction, accuracy after calibration.
 EXTRA_ROWS = ("encoder_kernel_agreement", "calibrated_icl_accuracy")
+# The controls (issue 18): the best head against one-line rules, a permutation null, the span-max ablation.
+CONTROL_ROWS = ("reconstruction_kappa", "margin_over_best_baseline", "best_baseline", "permutation_p",
+                *(f"{b}_{m}" for b in BASELINES for m in ("agreement", "accuracy")), "span_max_agreement",
+                *(f"span_max_on_{p}" for p in MAX_PLACES))
 TAUS = (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)
 
 
@@ -77,28 +94,89 @@ def head_kernel_predictions(summaries: Sequence[np.ndarray], demo_labels: Sequen
     return argmax_breaking_ties(class_votes(weights, demo_labels, n_labels))[0]
 
 
-def table2_column(results: Results, run: str, tau: float, reconstruction=None) -> dict[str, dict[str, float]]:
-    """The Table 2 metrics of one run on its held-out queries (all queries when no reconstruction is given)."""
-    records = results.runs([run])[run]
-    keep = np.ones(len(records), bool) if reconstruction is None else ~reconstruction.selection_
-    recs = [r for r, k in zip(records, keep) if k]
-    gold = np.array([r["gold"] for r in recs])
-    encoder = KernelRegression(tau).fit([r["encoder_similarities"] for r in recs], [r["demo_labels"] for r in recs],
-                                        results.n_labels)
-    column = {"icl_accuracy": rate(raw_predictions(recs) == gold),
-              "encoder_kernel_accuracy": rate(encoder.predictions_ == gold),
-              "encoder_kernel_agreement": rate(encoder.predictions_ == raw_predictions(recs))}
-    if any("calibrated_log_probs" in r for r in recs):
-        column["calibrated_icl_accuracy"] = rate(np.array([r["correct"] for r in recs]))
-    if reconstruction is not None:
-        summaries = [s for s, k in zip(results.summaries(run), keep) if k]
-        head_pred = head_kernel_predictions(summaries, [r["demo_labels"] for r in recs], results.n_labels,
-                                            reconstruction.best_head_)
-        column["reconstruction_agreement"] = reconstruction.heldout_["agreement"]
-        column["reconstructed_accuracy"] = reconstruction.heldout_["accuracy"]
-        column["head_kernel_accuracy"] = rate(head_pred == gold)
-    column["n"] = {"value": float(len(recs)), "ci_low": float("nan"), "ci_high": float("nan")}
-    return column
+def run_groups(results: Results, runs: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """The runs of each selector (same k, label format and pool) under every seed, pooled as one column: name -> run
+    names. A lone run keeps its name; several take the selector's and their seeds' (random-seeds0+1)."""
+    groups: dict[tuple, list[str]] = {}
+    for run, recs in results.runs(runs or results.main_runs()).items():
+        r = recs[0]
+        groups.setdefault((r["selector"], r["k"], r["label_format"], r["pool"]), []).append(run)
+    named = {}
+    for members in groups.values():
+        seeds = "+".join(str(results.runs([m])[m][0]["seed"]) for m in members)
+        named[members[0] if len(members) == 1 else f"{re.sub(r'-seed[0-9]+$', '', members[0])}-seeds{seeds}"] = members
+    return named
+
+
+def group_records(results: Results, runs: Sequence[str]) -> list[dict]:
+    """The records of several runs, run after run."""
+    return [r for recs in results.runs(runs).values() for r in recs]
+
+
+def encoder_hits(records: list[dict], n_labels: int, tau: float) -> dict[str, np.ndarray]:
+    """Per record, 0/1: the encoder kernel's accuracy and agreement, and the calibrated accuracy when calibrated."""
+    gold, raw = np.array([r["gold"] for r in records]), raw_predictions(records)
+    encoder = KernelRegression(tau).fit([r["encoder_similarities"] for r in records],
+                                        [r["demo_labels"] for r in records], n_labels)
+    hits = {"encoder_kernel_accuracy": encoder.predictions_ == gold,
+            "encoder_kernel_agreement": encoder.predictions_ == raw}
+    if any(r.get("calibrated_log_probs") is not None for r in records):
+        hits["calibrated_icl_accuracy"] = np.array([r["correct"] for r in records])
+    return hits
+
+
+def fit_controls(results: Results, runs: Sequence[str], tau: float = 0.1, weight: str = "label",
+                 n_null: int = N_NULL, **split) -> ReconstructionControls:
+    """ReconstructionControls of the pooled runs from their attention (`weight` one of WEIGHT_KINDS), with the
+    baselines, the encoder kernel and the head kernel (the chosen head's attention to each 'Output:' position)."""
+    records, n_labels = group_records(results, runs), results.n_labels
+    summaries = [s for run in runs for s in results.summaries(run)]
+    labels, gold = [r["demo_labels"] for r in records], np.array([r["gold"] for r in records])
+    pre_label, y, _ = padded([normalise(s[..., PRE_LABEL]) for s in summaries], labels)
+    head_kernel = head_predictions(pre_label, y, n_labels, split.get("seed", 0)) == gold[:, None]  # (Q, heads)
+    return ReconstructionControls(n_null=n_null, **split).fit(
+        [demo_weights(s, weight) for s in summaries], labels, raw_predictions(records), gold,
+        [r["query_id"] for r in records], baseline_predictions(records, n_labels, split.get("seed", 0)), n_labels,
+        extra_hits=encoder_hits(records, n_labels, tau), extra_heads={"head_kernel_accuracy": head_kernel})
+
+
+def table2_column(results: Results, runs: Sequence[str], tau: float, selection_fraction: float = 0.7,
+                  selection_n: int | None = None, seed: int = 0, n_splits: int = N_SPLITS,
+                  n_null: int = N_NULL) -> tuple[dict[str, dict], ReconstructionControls | None]:
+    """The Table 2 metrics of one selector's runs (seeds pooled, queries as clusters) with their controls: on the
+    held-out queries of n_splits seeded splits when attention was captured, else on every query."""
+    records = group_records(results, runs)
+    if not all(results.has_attention(r) for r in runs):
+        return all_queries_column(records, results.n_labels, tau, seed), None
+    split = {"selection_fraction": selection_fraction, "selection_n": selection_n, "seed": seed,
+             "n_splits": n_splits}
+    controls = fit_controls(results, runs, tau, "label", n_null, **split)
+    ablation = fit_controls(results, runs, tau, "span_max", 0, **split)
+    column = dict(controls.summary_)
+    column["span_max_agreement"] = ablation.summary_["reconstruction_agreement"]
+    column["best_baseline"] = most_common(controls.best_baselines_)
+    column["permutation_p"] = bare(controls.p_value_)
+    summaries = [s for run in runs for s in results.summaries(run)]
+    layer, head = divmod(int(most_common(ablation.heads_)), ablation.shape_[1])
+    places = np.mean([max_places(s)[layer, head] for s in summaries], axis=0)  # (3,)
+    column |= {f"span_max_on_{place}": bare(v) for place, v in zip(MAX_PLACES, places)}
+    column["n"] = bare(len({r["query_id"] for r in records}) - int(np.mean(controls.selection_.sum(1))))
+    return column, controls
+
+
+def all_queries_column(records: list[dict], n_labels: int, tau: float, seed: int = 0) -> dict[str, dict]:
+    """The metrics that need no attention, on every query (no head to choose): ICL, encoder kernel, baselines."""
+    gold, raw = np.array([r["gold"] for r in records]), raw_predictions(records)
+    clusters = np.array([str(r["query_id"]) for r in records])
+    hits = {"icl_accuracy": raw == gold, **encoder_hits(records, n_labels, tau)}
+    for name, pred in baseline_predictions(records, n_labels, seed).items():
+        hits |= {f"{name}_agreement": pred == raw, f"{name}_accuracy": pred == gold}
+    return {m: rate(h, seed, clusters) for m, h in hits.items()} | {"n": bare(len(set(clusters)))}
+
+
+def bare(value: float) -> dict[str, float]:
+    """A number without a CI, in the metric layout."""
+    return {"value": float(value), "ci_low": float("nan"), "ci_high": float("nan")}
 
 
 def tau_sweep(records: list[dict], n_labels: int, taus: Sequence[float] = TAUS) -> list[dict]:
@@ -113,7 +191,9 @@ def tau_sweep(records: list[dict], n_labels: int, taus: Sequence[float] = TAUS) 
 
 
 def cell(metric: dict[str, float]) -> str:
-    """'0.805 [0.760, 0.840]' for a metric with a CI; the bare value without one."""
+    """'0.805 [0.760, 0.840]' for a metric with a CI; the bare value without one; text as it is."""
+    if isinstance(metric, str):
+        return metric
     if np.isnan(metric["ci_low"]):
         return f"{metric['value']:.0f}" if float(metric["value"]).is_integer() else f"{metric['value']:.3f}"
     return f"{metric['value']:.3f} [{metric['ci_low']:.3f}, {metric['ci_high']:.3f}]"
@@ -122,7 +202,7 @@ def cell(metric: dict[str, float]) -> str:
 def table2_markdown_rows(columns: dict[str, dict], task: str) -> list[dict]:
     """The paper's layout: one row per metric, one column per run (and the paper's GPT-J column for its tasks)."""
     paper = table2_reference(task)
-    extra = [m for m in EXTRA_ROWS if any(m in col for col in columns.values())]
+    extra = [m for m in (*CONTROL_ROWS, *EXTRA_ROWS) if any(m in col for col in columns.values())]
     rows = []
     for metric in (*TABLE2_ROWS, *extra, "n"):
         row = {"metric": metric, **{run: cell(col[metric]) if metric in col else "–" for run, col in columns.items()}}
@@ -157,37 +237,84 @@ def plot_table2(columns: dict[str, dict], sweeps: dict[str, list[dict]], title: 
     return fig
 
 
+def layer_rows(controls: dict[str, ReconstructionControls]) -> list[dict]:
+    """Per column, how many splits chose each layer (only layers chosen somewhere), and the heads chosen."""
+    layers = sorted({layer for c in controls.values() for layer, n in c.layer_counts().items() if n})
+    return [{"run": name, **{f"L{layer}": c.layer_counts()[layer] for layer in layers},
+             "heads chosen": ", ".join(f"{h} x{n}" for h, n in Counter(c.head_names()).most_common())}
+            for name, c in controls.items()]
+
+
+def verdict_rows(controls: dict[str, ReconstructionControls]) -> list[dict]:
+    """Per column: what the controls say, and the null's distribution."""
+    return [{"run": name, "verdict": c.verdict(), "statistic": c.statistic_,
+             "null mean": float(c.null_.mean()) if c.null_.size else float("nan"),
+             "null 95th percentile": float(np.quantile(c.null_, 0.95)) if c.null_.size else float("nan"),
+             "permutations": int(c.null_.size)} for name, c in controls.items()]
+
+
 def analyze_kernel(results: Results, runs: Sequence[str] | None = None, tau: float = 0.1,
-                   selection_fraction: float = 0.7, selection_n: int | None = None, seed: int = 0) -> dict:
-    """Table 2 per task: ICL, reconstruction and kernel-regression accuracies of each run; files in analysis/."""
-    out, columns, sweeps = results.analysis_dir, {}, {}
-    for run, records in results.runs(runs or results.main_runs()).items():
-        rec = (reconstruct_run(results, run, selection_fraction, selection_n, seed)
-               if results.has_attention(run) else None)
-        columns[run] = table2_column(results, run, tau, rec)
-        keep = np.ones(len(records), bool) if rec is None else ~rec.selection_
-        sweeps[run] = tau_sweep([r for r, k in zip(records, keep) if k], results.n_labels)
-    long = [{"run": run, "metric": m, **v} for run, col in columns.items() for m, v in col.items()]
+                   selection_fraction: float = 0.7, selection_n: int | None = None, seed: int = 0,
+                   n_splits: int = N_SPLITS, n_null: int = N_NULL) -> dict:
+    """Table 2 per task with its controls: one column per selector (seeds pooled); files in analysis/."""
+    out, columns, sweeps, controls = results.analysis_dir, {}, {}, {}
+    for name, members in run_groups(results, runs).items():
+        columns[name], fitted = table2_column(results, members, tau, selection_fraction, selection_n, seed,
+                                              n_splits, n_null)
+        if fitted is not None:
+            controls[name] = fitted
+        sweeps[name] = tau_sweep(group_records(results, members), results.n_labels)
+    long = [{"run": run, "metric": m, **(v if isinstance(v, dict) else {"value": v})}
+            for run, col in columns.items() for m, v in col.items()]
     write_csv(out / "kernel.csv", long)
     write_csv(out / "kernel_tau.csv", [{"run": run, **r} for run, rows in sweeps.items() for r in rows])
+    write_csv(out / "kernel_splits.csv", [{"run": name, "split_seed": seed + s, "best_head": head,
+                                           "best_baseline": c.best_baselines_[s] if c.baselines_ else "",
+                                           **{m: float(v[s]) for m, v in c.split_values_.items()}}
+                                          for name, c in controls.items() for s, head in enumerate(c.head_names())])
     figure = save_figure(plot_table2(columns, sweeps, results.task), out / "kernel.png")
-    intro = ("Table 2 of the paper, per run, on the held-out queries of the head selection (all queries for runs "
-             "without attention): the model's raw (uncalibrated) ICL accuracy, which every kernel is compared with "
-             "(calibrated_icl_accuracy, when the run was calibrated, is the accuracy after contextual calibration); "
-             "agreement of the best single head's reconstruction with "
-             "the ICL prediction and its accuracy; kernel regression y = argmax_c sum_i K(x, x_i)[y_i = c] over the "
-             f"same demonstrations with (a) the experiment's sentence-encoder kernel exp(cos(x, x_i)/tau), tau = {tau} "
-             "(whatever kernel the selector used), and (b) the "
-             "chosen head's query/key kernel, read as its attention to each demonstration's own 'Output:' position. "
-             f"The paper ({TABLE2['sst2'].source}) finds the MiniLM kernel near chance "
-             f"({TABLE2['sst2'].encoder_kernel_accuracy} on SST-2): it is not the kernel the LM uses. Label ties are "
-             "broken at random (seeded) and counted in the reconstruction files.")
-    sections = [Section(f"Table 2: {results.task} (95% CI)", table=table2_markdown_rows(columns, results.task),
-                        figure=figure),
-                Section("Encoder kernel accuracy against its bandwidth tau",
-                        "Column NN (tau = 0) takes the nearest demonstration's label; CIs in kernel_tau.csv.",
-                        table=[{"run": run,
-                                **{("NN" if r["tau"] == 0 else f"tau={r['tau']:g}"): r["value"] for r in rows}}
-                               for run, rows in sweeps.items()])]
-    save_analysis(out, "kernel", "Kernel regression baselines (Table 2)", intro, sections)
-    return {"primary_metric": "encoder_kernel_accuracy", "runs": columns}
+    split = f"{selection_n} queries" if selection_n else f"{selection_fraction:.0%} of the queries"
+    sections = [Section(f"Table 2: {results.task}", TABLE2_TEXT.format(n_splits=n_splits, split=split, tau=tau),
+                        table=table2_markdown_rows(columns, results.task), figure=figure)]
+    if controls:
+        sections += [Section("What the controls say", VERDICT_TEXT.format(n_null=n_null),
+                             table=verdict_rows(controls)),
+                     Section("Layer of the best head over the splits", "Splits (of "
+                             f"{n_splits}) that chose each layer; per split in kernel_splits.csv.",
+                             table=layer_rows(controls))]
+    sections.append(Section("Encoder kernel accuracy against its bandwidth tau",
+                            "Every query. Column NN (tau = 0) takes the nearest demonstration's label; CIs in "
+                            "kernel_tau.csv.",
+                            table=[{"run": run, **{("NN" if r["tau"] == 0 else f"tau={r['tau']:g}"): r["value"]
+                                                   for r in rows}} for run, rows in sweeps.items()]))
+    save_analysis(out, "kernel", "Kernel regression baselines (Table 2)", KERNEL_INTRO.format(
+        tau=tau, source=TABLE2["sst2"].source, paper=TABLE2["sst2"].encoder_kernel_accuracy), sections)
+    return {"primary_metric": "margin_over_best_baseline", "runs": columns}
+
+
+KERNEL_INTRO = (
+    "Table 2 of the paper, one column per selector (its seeds pooled; a query scored under several seeds is one "
+    "cluster of the bootstrap). Every agreement is with the model's raw (uncalibrated) prediction, which attention "
+    "explains. The reconstruction reads each demonstration's kernel weight in one head as the attention from the "
+    "prediction position to its label tokens y_i (the paper's protocol); span_max_agreement is the ablation that "
+    "takes the largest attention over [x_i, ':', y_i] instead (its own best head), and span_max_on_* say where that "
+    "maximum falls. Kernel regression y = argmax_c sum_i K(x, x_i)[y_i = c] over the same demonstrations with (a) "
+    "the experiment's sentence-encoder kernel exp(cos(x, x_i)/tau), tau = {tau}, and (b) the chosen head's "
+    "query/key kernel, read as its attention to each demonstration's own 'Output:' position. Beside them, the "
+    "one-line rules a head must beat: the majority of the shown labels, the last demonstration's label (next to "
+    "the query), the first one's, the most similar one's (encoder), and the LM's own label prior (its prediction "
+    "on the content-free prompt with the same demonstrations, when the run was calibrated). The paper ({source}) "
+    "finds the MiniLM kernel near chance ({paper} on SST-2). Label ties are broken at random (seeded).")
+TABLE2_TEXT = (
+    "Each value is the mean over {n_splits} seeded selection/held-out splits of its held-out value (the best head "
+    "chosen on {split} of each split); [95% interval] pools a bootstrap of each split's held-out queries over the "
+    "splits, so it holds the query sampling and the split. reconstruction_kappa: Cohen's kappa of the head against "
+    "the LM, [2.5, 97.5] percentiles over the splits. margin_over_best_baseline: the head's agreement minus the best "
+    "baseline's on the same queries, paired, the best baseline chosen on each resample (which favours the "
+    "baselines). Runs without attention: every query, no head. tau = {tau}.")
+VERDICT_TEXT = (
+    "The head beats the baselines when the margin's interval lies above 0. The permutation null shuffles the "
+    "demonstrations' labels within each prompt (attention unchanged), chooses the best head again on every split "
+    "and takes its held-out agreement, averaged over the splits ({n_null} times); p = (1 + null >= real) / "
+    "(1 + permutations). With knn, whose demonstrations mostly share a label, shuffling changes little: a high p "
+    "there says the head adds nothing beyond the labels' counts.")

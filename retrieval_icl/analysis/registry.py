@@ -7,7 +7,7 @@ order is the order they run in and appear in the report. This module imports no 
 >>> [a.command for a in ANALYSES]
 ['attention', 'reconstruct', 'kernel', 'surrogate', 'bandwidth', 'label-format', 'distribution', 'frontier']
 >>> get("label-format").name, get("kernel").takes
-('label_format', ('runs', 'tau', 'selection_fraction', 'selection_n', 'seed'))
+('label_format', ('runs', 'tau', 'selection_fraction', 'selection_n', 'seed', 'n_splits', 'n_null'))
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ class Options:
     seed: int = 0  # seed of the selection split and bootstrap
     bins: int = 5  # quantile bins of similarity for random selections
     reference: str | None = None  # the run the frontier tests every run against; None: knn-k8 (or knn with k = 8)
+    n_splits: int = 20  # seeded selection/held-out splits the Table 2 controls average over
+    n_null: int = 200  # label permutations of the null for "the best head reads the labels"
 
 
 OPTION_NAMES = tuple(f.name for f in fields(Options))
@@ -158,7 +160,8 @@ ANALYSES: tuple[Analysis, ...] = (
              "chosen on a selection split.", "attention:analyze_reconstruction", ("runs", *SPLIT), needs_attention,
              summary=reconstruction_lines),
     Analysis("kernel", "kernel", "Table 2: ICL vs kernel regression with the encoder kernel, the head kernel and the "
-             "reconstruction.", "kernel:analyze_kernel", ("runs", "tau", *SPLIT)),
+             "reconstruction, against one-line baselines over repeated splits, with a permutation null.",
+             "kernel:analyze_kernel", ("runs", "tau", *SPLIT, "n_splits", "n_null")),
     Analysis("surrogate", "surrogate", "The kernel surrogate (uncalibrated and fitted) against the LM's predictions on "
              "held-out queries: agreement, calibration, accuracy.", "surrogate:analyze_surrogate",
              ("runs", "tau", *SPLIT), needs_two_queries, summary=surrogate_lines),

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..stats import bootstrap_ci
+from ..stats import bootstrap_ci, cluster_bootstrap_means
 
 
 def class_votes(weights: Sequence[np.ndarray], demo_labels: Sequence[Sequence[int]], n_labels: int) -> np.ndarray:
@@ -44,8 +44,13 @@ def normalise(weights: np.ndarray) -> np.ndarray:
     return np.where(total > 0, w / np.where(total > 0, total, 1), 1.0 / max(w.shape[-1], 1))
 
 
-def rate(hits: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Mean of a 0/1 vector with its 95% bootstrap CI."""
+def rate(hits: np.ndarray, seed: int = 0, clusters: np.ndarray | None = None) -> dict[str, float]:
+    """Mean of a 0/1 vector with its 95% bootstrap CI; with clusters (n,) (query ids under several seeds, say),
+    whole clusters are resampled."""
     hits = np.asarray(hits, dtype=bool)
-    lo, hi = bootstrap_ci(hits, seed=seed)
+    if clusters is None or hits.size == 0:
+        lo, hi = bootstrap_ci(hits, seed=seed)
+    else:
+        means = cluster_bootstrap_means(hits, clusters, 2000, np.random.default_rng(seed))
+        lo, hi = float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
     return {"value": float(hits.mean()) if hits.size else float("nan"), "ci_low": lo, "ci_high": hi}
