@@ -9,9 +9,9 @@ real LM rather than of the idealised kernel:
   demonstrations give an uncertain estimate, and only near, agreeing ones a confident one.
 - `log_bias`: the LM's own preference per label, added to the log-probabilities.
 
-`KernelSurrogate.fit` finds the bandwidth and log_bias under which the surrogate best explains an LM's own label
-distributions (maximum likelihood; scipy is imported only there). Predictions are computed in log space, so a narrow
-bandwidth (a near nearest-neighbour kernel) does not underflow to a uniform estimate.
+`KernelSurrogate.fit` finds the bandwidth and log_bias (and, with `prior="fit"`, the prior) under which the surrogate
+best explains an LM's own label distributions (maximum likelihood; scipy is imported only there). Predictions are
+computed in log space, so a narrow bandwidth (a near nearest-neighbour kernel) does not underflow to a uniform estimate.
 
 >>> s = KernelSurrogate(n_labels=2, bandwidth=0.1)
 >>> s.predict([0.9, 0.8], [1, 0]).round(3).tolist()
@@ -30,6 +30,8 @@ from .scoring import log_normalise
 BANDWIDTH_STARTS = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)  # the fit starts from the best of these
 LOG_BANDWIDTH_BOUNDS = (float(np.log(1e-4)), float(np.log(1e2)))
 BIAS_BOUND = 30.0  # |log_bias| at most this: beyond it one label has all the probability anyway
+PRIOR_STARTS = (0.01, 0.1, 1.0)  # with prior="fit", the search also starts from the best of these
+LOG_PRIOR_BOUNDS = (float(np.log(1e-6)), float(np.log(1e3)))
 
 
 class KernelSurrogate:
@@ -80,28 +82,36 @@ class KernelSurrogate:
 
     @classmethod
     def fit(cls, similarities: Sequence[Sequence[float]], labels: Sequence[Sequence[int]],
-            target_probs: Sequence[Sequence[float]], n_labels: int, prior: float = 0.0) -> "KernelSurrogate":
+            target_probs: Sequence[Sequence[float]], n_labels: int,
+            prior: float | str = 0.0) -> "KernelSurrogate":
         """The surrogate whose bandwidth and log_bias maximise the likelihood of target_probs (n_queries, n_labels).
 
-        target_probs is typically the LM's own label distribution. A label no demonstration of a query has (prior 0)
-        gets probability 0 whatever the parameters: that constant term is left out. Fitted: loss_ (mean
-        cross-entropy, those terms excluded), n_fit_ (queries)."""
+        target_probs is typically the LM's own label distribution. prior is held fixed, or fitted too with
+        prior="fit". A label no demonstration of a query has (prior 0) gets probability 0 whatever the parameters:
+        that constant term is left out. Fitted: loss_ (mean cross-entropy, those terms excluded), n_fit_ (queries)."""
         from scipy.optimize import minimize
 
-        cls(n_labels, prior=prior)  # checks n_labels and prior before any work
+        fit_prior = prior == "fit"
+        cls(n_labels, prior=1.0 if fit_prior else prior)  # checks n_labels and prior before any work
         sims, member = _padded(similarities, labels, n_labels)
         target = _targets(target_probs, len(sims), n_labels)
 
-        def loss(theta: np.ndarray) -> float:  # theta: log bandwidth, then log_bias of labels 1.. (label 0 pinned)
-            bias = np.concatenate([[0.0], theta[1:]])  # log_bias is defined up to a constant
-            return _cross_entropy(log_normalise(_log_mass(sims, member, float(np.exp(theta[0])), prior) + bias), target)
+        def unpack(theta: np.ndarray) -> tuple[float, float, np.ndarray]:
+            """theta: log bandwidth, [log prior], log_bias of labels 1.. (label 0 pinned: bias is up to a constant)."""
+            rest = theta[1 + fit_prior:]
+            return float(np.exp(theta[0])), float(np.exp(theta[1])) if fit_prior else prior, np.r_[0.0, rest]
 
-        # the likelihood need not be concave in the bandwidth: start from the best of a coarse grid
-        start = min((np.r_[np.log(h), np.zeros(n_labels - 1)] for h in BANDWIDTH_STARTS), key=loss)
-        bounds = [LOG_BANDWIDTH_BOUNDS] + [(-BIAS_BOUND, BIAS_BOUND)] * (n_labels - 1)
+        def loss(theta: np.ndarray) -> float:
+            bandwidth, p, bias = unpack(theta)
+            return _cross_entropy(log_normalise(_log_mass(sims, member, bandwidth, p) + bias), target)
+
+        # the likelihood need not be concave in the bandwidth (or the prior): start from the best of a coarse grid
+        priors = [[np.log(p)] for p in PRIOR_STARTS] if fit_prior else [[]]
+        start = min((np.r_[np.log(h), p0, np.zeros(n_labels - 1)] for h in BANDWIDTH_STARTS for p0 in priors), key=loss)
+        bounds = [LOG_BANDWIDTH_BOUNDS, *[LOG_PRIOR_BOUNDS] * fit_prior, *[(-BIAS_BOUND, BIAS_BOUND)] * (n_labels - 1)]
         found = minimize(loss, start, method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-12, "gtol": 1e-9})
-        bias = np.r_[0.0, found.x[1:]]
-        fitted = cls(n_labels, float(np.exp(found.x[0])), prior, bias - bias.mean())
+        bandwidth, fitted_prior, bias = unpack(found.x)
+        fitted = cls(n_labels, bandwidth, fitted_prior, bias - bias.mean())
         fitted.loss_, fitted.n_fit_ = float(found.fun), len(sims)
         return fitted
 

@@ -15,7 +15,15 @@ from typer.testing import CliRunner
 from retrieval_icl import surrogate as surrogate_module
 from retrieval_icl.analysis import applicable, load_results
 from retrieval_icl.analysis.attention import selection_split
-from retrieval_icl.analysis.surrogate import analyze_surrogate, expected_calibration_error, fit_surrogate, reliability
+from retrieval_icl.analysis.surrogate import (
+    analyze_surrogate,
+    brier,
+    ece_interval,
+    expected_calibration_error,
+    fit_surrogate,
+    nll,
+    reliability,
+)
 from retrieval_icl.cli import app
 from retrieval_icl.errors import RiclError
 from retrieval_icl.surrogate import KernelSurrogate
@@ -24,6 +32,8 @@ from retrieval_icl.surrogate import KernelSurrogate
 # exp(-1), exp(-2), exp(-3): label 1 gets exp(-1) + exp(-3), label 0 exp(-2).
 SIMS, LABELS = [0.9, 0.8, 0.7], [1, 0, 1]
 P1 = (math.exp(-1) + math.exp(-3)) / (math.exp(-1) + math.exp(-2) + math.exp(-3))  # 0.75527...
+# with prior 1 (the analysis's uncalibrated surrogate) each label also gets 1/2
+P1_PRIOR = (math.exp(-1) + math.exp(-3) + 0.5) / (math.exp(-1) + math.exp(-2) + math.exp(-3) + 1)  # 0.59668...
 
 
 def test_uncalibrated_prediction_is_the_kernel_regression_worked_out_by_hand():
@@ -38,14 +48,33 @@ def test_a_narrow_bandwidth_takes_the_nearest_label_even_for_distant_demonstrati
     assert p[1] == pytest.approx(1.0) and p[0] == pytest.approx(math.exp(-100.0))
 
 
-def test_ece_and_reliability_worked_out_by_hand():
+def test_ece_and_reliability_on_equal_mass_bins_worked_out_by_hand():
     confidence = [0.55, 0.58, 0.92, 0.97, 0.75]
     hits = [True, False, True, True, False]
-    # bins [0.5, 0.6): rate 0.5, confidence 0.565; [0.9, 1.0]: 1.0, 0.945; [0.7, 0.8): 0.0, 0.75
-    assert expected_calibration_error(confidence, hits) == pytest.approx((2 * 0.065 + 2 * 0.055 + 0.75) / 5)
-    assert [(r["bin"], r["n"]) for r in reliability(confidence, hits)] == [(5, 2), (7, 1), (9, 2)]
-    assert [r["bin"] for r in reliability([1.0, 0.0], [True, True])] == [0, 9]  # 1.0 falls in the last bin
+    # two bins of the sorted confidences, sizes 3 and 2: {0.55, 0.58, 0.75} rate 1/3, {0.92, 0.97} rate 1
+    two = (3 * abs(1 / 3 - (0.55 + 0.58 + 0.75) / 3) + 2 * abs(1 - 0.945)) / 5
+    assert expected_calibration_error(confidence, hits, n_bins=2) == pytest.approx(two)
+    assert [(r["n"], r["low"], r["high"]) for r in reliability(confidence, hits, n_bins=2)] == [(3, 0.55, 0.75),
+                                                                                             (2, 0.92, 0.97)]
+    # ten bins over five queries: one query per bin, the mean of |hit - confidence|
+    assert expected_calibration_error(confidence, hits) == pytest.approx((0.45 + 0.58 + 0.08 + 0.03 + 0.75) / 5)
     assert math.isnan(expected_calibration_error([], []))
+
+
+def test_ece_interval_separates_a_calibrated_from_an_overconfident_predictor():
+    rng = np.random.default_rng(0)
+    confidence = rng.uniform(0.5, 1.0, size=2000)
+    calibrated = ece_interval(confidence, rng.uniform(size=2000) < confidence, seed=1, n_resamples=200)
+    overconfident = ece_interval(confidence, rng.uniform(size=2000) < 0.5, seed=1, n_resamples=200)
+    assert calibrated["ci_low"] <= calibrated["value"] <= calibrated["ci_high"] < 0.06
+    assert overconfident["ci_low"] > 0.2  # confidence 0.75 on average, right half the time
+
+
+def test_nll_and_brier_against_the_lm_distribution_by_hand():
+    probs, target = np.array([[0.8, 0.2], [0.5, 0.5]]), np.array([[1.0, 0.0], [0.25, 0.75]])
+    assert nll(probs, target) == pytest.approx((-math.log(0.8) - math.log(0.5)) / 2)
+    assert brier(probs, target) == pytest.approx((0.04 + 0.04 + 0.0625 + 0.0625) / 2)
+    assert nll(np.array([[1.0, 0.0]]), np.array([[0.5, 0.5]])) == math.inf  # a label the LM gives mass, q none
 
 
 def same_demos_dir(tmp_path, lm_predictions: list[int]):
@@ -68,18 +97,20 @@ def test_held_out_agreement_and_ece_on_a_hand_made_run(tmp_path):
     assert not fit_part[-1]  # seed 4 holds out query 99, the one without demonstrations
     held = [p for p, f in zip(lm, fit_part) if not f]  # the LM's predictions on the others held out
     rows = {int(r["query_id"]): r for r in read_rows(results.analysis_dir / "surrogate_queries.csv")}
-    assert len(rows) == found["n_heldout"] == len(held) + 1
+    assert len(rows) == found["n_heldout"] == len(held) + 1 <= 10
     assert json.loads(rows[99]["uncalibrated_p"]) == [0.5, 0.5]
-    assert all(float(r["uncalibrated_confidence"]) == pytest.approx(P1, abs=1e-6) for q, r in rows.items() if q != 99)
+    assert all(float(r["uncalibrated_confidence"]) == pytest.approx(P1_PRIOR, abs=1e-6)
+               for q, r in rows.items() if q != 99)
     # the surrogate says 1 wherever there are demonstrations; on query 99 it draws a label (tie broken at random)
     hit_99 = int(rows[99]["uncalibrated_prediction"]) == 0  # the LM predicts 0 there
     unc = found["uncalibrated"]
     assert unc["agreement"]["value"] == pytest.approx((held.count(1) + hit_99) / (len(held) + 1))
-    # two bins: P1's (agreement held.count(1) / len(held)) and 0.5's (hit or miss: 0.5 off either way)
-    ece = (abs(held.count(1) - len(held) * P1) + 0.5) / (len(held) + 1)
-    assert unc["ece"] == pytest.approx(ece) and unc["ties"] == 1
+    # at most ten held-out queries: one per equal-mass bin, so ECE is the mean |hit - confidence|
+    ece = (sum(abs((p == 1) - P1_PRIOR) for p in held) + 0.5) / (len(held) + 1)
+    assert unc["ece"]["value"] == pytest.approx(ece) and unc["ties"] == 1
     assert unc["accuracy"]["value"] == pytest.approx((len(held) + hit_99) / (len(held) + 1))  # gold 1, and 0 on 99
     assert found["calibrated"]["parameters"]["bandwidth"] > 0 and (results.analysis_dir / "surrogate.png").exists()
+    assert found["uniform"]["nll"] == pytest.approx(math.log(2))  # the references are there, scored the same way
 
 
 def planted_records(surrogate: KernelSurrogate, n: int = 300, seed: int = 0) -> list[dict]:
@@ -105,8 +136,17 @@ def test_fit_recovers_a_planted_bandwidth_and_label_bias(tmp_path):
     assert fitted.log_bias == pytest.approx([0.5, -0.3, -0.2], abs=0.01)
     assert fitted.prior == 0 and fitted.n_fit_ == 300 and fitted.loss_ > 0
     found = analyze_surrogate(load_results(directory))["runs"]["knn-seed0"]
-    assert found["calibrated"]["agreement"]["value"] == 1.0  # the calibrated surrogate is the planted model
-    assert found["calibrated"]["parameters"]["bandwidth"] == pytest.approx(0.15, rel=0.02)
+    calibrated = found["calibrated"]
+    assert calibrated["agreement"]["value"] == 1.0  # the calibrated surrogate (prior fitted) is the planted model
+    assert calibrated["parameters"]["bandwidth"] == pytest.approx(0.15, rel=0.02)
+    assert calibrated["parameters"]["prior"] < 1e-3  # the planted surrogate has none
+    # on the held-out queries its Brier score is ~0 and its NLL the LM's own entropy, which no predictor beats
+    held = [r for r in planted_records(planted) if r["query_id"] in
+            {int(row["query_id"]) for row in read_rows(directory / "analysis" / "surrogate_queries.csv")}]
+    p = np.exp([r["label_log_probs"] for r in held])
+    assert calibrated["brier"] < 1e-4 and calibrated["nll"] == pytest.approx(-(p * np.log(p)).sum(1).mean(), abs=1e-3)
+    assert calibrated["nll"] < found["constant"]["nll"] < found["uniform"]["nll"]
+    assert found["uncalibrated"]["brier"] > calibrated["brier"]
 
 
 def test_fit_with_a_prior_and_labels_missing_from_the_demonstrations():
@@ -116,6 +156,8 @@ def test_fit_with_a_prior_and_labels_missing_from_the_demonstrations():
     labels = [rng.integers(0, 2, size=4).tolist() for _ in range(200)]
     fitted = KernelSurrogate.fit(sims, labels, planted.predict_many(sims, labels), 2, prior=0.5)
     assert fitted.bandwidth == pytest.approx(0.3, rel=0.01) and fitted.log_bias == pytest.approx([0.2, -0.2], abs=0.01)
+    free = KernelSurrogate.fit(sims, labels, planted.predict_many(sims, labels), 2, prior="fit")
+    assert free.prior == pytest.approx(0.5, rel=0.01) and free.bandwidth == pytest.approx(0.3, rel=0.01)
     # without a prior a label absent from the demonstrations gets 0 whatever the parameters: an LM that still gives
     # it 10% is a constant term, left out; the rest is matched exactly
     no_prior = KernelSurrogate(2, bandwidth=0.3, log_bias=[0.2, -0.2])
@@ -134,6 +176,7 @@ def test_fit_with_a_prior_and_labels_missing_from_the_demonstrations():
     (([[0.5]], [[2]], [[0.5, 0.5]], 2), "labels must be in 0..1"),
     (([[0.5]], [[0], [1]], [[0.5, 0.5]], 2), "expected one list each"),
     (([[0.5]], [[0]], [[1.0]], 1), "n_labels must be an integer >= 2"),
+    (([[0.5]], [[0]], [[0.5, 0.5]], 2, "fitted"), "prior must be a number >= 0"),
 ])
 def test_fit_refuses_bad_input_saying_what_was_expected(args, message):
     with pytest.raises(RiclError, match=message):
@@ -145,8 +188,8 @@ def test_analyze_surrogate_command_prints_agreement_and_ece_per_run(perfect):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     # the nearest demonstration carries the gold label, which the LM always predicts: the surrogate agrees
-    assert re.fullmatch(r"knn-seed0: agreement 1\.000 uncalibrated, 1\.000 calibrated; ECE 0\.00\d, 0\.\d{3} "
-                        r"\(n=12\)", lines[0]), lines[0]
+    assert re.fullmatch(r"knn-seed0: agreement 1\.000 uncalibrated, 1\.000 calibrated; ECE 0\.\d{3}, 0\.\d{3}; "
+                        r"NLL \d\.\d{3}, \d\.\d{3} \(constant \d\.\d{3}\) \(n=12\)", lines[0]), lines[0]
     assert lines[1] == f"surrogate: {perfect / 'analysis' / 'surrogate.json'}"
 
 

@@ -131,10 +131,13 @@ def reconstruction_lines(found: dict) -> list[str]:
 
 
 def surrogate_lines(found: dict) -> list[str]:
-    """Per run: held-out agreement with the LM and ECE of the uncalibrated and the calibrated surrogate."""
+    """Per run: held-out agreement with the LM, ECE and NLL of the uncalibrated and the calibrated surrogate, beside
+    the constant reference's NLL."""
     return [f"{name}: agreement {row['uncalibrated']['agreement']['value']:.3f} uncalibrated, "
-            f"{row['calibrated']['agreement']['value']:.3f} calibrated; ECE {row['uncalibrated']['ece']:.3f}, "
-            f"{row['calibrated']['ece']:.3f} (n={row['n_heldout']})" for name, row in found["runs"].items()]
+            f"{row['calibrated']['agreement']['value']:.3f} calibrated; ECE {row['uncalibrated']['ece']['value']:.3f}, "
+            f"{row['calibrated']['ece']['value']:.3f}; NLL {row['uncalibrated']['nll']:.3f}, "
+            f"{row['calibrated']['nll']:.3f} (constant {row['constant']['nll']:.3f}) (n={row['n_heldout']})"
+            for name, row in found["runs"].items()]
 
 
 def frontier_lines(found: dict) -> list[str]:
@@ -163,7 +166,8 @@ ANALYSES: tuple[Analysis, ...] = (
              "reconstruction, against one-line baselines over repeated splits, with a permutation null.",
              "kernel:analyze_kernel", ("runs", "tau", *SPLIT, "n_splits", "n_null")),
     Analysis("surrogate", "surrogate", "The kernel surrogate (uncalibrated and fitted) against the LM's predictions on "
-             "held-out queries: agreement, calibration, accuracy.", "surrogate:analyze_surrogate",
+             "held-out queries: NLL and Brier beside uniform and constant references, agreement, ECE, accuracy.",
+             "surrogate:analyze_surrogate",
              ("runs", "tau", *SPLIT), needs_two_queries, summary=surrogate_lines),
     Analysis("bandwidth", "bandwidth", "Accuracy by similarity of the demonstrations (bands, k, random bins) and "
              "kernel entropy.", "bandwidth:analyze_bandwidth", ("bins", *SPLIT), keywords={"bins": "n_bins"}),
