@@ -76,3 +76,13 @@ def test_calibrated_records_are_reconstructed_against_the_raw_prediction(tmp_pat
 
 def test_doctests():
     assert doctest_failures(kernel) == 0
+
+
+def test_seeds_pooled_count_held_out_queries_not_records(tmp_path):
+    recs = [make_record(f"random-seed{s}", q, g, g, labels, scores, selector="random", seed=s)
+            for s in (0, 1) for q, g, labels, scores in queries()]
+    results = load_results(write_dir(tmp_path / "two", recs, {"task": "sst2", "selectors": [{"name": "random"}]}))
+    column, controls = kernel.table2_column(results, ["random-seed0", "random-seed1"], tau=0.1, selection_n=10,
+                                            n_splits=3, n_null=5)
+    assert column["n"]["value"] == 30  # 40 queries, 10 chosen on: each query's two records count once
+    assert controls.selection_.sum(1).tolist() == [20, 20, 20]  # both records of a selection query

@@ -160,7 +160,8 @@ def table2_column(results: Results, runs: Sequence[str], tau: float, selection_f
     layer, head = divmod(int(most_common(ablation.heads_)), ablation.shape_[1])
     places = np.mean([max_places(s)[layer, head] for s in summaries], axis=0)  # (3,)
     column |= {f"span_max_on_{place}": bare(v) for place, v in zip(MAX_PLACES, places)}
-    column["n"] = bare(len({r["query_id"] for r in records}) - int(np.mean(controls.selection_.sum(1))))
+    held = [len(np.unique(controls.clusters_[~s])) for s in controls.selection_]  # query ids, not records
+    column["n"] = bare(int(round(np.mean(held))))
     return column, controls
 
 
@@ -247,9 +248,9 @@ def layer_rows(controls: dict[str, ReconstructionControls]) -> list[dict]:
 
 def verdict_rows(controls: dict[str, ReconstructionControls]) -> list[dict]:
     """Per column: what the controls say, and the null's distribution."""
-    return [{"run": name, "verdict": c.verdict(), "statistic": c.statistic_,
-             "null mean": float(c.null_.mean()) if c.null_.size else float("nan"),
-             "null 95th percentile": float(np.quantile(c.null_, 0.95)) if c.null_.size else float("nan"),
+    return [{"run": name, "verdict": c.verdict(), "statistic": round(c.statistic_, 4),
+             "null mean": round(float(c.null_.mean()), 4) if c.null_.size else float("nan"),
+             "null 95th percentile": round(float(np.quantile(c.null_, 0.95)), 4) if c.null_.size else float("nan"),
              "permutations": int(c.null_.size)} for name, c in controls.items()]
 
 
@@ -311,7 +312,9 @@ TABLE2_TEXT = (
     "splits, so it holds the query sampling and the split. reconstruction_kappa: Cohen's kappa of the head against "
     "the LM, [2.5, 97.5] percentiles over the splits. margin_over_best_baseline: the head's agreement minus the best "
     "baseline's on the same queries, paired, the best baseline chosen on each resample (which favours the "
-    "baselines). Runs without attention: every query, no head. tau = {tau}.")
+    "baselines). icl_accuracy is the raw (uncalibrated) prediction's, which the heads are matched to; with "
+    "calibrate: true, calibrated_icl_accuracy is the calibrated one's (the run's summary accuracy). n: held-out "
+    "queries (a query under several seeds counts once). Runs without attention: every query, no head. tau = {tau}.")
 VERDICT_TEXT = (
     "The head beats the baselines when the margin's interval lies above 0. The permutation null shuffles the "
     "demonstrations' labels within each prompt (attention unchanged), chooses the best head again on every split "
