@@ -89,19 +89,23 @@ def index_build(
                                         "(faster on CPUs with AMX/AVX512-BF16) or onnx (float32 on ONNX Runtime); "
                                         "recorded in the manifest."),
     index_type: str = typer.Option("flat", help="flat (exact), ivf or hnsw."),
-    overwrite: bool = typer.Option(False, help="Replace an existing index at --out."),
+    overwrite: bool = typer.Option(False, help="Replace an existing index at --out (a folder holding anything else "
+                                   "is refused)."),
     ray_workers: Optional[int] = typer.Option(None, min=1,
                                               help="Embed on this many Ray workers (needs the scale extra)."),
     ray_address: Optional[str] = typer.Option(None, help="With --ray-workers: a Ray cluster, e.g. auto or "
                                               "ray://HEAD:10001; default: $RAY_ADDRESS or a local Ray."),
 ) -> None:
     """Embed a dataset split and save a FAISS index of it (atomic: an existing index is never half-replaced)."""
+    from .atomic_dir import check_replaceable
     from .encoders import DEFAULT_ENCODER, check_backend
+    from .index import MANIFEST_FILE
     from .task_index import build_task_index
 
     check_backend(encoder_backend)
     if out.exists() and not overwrite:
         raise RiclError(f"{out} exists; pass --overwrite to replace it")
+    check_replaceable(out, MANIFEST_FILE)  # before the embedding: --overwrite replaces only a saved index
     spec, examples, _ = _task_and_examples(task, split, data_dir, file, text_field, label_field, labels, hf_dataset,
                                            hf_config)
     if ray_workers is not None:
@@ -218,7 +222,8 @@ def compare(
     config: Path = typer.Argument(..., help="Experiment YAML (see configs/experiments/)."),
     n_queries: Optional[int] = typer.Option(None, help="Override: a seeded subset of n queries."),
     output_dir: Optional[str] = typer.Option(None, help="Override: where the results directory goes."),
-    overwrite: bool = typer.Option(False, help="Replace an existing results directory."),
+    overwrite: bool = typer.Option(False, help="Replace an existing results directory (one with "
+                                   "run_info.json; any other folder is refused)."),
     ray_workers: Optional[int] = typer.Option(None, min=1, help="Embed and score on this many Ray workers, one model "
                                               "each (needs the scale extra); same results directory."),
     ray_address: Optional[str] = typer.Option(None, help="With --ray-workers: a Ray cluster, e.g. auto or "

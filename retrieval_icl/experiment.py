@@ -14,7 +14,7 @@ from typing import Any, Callable
 import yaml
 
 from .assemble import Run, assemble_runs, summarise
-from .atomic_dir import atomic_directory
+from .atomic_dir import atomic_directory, check_replaceable, claimed
 from .compare_config import (
     ColumnsConfig,
     CompareConfig,
@@ -32,6 +32,7 @@ from .scoring import Scorer
 from .tasks import fingerprint
 
 log = logging.getLogger(__name__)
+RUN_INFO = "run_info.json"  # every results directory has it: the mark that --overwrite may replace it
 
 __all__ = ["ColumnsConfig", "CompareConfig", "PoolConfig", "SelectorConfig", "load_compare_config", "run_compare"]
 
@@ -72,7 +73,7 @@ def write_results(output_dir: Path, config: CompareConfig, inputs: Inputs, runs:
                   rows: list[dict], tests: list[dict]) -> None:
     """Write every file into a temporary sibling, then swap it in: a failed run leaves nothing half-written and
     the previous results whole."""
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, marker=RUN_INFO) as tmp:
         write_files(tmp, config, inputs, runs, info, rows, tests)
 
 
@@ -95,7 +96,7 @@ def write_files(tmp: Path, config: CompareConfig, inputs: Inputs, runs: list[Run
                              "fingerprint": fingerprint(p.examples)} for p in inputs.pools}
     info = info | {"versions": package_versions(), "pools": pools, "query_fingerprint": fingerprint(inputs.queries),
                    "n_queries": len(inputs.queries)}
-    (tmp / "run_info.json").write_text(json.dumps(info, indent=2))
+    (tmp / RUN_INFO).write_text(json.dumps(info, indent=2))
     write_csv(tmp / "summary.csv", rows)
     write_csv(tmp / "mcnemar.csv", tests)
     (tmp / "summary.md").write_text(summary_markdown(config, inputs, rows, tests, info))
@@ -127,6 +128,13 @@ def run_compare(config: CompareConfig, overwrite: bool = False, scorer: Scorer |
     run_info.json.
     """
     output_dir = check_output_dir(config, overwrite)
+    with claimed(output_dir):  # held until the results are swapped in: a second run to the directory is refused
+        return compare_into(output_dir, config, scorer, warm, **info)
+
+
+def compare_into(output_dir: Path, config: CompareConfig, scorer: Scorer | None,
+                 warm: Callable[[Inputs], None] | None, **info: Any) -> tuple[list[dict], list[dict], Path]:
+    """run_compare's work once output_dir is claimed."""
     start = time.perf_counter()
     inputs = prepare_inputs(config)
     if warm is not None:
@@ -171,10 +179,12 @@ def model_info(runner: Any, capture: bool) -> dict[str, Any]:
 
 
 def check_output_dir(config: CompareConfig, overwrite: bool) -> Path:
-    """The results directory, refused when it exists and overwrite is off."""
+    """The results directory, refused when it exists and overwrite is off, and (overwrite on) when it is not one
+    this project wrote."""
     output_dir = Path(config.output_dir)
     if output_dir.exists() and not overwrite:
         raise RiclError(f"{output_dir} exists; pass --overwrite or choose another output_dir")
+    check_replaceable(output_dir, RUN_INFO)
     return output_dir
 
 

@@ -250,7 +250,7 @@ class DemoIndex:
     def save(self, directory: str | Path) -> Path:
         """Write index.faiss, examples.jsonl and manifest.json atomically: a crash leaves the old index whole."""
         faiss_index, target = self._require_built(), Path(directory)
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, marker=MANIFEST_FILE) as tmp:
             faiss.write_index(faiss_index, str(tmp / INDEX_FILE))
             write_text(tmp / EXAMPLES_FILE, "".join(example_line(ex) for ex in self.examples))
             write_text(tmp / MANIFEST_FILE, self.manifest.model_dump_json(indent=2) + "\n")

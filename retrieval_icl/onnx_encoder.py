@@ -139,7 +139,7 @@ def export(st: "SentenceTransformer", source: str) -> Path:
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with atomic_directory(target) as tmp:
+        with atomic_directory(target, marker="model.onnx", wait=True) as tmp:  # a concurrent export: wait for it
             _trace(st, tmp / "model.onnx")
     except OSError:
         if not (target / "model.onnx").is_file():  # another process may have written it first
