@@ -224,11 +224,14 @@ class DemoSelector:
         return texts, self._label_id(row["label"], n)
 
     def _label_id(self, raw: Any, n: int) -> int:
+        """A row's label id: one of the label names or ids, or without names at most one past the largest id in
+        the index (a new label, one at a time: an id like 10**12 would size every per-label array)."""
         names = self.label_names
         if isinstance(raw, str) and names and raw in names:
             return names.index(raw)
-        if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0 or (names and raw >= len(names)):
-            expected = f"an id 0..{len(names) - 1} or one of {names}" if names else "a non-negative integer id"
+        limit = len(names) if names else max((ex.label for ex in self.index.examples), default=-1) + 2
+        if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw < limit:
+            expected = f"an id 0..{limit - 1} or one of {names}" if names else f"an integer id 0..{limit - 1}"
             raise RiclError(f"example {n}: label {raw!r} is not {expected}")
         return raw
 

@@ -393,3 +393,18 @@ def listening_addresses(port: int) -> set[str]:
             if row[3] == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
                 found.add(address)
     return found
+
+
+def test_labels_of_an_index_without_names_are_bounded_by_its_largest_id(tmp_path):
+    encoder = Encoder(cache_dir=tmp_path / "emb")
+    examples = load_examples(load_task("sst2"), "train", DATA)[:6]  # labels 0 and 1, no names saved
+    DemoIndex(encoder).build(examples, text_fields=["sentence"]).save(tmp_path / "index")
+    selector = DemoSelector.load(tmp_path / "index", encoder=encoder)
+    assert selector.label_names is None
+    with running(create_app(selector)) as base:
+        huge = httpx.post(f"{base}/examples", json={"examples": [{"fields": "x", "label": 10**12}]})
+        assert huge.status_code == 422 and "is not an integer id 0..2" in huge.json()["detail"], huge.text
+        assert len(DemoIndex.load(tmp_path / "index")) == 6  # nothing saved
+        new = httpx.post(f"{base}/examples", json={"examples": [{"fields": "a third kind", "label": 2}]})
+        assert new.status_code == 201, new.text
+        assert httpx.post(f"{base}/examples", json={"examples": [{"fields": "y", "label": 4}]}).status_code == 422
