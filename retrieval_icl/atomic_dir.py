@@ -13,7 +13,9 @@ as long as it works, so a second writer to the same directory is refused rather 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import re
 import secrets
 import shutil
 import threading
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from .errors import RiclError
 
+log = logging.getLogger(__name__)
 _CLAIMED: set[tuple[Path, int]] = set()  # (directory, thread id) claims this process holds
 
 
@@ -80,6 +83,7 @@ def atomic_directory(target: Path, marker: str, wait: bool = False) -> Iterator[
     existing target is replaced only if it holds `marker` (or nothing); the target is claimed meanwhile."""
     check_replaceable(target, marker)
     with claimed(target, wait):
+        recover(target)
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             tmp.mkdir()
@@ -91,6 +95,32 @@ def atomic_directory(target: Path, marker: str, wait: bool = False) -> Iterator[
             swap_in(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def leftovers(target: Path) -> list[Path]:
+    """The hidden siblings a writer of target leaves when it dies: `.NAME.tmp-PID-HEX` and `.NAME.old-PID-HEX`."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(tmp|old)-\d+-[0-9a-f]{{8}}")
+    parent = target.parent
+    return sorted(p for p in parent.iterdir() if pattern.fullmatch(p.name)) if parent.is_dir() else []
+
+
+def recover(target: Path) -> None:
+    """Undo what a writer that died left behind: a target lost between the swap's two renames is restored from its
+    newest `.old` copy; the other leftovers are removed. Skipped while another writer holds the target (its
+    leftovers are live) or where the folder is read-only."""
+    if not leftovers(target):
+        return
+    try:
+        with claimed(target):  # no live writer of target from here on: every leftover is a dead one's
+            olds = sorted((p for p in leftovers(target) if ".old-" in p.name), key=lambda p: p.stat().st_mtime)
+            if not target.exists() and olds:
+                os.rename(olds[-1], target)
+                log.warning("restored %s from %s, left by a write interrupted between its two renames", target,
+                            olds[-1].name)
+            for path in leftovers(target):
+                shutil.rmtree(path, ignore_errors=True)
+    except (RiclError, OSError) as e:
+        log.info("left %s's leftovers as they are: %s", target, e)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -195,21 +195,25 @@ class DemoSelector:
                                label_name=names[ex.label] if names and ex.label < len(names) else None, score=score)
 
     def add_examples(self, rows: Sequence[Mapping[str, Any]], save: bool = False) -> list[int]:
-        """Add {"fields": {name: text} or a string, "label": id or name} rows (and save, atomically); returns ids."""
+        """Add {"fields": {name: text} or a string, "label": id or name} rows (and save, atomically); returns ids.
+        Nothing is added when the save fails."""
         if isinstance(rows, (str, Mapping)) or not rows:
             raise RiclError("add_examples expects a non-empty list of {'fields': ..., 'label': ...} dicts")
         if save and self.directory is None:
             raise RiclError("save=True needs an index directory; load with DemoSelector.load(directory)")
         parsed = [self._parse_row(row, n) for n, row in enumerate(rows)]
         with self._lock:
-            # Embed before touching the index so a failure leaves it as it was.
             vectors = self.index.encoder.encode(["\n".join(texts) for texts, _ in parsed])
             start = int(self.index.ids.max()) + 1 if len(self.index) else 0
             examples = [Example(start + n, texts, label) for n, (texts, label) in enumerate(parsed)]
-            self.index.add(examples, embeddings=vectors)
-            self._fitted.clear()  # refit on next use: BM25, balanced and representative selectors cache the pool
+            # Added to a copy, saved, and only then served: a failed save (disk full) leaves memory as on disk,
+            # so a client's retry does not duplicate examples that were never stored.
+            staged = self.index.copy()
+            staged.add(examples, embeddings=vectors)
             if save:
-                self.save()
+                staged.save(self.directory)
+            self.index = staged
+            self._fitted.clear()  # refit on next use: BM25, balanced and representative selectors cache the pool
             return [ex.id for ex in examples]
 
     def _parse_row(self, row: Mapping[str, Any], n: int) -> tuple[tuple[str, ...], int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from datetime import datetime, timezone
@@ -13,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
-from .atomic_dir import atomic_directory, write_text
+from .atomic_dir import atomic_directory, recover, write_text
 from .encoders import Encoder, make_encoder
 from .errors import RiclError
 from .faiss_support import faiss  # the one import of faiss: a missing build gets an install hint
@@ -116,6 +117,15 @@ class DemoIndex:
         self._check_new_ids(examples, existing=set(self._examples))
         self._append(examples, self._vectors(examples, embeddings, show_progress, dimension=faiss_index.d))
         self._meta["dataset_fingerprint"] = fingerprint(self.examples)
+
+    def copy(self) -> "DemoIndex":
+        """An independent copy, its FAISS index cloned: adding to it leaves this one as it is (the encoder is
+        shared)."""
+        other = copy.copy(self)
+        other._faiss = faiss.clone_index(self._require_built())
+        other._ids, other._examples, other._row_cache = self._ids.copy(), dict(self._examples), None
+        other._meta, other.fits = dict(self._meta), dict(self.fits)
+        return other
 
     def _check_new_ids(self, examples: Sequence[Example], existing: set[int]) -> None:
         seen = set(existing)
@@ -261,6 +271,7 @@ class DemoIndex:
         """Open a saved index after checking its files agree with each other and with `encoder`; without one, the
         encoder is made from the manifest (name and backend), so queries are embedded the way the pool was."""
         directory = Path(directory)
+        recover(directory)  # a save interrupted between its renames, or its temporary folders
         if not directory.is_dir():
             raise RiclError(f"{directory}: no index directory there "
                             f"(expected {INDEX_FILE}, {EXAMPLES_FILE}, {MANIFEST_FILE})")

@@ -19,6 +19,7 @@ work without internet.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import json
 import logging
@@ -135,7 +136,7 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 413, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 413, 422, 503, 507)}
 
 
 class BodyLimit:
@@ -276,7 +277,12 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
             raise HTTPException(413, f"{len(request.examples)} examples in one request; "
                                 f"the limit is {limits.max_batch}")
         _check_size([t for ex in request.examples for t in _texts(ex.fields)], limits)
-        ids = selector.add_examples([ex.model_dump() for ex in request.examples], save=True)
+        try:
+            ids = selector.add_examples([ex.model_dump() for ex in request.examples], save=True)
+        except OSError as e:  # nothing was added: the client may retry
+            log.error("could not save the index after an add: %s", e)
+            status, why = (507, "the disk is full") if e.errno == errno.ENOSPC else (503, "the disk write failed")
+            raise HTTPException(status, f"the examples were not added: {why}; retry later") from None
         return AddResponse(ids=ids, count=len(selector))
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from .atomic_dir import recover
 from .encoders import DEFAULT_ENCODER, make_encoder
 from .errors import RiclError
 from .index import DemoIndex
@@ -40,6 +41,7 @@ def load_or_build_index(directory: Path, examples: Sequence[Example], task: Task
                         index_type: str = "flat", backend: str = "torch") -> DemoIndex:
     """The index saved at `directory` (checked to hold these examples and this encoder and backend), else a new one
     built and saved there."""
+    recover(directory)  # an index lost between a save's two renames is restored, not rebuilt without its adds
     if directory.exists():
         index = DemoIndex.load(directory, encoder=make_encoder(encoder, backend=backend))
         expected = fingerprint(examples)

@@ -408,3 +408,25 @@ def test_labels_of_an_index_without_names_are_bounded_by_its_largest_id(tmp_path
         new = httpx.post(f"{base}/examples", json={"examples": [{"fields": "a third kind", "label": 2}]})
         assert new.status_code == 201, new.text
         assert httpx.post(f"{base}/examples", json={"examples": [{"fields": "y", "label": 4}]}).status_code == 422
+
+
+def test_a_failed_save_adds_nothing_and_answers_507(tmp_path, monkeypatch):
+    import errno
+
+    encoder = Encoder(cache_dir=tmp_path / "emb")
+    build_index(tmp_path / "index", encoder, n=8)
+    selector = DemoSelector.load(tmp_path / "index", encoder=encoder)
+    body = {"examples": [{"fields": "the zorblax sequel is wonderful", "label": 1}]}
+    with running(create_app(selector)) as base:
+        with monkeypatch.context() as m:
+            m.setattr(DemoIndex, "save", lambda self, d: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
+            full = httpx.post(f"{base}/examples", json=body)
+            assert full.status_code == 507 and "disk is full" in full.json()["detail"], full.text
+            m.setattr(DemoIndex, "save", lambda self, d: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+            assert httpx.post(f"{base}/examples", json=body).status_code == 503
+        assert httpx.get(f"{base}/health").json()["count"] == 8 and len(selector) == 8
+        top = httpx.post(f"{base}/select", json={"text": "zorblax sequel", "k": 8, "strategy": "bm25"}).json()
+        assert all("zorblax" not in e["fields"]["sentence"] for e in top["examples"])  # never served
+        retried = httpx.post(f"{base}/examples", json=body)  # the client's retry stores it once
+        assert retried.status_code == 201 and retried.json()["count"] == 9
+        assert len(DemoIndex.load(tmp_path / "index")) == 9

@@ -1,4 +1,5 @@
-"""--overwrite replaces only what the project wrote, and one directory has one writer at a time (atomic_dir.py)."""
+"""atomic_dir.py: --overwrite replaces only what the project wrote, one directory has one writer at a time, and a
+writer that died mid-swap is recovered from."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from standin import TINY_DATA, VoteScorer, tiny_tokenizer
 from typer.testing import CliRunner
 
-from retrieval_icl.atomic_dir import atomic_directory, claimed
+from retrieval_icl.atomic_dir import atomic_directory, claimed, leftovers, recover
 from retrieval_icl.cli import app
 from retrieval_icl.compare_config import CompareConfig, SelectorConfig
 from retrieval_icl.errors import RiclError
@@ -132,3 +133,59 @@ def test_an_empty_folder_or_a_file_path(tmp_path):
     with pytest.raises(RiclError, match="exists and is not a directory"):
         with atomic_directory(tmp_path / "file", marker="m"):
             pass
+
+
+KILLED_BETWEEN_RENAMES = """
+import os, sys
+from pathlib import Path
+from retrieval_icl import atomic_dir
+from retrieval_icl.demo_selector import DemoSelector
+from retrieval_icl.encoders import Encoder
+selector = DemoSelector.load(Path(sys.argv[1]), encoder=Encoder(cache_dir=Path(sys.argv[2])))
+rename = os.rename
+def first_rename_then_die(src, dst):
+    rename(src, dst)  # the index directory moved aside to .NAME.old-*
+    os._exit(9)       # killed before the new one is moved in
+atomic_dir.os.rename = first_rename_then_die
+selector.add_examples([{"fields": "never acknowledged", "label": 1}], save=True)
+"""
+
+
+def small_index(tmp_path: Path) -> Path:
+    from retrieval_icl.encoders import Encoder
+    from retrieval_icl.index import DemoIndex
+    from retrieval_icl.tasks import load_examples, load_task
+
+    task = load_task("sst2")
+    DemoIndex(Encoder(cache_dir=tmp_path / "emb")).build(load_examples(task, "train", TINY_DATA)[:6], task="sst2",
+                                                         text_fields=task.text_fields).save(tmp_path / "index")
+    return tmp_path / "index"
+
+
+def test_an_index_whose_writer_died_between_the_renames_loads_whole(tmp_path):
+    from retrieval_icl.index import DemoIndex
+
+    index = small_index(tmp_path)
+    before = [ex.texts for ex in DemoIndex.load(index).examples]
+    died = subprocess.run([sys.executable, "-c", KILLED_BETWEEN_RENAMES, str(index), str(tmp_path / "emb")])
+    assert died.returncode == 9 and not index.exists()  # only .index.old-* and .index.tmp-* are left
+    assert {p.name.split("-")[0] for p in leftovers(index)} == {".index.old", ".index.tmp"}
+    assert [ex.texts for ex in DemoIndex.load(index).examples] == before  # restored, the unacknowledged add absent
+    assert leftovers(index) == [] and not (tmp_path / ".index.lock").exists()
+
+
+def test_stale_temporary_folders_go_but_a_live_writers_stay(tmp_path):
+    target = tmp_path / "t"
+    target.mkdir()
+    (tmp_path / ".t.tmp-123-0123abcd").mkdir()
+    (tmp_path / ".t.old-123-89abcdef").mkdir()
+    (tmp_path / ".t.tmp-note").mkdir()  # not one of ours: kept
+    holder = hold_in_another_process(target)
+    try:
+        recover(target)
+        assert len(leftovers(target)) == 2  # the holder may be writing them
+    finally:
+        holder.kill()
+        holder.wait()
+    recover(target)
+    assert leftovers(target) == [] and sorted(p.name for p in tmp_path.iterdir()) == [".t.tmp-note", "t"]
