@@ -324,8 +324,17 @@ def serve(
     port: int = typer.Option(8000, help="TCP port."),
     strategy: str = typer.Option("knn", help="Default selector when a request names none."),
     seed: int = typer.Option(0, help="Seed for random choices."),
-    api_key: Optional[str] = typer.Option(None, envvar="RICL_API_KEY", help="Require this X-API-Key on POST requests "
-                                          "(better given as the RICL_API_KEY environment variable)."),
+    api_key: Optional[str] = typer.Option(None, envvar="RICL_API_KEY", help="The X-API-Key that POST /examples needs "
+                                          "(and POST /select too); better as RICL_API_KEY or --api-key-file."),
+    api_key_file: Optional[Path] = typer.Option(None, help="Read the API key from this file (its first line)."),
+    read_key: Optional[str] = typer.Option(None, envvar="RICL_READ_KEY", help="A second key that POST /select takes "
+                                           "(not /examples); better as RICL_READ_KEY or --read-key-file."),
+    read_key_file: Optional[Path] = typer.Option(None, help="Read the read key from this file (its first line)."),
+    allow_open_writes: bool = typer.Option(False, help="Take POST /examples without a key (a trusted network only); "
+                                           "by default a server without --api-key refuses writes."),
+    allowed_host: Optional[list[str]] = typer.Option(None, help="A Host header the server answers (repeat it); "
+                                                     "default: the localhost names on a loopback bind, else the "
+                                                     "bound address. '*' answers any."),
     max_k: int = typer.Option(64, min=1, help="Largest k a request may ask for."),
     max_text_chars: int = typer.Option(4000, min=1, help="Longest text per field, in characters."),
     max_batch: int = typer.Option(256, min=1, help="Most examples one POST /examples may add."),
@@ -337,8 +346,24 @@ def serve(
     from .service import serve as run_service
 
     limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch)
-    run_service(index, host=host, port=port, strategy=strategy, seed=seed, api_key=api_key, limits=limits,
-                tokenizer=tokenizer)
+    run_service(index, host=host, port=port, strategy=strategy, seed=seed, limits=limits, tokenizer=tokenizer,
+                api_key=_key(api_key, api_key_file, "--api-key"), read_key=_key(read_key, read_key_file, "--read-key"),
+                allow_open_writes=allow_open_writes, allowed_hosts=allowed_host or None)
+
+
+def _key(value: Optional[str], file: Optional[Path], option: str) -> Optional[str]:
+    """A key from its option (or environment variable) or from the first line of its file, not both."""
+    if file is None:
+        return value or None
+    if value:
+        raise RiclError(f"{option} and {option}-file both given; expected one")
+    try:
+        key = file.read_text(encoding="utf-8").splitlines()[0].strip() if file.stat().st_size else ""
+    except (OSError, UnicodeDecodeError) as e:
+        raise RiclError(f"{option}-file {file}: cannot read it ({e})") from None
+    if not key:
+        raise RiclError(f"{option}-file {file}: the first line is empty; expected the key")
+    return key
 
 
 # Analyses of saved results (retrieval_icl/analysis/cli.py): `ricl analyze ...` and `ricl report`.

@@ -1,8 +1,12 @@
 """HTTP service over a DemoSelector (FastAPI + uvicorn): POST /select, POST /examples, GET /health.
 
 The endpoints call the same public API as the library (DemoSelector.select / add_examples) and speak the JSON
-schema of the pydantic models below (GET /openapi.json). Bad input gets a 4xx with a `detail` message:
-401 without the API key (when one is set), 403 with a wrong one, 413 for a body, text or batch over the
+schema of the pydantic models below (GET /openapi.json). Safe by default: POST /examples needs the API key (without
+one, writes are refused unless the app is made with allow_open_writes=True); POST /select is open unless an API key
+or a separate read key is set (either then works for it); a Host header outside `allowed_hosts` (the localhost names
+by default) gets 400, so a web page cannot reach a local server through DNS rebinding. Bad input gets a 4xx with a
+`detail` message: 401 without a key that is needed, 403 with a wrong one (or for a write the server does not take),
+413 for a body, text or batch over the
 limits, 422 for malformed JSON, wrong types, empty text, unknown strategies, k out of range and a max_tokens budget
 below 1 or too small for one demonstration. Malformed JSON is refused before the key is checked; everything else is
 checked after it.
@@ -26,12 +30,13 @@ import logging
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal, NamedTuple
+from typing import Any, AsyncIterator, Literal, NamedTuple, Sequence
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .demo_selector import DemoSelector, SelectedExample
 from .docs_page import add_docs
@@ -126,7 +131,9 @@ class Health(BaseModel):
     label_names: list[str] | None
     default_strategy: str
     strategies: list[str]
-    auth: bool = Field(description=f"Whether POST endpoints need the {API_KEY_HEADER} header.")
+    auth: bool = Field(description=f"Whether POST /select needs the {API_KEY_HEADER} header.")
+    writes: Literal["key", "open", "off"] = Field(description="POST /examples: with the API key, open to anyone "
+                                                  "(allow_open_writes), or refused (no key set).")
     limits: Limits
 
 
@@ -166,19 +173,31 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-def _key_check(api_key: str | None):
-    """A dependency that lets a request through with the right X-API-Key (or any, when no key is set)."""
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")  # Host headers of a loopback-bound server
+
+
+def _key_check(keys: Sequence[str], open_when_none: bool = True):
+    """A dependency that lets a request through with one of `keys` in X-API-Key; with no keys, every request
+    (open_when_none) or none (403)."""
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False)
 
     def check(given: str | None = Security(header)) -> None:
-        if api_key is None:
-            return
+        if not keys:
+            if open_when_none:
+                return
+            raise HTTPException(403, "this server takes no writes: start it with an API key (RICL_API_KEY) or, "
+                                "on a trusted network, --allow-open-writes")
         if given is None:
             raise HTTPException(401, f"missing {API_KEY_HEADER} header", headers={"WWW-Authenticate": "ApiKey"})
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
+        if not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
             raise HTTPException(403, f"wrong {API_KEY_HEADER}")
 
     return check
+
+
+def shown_encoder(name: str) -> str:
+    """The encoder's name for /health: a hub id as it is, a local folder by its last part only (no paths)."""
+    return Path(name).name if Path(name).is_absolute() or Path(name).exists() else name
 
 
 def _check_size(texts: list[str], limits: Limits) -> None:
@@ -227,15 +246,22 @@ def _batched(http: Request, item: SelectItem) -> list[SelectedExample]:
 
 
 def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limits | None = None,
-               batching: bool = True) -> FastAPI:
-    """The FastAPI app serving one DemoSelector; `api_key` protects the POST endpoints. With `batching`, concurrent
-    selects are answered together (see the module docstring); without, each request selects alone."""
+               batching: bool = True, read_key: str | None = None, allow_open_writes: bool = False,
+               allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
+    """The FastAPI app serving one DemoSelector. `api_key` is needed for POST /examples (no key: writes refused,
+    unless allow_open_writes) and, when set, for POST /select, which also takes `read_key`. Requests whose Host is
+    not in `allowed_hosts` ("*": any) get 400. With `batching`, concurrent selects are answered together (see the
+    module docstring); without, each request selects alone."""
     limits = limits or Limits()
+    read_keys = [k for k in (api_key, read_key) if k]
     app = FastAPI(title="retrieval-icl", summary="Demonstration selection for in-context learning.", version="1",
                   lifespan=_batching_lifespan(selector) if batching else None,
                   docs_url=None, redoc_url=None)  # FastAPI's pages load from a CDN; add_docs serves them offline
     add_docs(app)
-    guarded = [Depends(_key_check(api_key))]
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    guarded = [Depends(_key_check(read_keys))]
+    write_guard = [Depends(_key_check([api_key] if api_key else [], open_when_none=allow_open_writes))]
+    writes = "key" if api_key else "open" if allow_open_writes else "off"
 
     @app.exception_handler(RiclError)
     async def bad_input(request: Request, error: RiclError) -> Response:
@@ -248,10 +274,10 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
-        return Health(status="ok", count=len(selector), encoder=selector.index.encoder.name,
+        return Health(status="ok", count=len(selector), encoder=shown_encoder(selector.index.encoder.name),
                       text_fields=selector.text_fields, label_names=selector.label_names,
-                      default_strategy=selector.strategy, strategies=sorted(SELECTORS), auth=api_key is not None,
-                      limits=limits)
+                      default_strategy=selector.strategy, strategies=sorted(SELECTORS), auth=bool(read_keys),
+                      writes=writes, limits=limits)
 
     @app.post("/select", response_model=SelectResponse, dependencies=guarded, responses=ERRORS)
     def select(request: SelectRequest, http: Request) -> SelectResponse:
@@ -270,7 +296,7 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
         return SelectResponse(strategy=strategy, k=request.k, examples=[ExampleOut(**c.to_dict()) for c in chosen],
                               prompt_tokens=tokens)
 
-    @app.post("/examples", response_model=AddResponse, status_code=201, dependencies=guarded, responses=ERRORS)
+    @app.post("/examples", response_model=AddResponse, status_code=201, dependencies=write_guard, responses=ERRORS)
     def add_examples(request: AddRequest) -> AddResponse:
         """Add labelled examples; saved atomically and visible to the next select."""
         if len(request.examples) > limits.max_batch:
@@ -308,20 +334,24 @@ def _texts(fields: dict[str, str] | str) -> list[str]:
 
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, strategy: str = "knn", seed: int = 0,
           api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning",
-          tokenizer: str = DEFAULT_MODEL, batching: bool = True) -> None:
+          tokenizer: str = DEFAULT_MODEL, batching: bool = True, read_key: str | None = None,
+          allow_open_writes: bool = False, allowed_hosts: Sequence[str] | None = None) -> None:
     """Load the index, warm the encoder and serve until interrupted (one process: the pool lives in memory).
     `tokenizer` (a model name) counts max_tokens budgets; it is loaded on the first request with one. `batching`
     answers concurrent selects together (create_app); then numpy's BLAS runs on one thread: a batch's search
     products are small, and idle BLAS threads spin on the cores the encoder needs (benchmarks/service_load.py: 47 ->
-    64 requests/s with the onnx backend on 2 cores)."""
+    64 requests/s with the onnx backend on 2 cores). `allowed_hosts` defaults to the localhost names on a loopback
+    bind and to the bound address otherwise."""
     import uvicorn
     from threadpoolctl import threadpool_limits
 
     if batching:
         threadpool_limits(1, user_api="blas")
     selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed, tokenizer=tokenizer).warm_up()
-    app = create_app(selector, api_key=api_key, limits=limits, batching=batching)
-    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        log.warning("serving on %s without an API key: anyone who can reach it can add examples", host)
+    hosts = allowed_hosts or (LOCAL_HOSTS if host in LOCAL_HOSTS else (host,))
+    app = create_app(selector, api_key=api_key, limits=limits, batching=batching, read_key=read_key,
+                     allow_open_writes=allow_open_writes, allowed_hosts=hosts)
+    if allow_open_writes and api_key is None:
+        log.warning("serving with open writes: anyone who can reach %s can add examples to %s", host, index_dir)
     print(f"serving {len(selector)} examples from {index_dir} on http://{host}:{port} (docs at /docs)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

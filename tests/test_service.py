@@ -194,12 +194,58 @@ def test_bad_input_gets_a_clear_4xx(client, path, body, headers, status):
     assert client.get("/health").json()["count"] == before  # nothing was added
 
 
-def test_without_a_key_the_endpoints_are_open(service):
+def test_without_a_key_selects_are_open_and_writes_refused_unless_allowed(service):
     _, selector, _ = service
+    body = {"examples": [{"fields": "an open-door write", "label": 1}]}
     with running(create_app(selector)) as base:
-        assert httpx.get(f"{base}/health").json()["auth"] is False
+        health = httpx.get(f"{base}/health").json()
+        assert (health["auth"], health["writes"]) == (False, "off")
         reply = httpx.post(f"{base}/select", json={"text": "fine", "k": 2}, headers={"X-API-Key": "anything"})
         assert reply.status_code == 200 and len(reply.json()["examples"]) == 2
+        refused = httpx.post(f"{base}/examples", json=body)
+        assert refused.status_code == 403 and "takes no writes" in refused.json()["detail"]
+    count = len(selector)
+    with running(create_app(selector, allow_open_writes=True)) as base:
+        assert httpx.get(f"{base}/health").json()["writes"] == "open"
+        assert httpx.post(f"{base}/examples", json=body).status_code == 201 and len(selector) == count + 1
+
+
+def test_a_read_key_selects_but_does_not_write(service):
+    _, selector, _ = service
+    with running(create_app(selector, api_key="writer", read_key="reader")) as base:
+        health = httpx.get(f"{base}/health").json()
+        assert health["auth"] is True and health["writes"] == "key"
+        for key, status in (("reader", 200), ("writer", 200), ("other", 403)):
+            assert httpx.post(f"{base}/select", json={"text": "fine", "k": 1},
+                              headers={"X-API-Key": key}).status_code == status
+        write = {"examples": [{"fields": "a reader's write", "label": 1}]}
+        assert httpx.post(f"{base}/examples", json=write, headers={"X-API-Key": "reader"}).status_code == 403
+        assert httpx.post(f"{base}/select", json={"text": "fine", "k": 1}).status_code == 401
+
+
+def test_a_foreign_host_header_is_refused(service):
+    _, selector, _ = service
+    with running(create_app(selector)) as base:
+        for path in ("/health", "/docs"):
+            assert httpx.get(f"{base}{path}", headers={"Host": "evil.test"}).status_code == 400
+        assert httpx.post(f"{base}/select", json={"text": "fine", "k": 1},
+                          headers={"Host": "evil.test"}).status_code == 400
+        assert httpx.get(f"{base}/health", headers={"Host": "localhost:8000"}).status_code == 200
+    with running(create_app(selector, allowed_hosts=["ricl.internal"])) as base:
+        assert httpx.get(f"{base}/health", headers={"Host": "ricl.internal"}).status_code == 200
+        assert httpx.get(f"{base}/health").status_code == 400  # 127.0.0.1 is not on this list
+
+
+def test_health_names_a_local_encoder_folder_without_its_path(tmp_path):
+    from retrieval_icl.sentence_encoder import packaged_encoder_path
+
+    encoder = Encoder(str(packaged_encoder_path()), cache_dir=tmp_path / "emb")
+    build_index(tmp_path / "index", encoder, n=6)
+    selector = DemoSelector.load(tmp_path / "index", encoder=encoder)
+    with running(create_app(selector)) as base:
+        health = httpx.get(f"{base}/health").text
+    assert str(packaged_encoder_path()) not in health and str(tmp_path) not in health
+    assert json.loads(health)["encoder"] == packaged_encoder_path().name
 
 
 def test_form_body_and_wrong_method_are_refused(client):
@@ -363,9 +409,11 @@ def free_port() -> int:
 def test_ricl_serve_binds_loopback_by_default(tmp_path):
     build_index(tmp_path / "index", Encoder(cache_dir=tmp_path / "emb"), n=10)
     port = free_port()
-    env = os.environ | {"RICL_API_KEY": "k", "RICL_CACHE_DIR": str(tmp_path)}
+    (tmp_path / "key").write_text("k\n")  # the key from a file: not in argv, where `ps` shows it
+    env = os.environ | {"RICL_CACHE_DIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "retrieval_icl", "serve", "--index", str(tmp_path / "index"),
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), "--api-key-file", str(tmp_path / "key")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         def up() -> bool:
             assert proc.poll() is None, proc.stdout.read()
@@ -376,6 +424,8 @@ def test_ricl_serve_binds_loopback_by_default(tmp_path):
 
         wait_until(up, "ricl serve answering /health")
         assert httpx.post(f"http://127.0.0.1:{port}/select", json={"text": "fine", "k": 1}).status_code == 401
+        assert httpx.post(f"http://127.0.0.1:{port}/select", json={"text": "fine", "k": 1},
+                          headers={"X-API-Key": "k"}).status_code == 200
         if Path("/proc/net/tcp").exists():
             assert listening_addresses(port) == {"0100007F"}
     finally:
@@ -401,7 +451,7 @@ def test_labels_of_an_index_without_names_are_bounded_by_its_largest_id(tmp_path
     DemoIndex(encoder).build(examples, text_fields=["sentence"]).save(tmp_path / "index")
     selector = DemoSelector.load(tmp_path / "index", encoder=encoder)
     assert selector.label_names is None
-    with running(create_app(selector)) as base:
+    with running(create_app(selector, allow_open_writes=True)) as base:
         huge = httpx.post(f"{base}/examples", json={"examples": [{"fields": "x", "label": 10**12}]})
         assert huge.status_code == 422 and "is not an integer id 0..2" in huge.json()["detail"], huge.text
         assert len(DemoIndex.load(tmp_path / "index")) == 6  # nothing saved
@@ -417,7 +467,7 @@ def test_a_failed_save_adds_nothing_and_answers_507(tmp_path, monkeypatch):
     build_index(tmp_path / "index", encoder, n=8)
     selector = DemoSelector.load(tmp_path / "index", encoder=encoder)
     body = {"examples": [{"fields": "the zorblax sequel is wonderful", "label": 1}]}
-    with running(create_app(selector)) as base:
+    with running(create_app(selector, allow_open_writes=True)) as base:
         with monkeypatch.context() as m:
             m.setattr(DemoIndex, "save", lambda self, d: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")))
             full = httpx.post(f"{base}/examples", json=body)
@@ -430,3 +480,20 @@ def test_a_failed_save_adds_nothing_and_answers_507(tmp_path, monkeypatch):
         retried = httpx.post(f"{base}/examples", json=body)  # the client's retry stores it once
         assert retried.status_code == 201 and retried.json()["count"] == 9
         assert len(DemoIndex.load(tmp_path / "index")) == 9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--api-key", "a", "--api-key-file", "KEYFILE"], "--api-key and --api-key-file both given"),
+    (["--read-key-file", "EMPTY"], "--read-key-file .*: the first line is empty"),
+    (["--api-key-file", "MISSING"], "--api-key-file .*: cannot read it"),
+])
+def test_serve_refuses_bad_key_options(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from retrieval_icl.cli import app as cli_app
+
+    (tmp_path / "KEYFILE").write_text("k\n")
+    (tmp_path / "EMPTY").write_text("\n")
+    args = [str(tmp_path / a) if a in ("KEYFILE", "EMPTY", "MISSING") else a for a in args]
+    result = CliRunner().invoke(cli_app, ["serve", "--index", str(tmp_path / "none"), *args])
+    assert result.exit_code == 2 and re.search(message, result.stderr), result.output
