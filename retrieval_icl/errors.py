@@ -3,3 +3,7 @@
 
 class RiclError(ValueError):
     """Bad input or state the user can fix: the message says what was wrong and what was expected."""
+
+
+class StaleIndexError(RiclError):
+    """A save refused: the index on disk was changed by another writer since this copy was loaded."""

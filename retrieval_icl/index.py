@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 from . import __version__
 from .atomic_dir import atomic_directory, recover, write_text
 from .encoders import Encoder, make_encoder
-from .errors import RiclError
+from .errors import RiclError, StaleIndexError
 from .faiss_support import faiss  # the one import of faiss: a missing build gets an install hint
 from .tasks import Example, fingerprint
 
@@ -41,6 +41,8 @@ class IndexManifest(BaseModel):
     versions: dict[str, str]
     params: dict
     fits: dict[str, dict] = Field(default_factory=dict)  # selectors' fitted state, by selector name (adaptive)
+    generation: int = 0  # saves so far: a writer whose loaded generation is not the one on disk is refused
+    index_bytes: int | None = None  # size of index.faiss, checked before FAISS reads it (older manifests: none)
 
 
 def _versions() -> dict[str, str]:
@@ -87,6 +89,7 @@ class DemoIndex:
         self._meta: dict = {}
         self.fits: dict[str, dict] = {}  # selectors' fitted state, saved in the manifest (AdaptiveSelector)
         self._encoder_checked = False
+        self._source: tuple[Path, int] | None = None  # (directory, generation) this copy was loaded or saved as
 
     def build(self, examples: Sequence[Example], dataset_fingerprint: str = "", task: str | None = None,
               label_names: list[str] | None = None, text_fields: list[str] | None = None,
@@ -255,15 +258,23 @@ class DemoIndex:
         params = {"nlist": nlist, "nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_search": self.ef_search}
         return IndexManifest(encoder=self.encoder.name, encoder_backend=self.encoder.backend, dimension=faiss_index.d,
                              index_type=self.index_type, count=len(self), versions=_versions(), params=params,
-                             fits=self.fits, **self._meta)
+                             fits=self.fits, generation=self._source[1] if self._source else 0, **self._meta)
 
     def save(self, directory: str | Path) -> Path:
-        """Write index.faiss, examples.jsonl and manifest.json atomically: a crash leaves the old index whole."""
+        """Write index.faiss, examples.jsonl and manifest.json atomically: a crash leaves the old index whole. Saving
+        back where it was loaded from is refused (StaleIndexError) when another writer saved there meanwhile."""
         faiss_index, target = self._require_built(), Path(directory)
-        with atomic_directory(target, marker=MANIFEST_FILE) as tmp:
+        with atomic_directory(target, marker=MANIFEST_FILE) as tmp:  # claimed: no other writer until the swap
+            on_disk = _read_manifest(target / MANIFEST_FILE).generation if (target / MANIFEST_FILE).is_file() else -1
+            if self._source and self._source[0] == target.absolute() and self._source[1] != on_disk:
+                raise StaleIndexError(f"{target} was saved by another writer (generation {on_disk}) since this copy "
+                                      f"was loaded (generation {self._source[1]}); nothing was saved: reload it")
             faiss.write_index(faiss_index, str(tmp / INDEX_FILE))
             write_text(tmp / EXAMPLES_FILE, "".join(example_line(ex) for ex in self.examples))
-            write_text(tmp / MANIFEST_FILE, self.manifest.model_dump_json(indent=2) + "\n")
+            manifest = self.manifest.model_copy(update={"generation": on_disk + 1,
+                                                        "index_bytes": (tmp / INDEX_FILE).stat().st_size})
+            write_text(tmp / MANIFEST_FILE, manifest.model_dump_json(indent=2) + "\n")
+        self._source = (target.absolute(), on_disk + 1)
         return target
 
     @classmethod
@@ -281,6 +292,10 @@ class DemoIndex:
         manifest = _read_manifest(directory / MANIFEST_FILE)
         if encoder is not None:
             _check_encoder(encoder, manifest, str(directory))
+        size = (directory / INDEX_FILE).stat().st_size
+        if manifest.index_bytes is not None and size != manifest.index_bytes:
+            raise RiclError(f"{directory / INDEX_FILE}: {size} bytes, but the manifest says {manifest.index_bytes}; "
+                            "not the file this index saved (rebuild it)")
         faiss_index = _read_faiss(directory / INDEX_FILE)
         examples = _read_examples(directory / EXAMPLES_FILE)
         counts = {"manifest.json count": manifest.count, f"{INDEX_FILE} vectors": faiss_index.ntotal,
@@ -296,7 +311,7 @@ class DemoIndex:
         index._configure(faiss_index)
         index._ids = np.fromiter((ex.id for ex in examples), dtype=np.int64, count=len(examples))
         index._examples = {ex.id: ex for ex in examples}
-        index.fits = manifest.fits
+        index.fits, index._source = manifest.fits, (directory.absolute(), manifest.generation)
         index._meta = manifest.model_dump(include={"dataset_fingerprint", "task", "label_names", "text_fields",
                                                    "created"})
         return index

@@ -40,7 +40,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .demo_selector import DemoSelector, SelectedExample
 from .docs_page import add_docs
-from .errors import RiclError
+from .errors import RiclError, StaleIndexError
 from .models import DEFAULT_MODEL
 from .request_batcher import RequestBatcher, grouped
 from .selectors import SELECTORS
@@ -143,7 +143,7 @@ class ErrorOut(BaseModel):
     detail: str
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 413, 422, 503, 507)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorOut} for code in (401, 403, 409, 413, 422, 503, 507)}
 
 
 class BodyLimit:
@@ -305,6 +305,8 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
         _check_size([t for ex in request.examples for t in _texts(ex.fields)], limits)
         try:
             ids = selector.add_examples([ex.model_dump() for ex in request.examples], save=True)
+        except StaleIndexError as e:  # another process saved the index since this server loaded it
+            raise HTTPException(409, f"the examples were not added: {e}") from None
         except OSError as e:  # nothing was added: the client may retry
             log.error("could not save the index after an add: %s", e)
             status, why = (507, "the disk is full") if e.errno == errno.ENOSPC else (503, "the disk write failed")

@@ -189,3 +189,35 @@ def test_stale_temporary_folders_go_but_a_live_writers_stay(tmp_path):
         holder.wait()
     recover(target)
     assert leftovers(target) == [] and sorted(p.name for p in tmp_path.iterdir()) == [".t.tmp-note", "t"]
+
+
+def test_two_writers_of_one_index_lose_no_acknowledged_add(tmp_path):
+    from retrieval_icl.demo_selector import DemoSelector
+    from retrieval_icl.encoders import Encoder
+    from retrieval_icl.errors import StaleIndexError
+    from retrieval_icl.index import DemoIndex
+
+    index = small_index(tmp_path)
+    first, second = (DemoSelector.load(index, encoder=Encoder(cache_dir=tmp_path / "emb")) for _ in range(2))
+    first.add_examples([{"fields": "saved by the first writer", "label": 1}], save=True)
+    with pytest.raises(StaleIndexError, match="saved by another writer \\(generation 1\\) since this copy was loaded "
+                                              "\\(generation 0\\)"):
+        second.add_examples([{"fields": "from the stale second", "label": 0}], save=True)
+    assert len(second) == 6  # nothing added in memory either
+    texts = [ex.texts[0] for ex in DemoIndex.load(index).examples]
+    assert "saved by the first writer" in texts and "from the stale second" not in texts
+    reloaded = DemoSelector.load(index, encoder=Encoder(cache_dir=tmp_path / "emb"))
+    reloaded.add_examples([{"fields": "from the stale second", "label": 0}], save=True)
+    texts = [ex.texts[0] for ex in DemoIndex.load(index).examples]
+    assert texts[-2:] == ["saved by the first writer", "from the stale second"]
+    assert DemoIndex.load(index).manifest.generation == 2
+
+
+def test_a_faiss_file_of_the_wrong_size_is_refused_before_faiss_reads_it(tmp_path):
+    from retrieval_icl.index import DemoIndex
+
+    index = small_index(tmp_path)
+    with (index / "index.faiss").open("ab") as f:
+        f.write(b"\0" * 16)
+    with pytest.raises(RiclError, match="index.faiss: \\d+ bytes, but the manifest says \\d+"):
+        DemoIndex.load(index)

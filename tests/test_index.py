@@ -214,6 +214,10 @@ def test_load_refuses_corrupt_or_incomplete(tmp_path):
     idx, _, _ = built("flat", n=5)
     path = idx.save(tmp_path / "idx")
     (path / "index.faiss").write_bytes(b"definitely not faiss" * 10)
+    with pytest.raises(RiclError, match="index.faiss: 200 bytes, but the manifest says"):  # checked before FAISS
+        DemoIndex.load(path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "index_bytes": None}))  # as older manifests
     with pytest.raises(RiclError, match="index.faiss is corrupt or not a FAISS index"):
         DemoIndex.load(path)
     path = idx.save(tmp_path / "idx")

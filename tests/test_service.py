@@ -497,3 +497,17 @@ def test_serve_refuses_bad_key_options(tmp_path, args, message):
     args = [str(tmp_path / a) if a in ("KEYFILE", "EMPTY", "MISSING") else a for a in args]
     result = CliRunner().invoke(cli_app, ["serve", "--index", str(tmp_path / "none"), *args])
     assert result.exit_code == 2 and re.search(message, result.stderr), result.output
+
+
+def test_an_add_to_an_index_another_process_saved_meanwhile_answers_409(tmp_path):
+    encoder = Encoder(cache_dir=tmp_path / "emb")
+    build_index(tmp_path / "index", encoder, n=8)
+    served = DemoSelector.load(tmp_path / "index", encoder=encoder)
+    other = DemoSelector.load(tmp_path / "index", encoder=encoder)  # say `ricl index fit`, or a second server
+    other.add_examples([{"fields": "the other writer's example", "label": 1}], save=True)
+    with running(create_app(served, api_key="k")) as base:
+        reply = httpx.post(f"{base}/examples", json={"examples": [{"fields": "late", "label": 0}]},
+                           headers={"X-API-Key": "k"})
+        assert reply.status_code == 409 and "saved by another writer" in reply.json()["detail"], reply.text
+    texts = [ex.texts[0] for ex in DemoIndex.load(tmp_path / "index").examples]
+    assert "the other writer's example" in texts and "late" not in texts and len(served) == 8
