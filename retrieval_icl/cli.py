@@ -123,7 +123,7 @@ def index_info(directory: Path = typer.Argument(..., help="A saved index directo
     """Print a saved index's manifest (encoder, dimension, type, count, fingerprint, versions)."""
     from .index import DemoIndex
 
-    manifest = DemoIndex.load(directory).manifest
+    manifest = DemoIndex.load(directory, encoder=_index_encoder(directory, None, trusted=True)).manifest
     table = Table(show_header=False)
     for key, value in manifest.model_dump().items():
         table.add_row(key, str(value))
@@ -138,12 +138,14 @@ def index_fit(
     k: int = typer.Option(8, "--k", "-k", help="Print the thresholds for this k (all k up to fit_depth are saved)."),
     param: Optional[list[str]] = typer.Option(None, "--param", help="A selector parameter as KEY=VALUE, e.g. "
                                               "tolerance=0.02 (repeatable)."),
+    encoder: Optional[str] = typer.Option(None, help="The index's encoder when its manifest names a local folder "
+                                          "(an index's files alone may not choose code to load)."),
 ) -> None:
     """Fit a selector on queries drawn from the index's own pool and save the fit with the index."""
     from .index import DemoIndex
     from .selectors import make_selector
 
-    demo_index = DemoIndex.load(directory)
+    demo_index = DemoIndex.load(directory, encoder=_index_encoder(directory, encoder))
     fitted = make_selector(selector, **_key_values(param or [])).fit(demo_index)
     report = fitted.fit_report()
     if report is None:
@@ -179,13 +181,16 @@ def select(
                                              "tokens, in prompt order."),
     tokenizer: str = typer.Option(DEFAULT_MODEL, help="With --max-tokens: the model whose tokenizer counts the "
                                   "budget (a packaged name, a hub id or a local folder)."),
+    encoder: Optional[str] = typer.Option(None, help="The index's encoder when its manifest names a local folder "
+                                          "(an index's files alone may not choose code to load)."),
 ) -> None:
     """Print the demonstrations a selector picks for one query, in prompt order."""
     from .demo_selector import DemoSelector
 
     # The application API, as `ricl serve` uses it, so a budget is kept exactly as over HTTP and in Python.
     params = {"seed": seed} | ({"order": order} if order else {}) | _key_values(param or [])
-    demos = DemoSelector.load(index, strategy=selector, use_cache=True, tokenizer=tokenizer, **params)
+    demos = DemoSelector.load(index, strategy=selector, use_cache=True, tokenizer=tokenizer,
+                              encoder=_index_encoder(index, encoder), **params)
     from transformers.utils import logging as hf_logging  # imported once the index is known good: errors stay fast
 
     # A bad k or budget is found once the encoder has loaded: no weight-loading bar beside its one `error:` line.
@@ -340,6 +345,8 @@ def serve(
     max_batch: int = typer.Option(256, min=1, help="Most examples one POST /examples may add."),
     tokenizer: str = typer.Option(DEFAULT_MODEL, help="Model whose tokenizer counts a request's max_tokens budget "
                                   "(a packaged name, a hub id or a local folder; loaded on first use)."),
+    encoder: Optional[str] = typer.Option(None, help="The index's encoder when its manifest names a local folder "
+                                          "(an index's files alone may not choose code to load)."),
 ) -> None:
     """Serve POST /select, POST /examples and GET /health over HTTP (OpenAPI schema at /openapi.json)."""
     from .service import Limits
@@ -348,7 +355,23 @@ def serve(
     limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch)
     run_service(index, host=host, port=port, strategy=strategy, seed=seed, limits=limits, tokenizer=tokenizer,
                 api_key=_key(api_key, api_key_file, "--api-key"), read_key=_key(read_key, read_key_file, "--read-key"),
-                allow_open_writes=allow_open_writes, allowed_hosts=allowed_host or None)
+                allow_open_writes=allow_open_writes, allowed_hosts=allowed_host or None,
+                encoder=_index_encoder(index, encoder))
+
+
+def _index_encoder(directory: Path, name: Optional[str], trusted: bool = False):
+    """The encoder the user named for an index (with the manifest's backend), or None: the manifest's own, which
+    DemoIndex.load makes only from a hub id or the packaged encoder. trusted: the manifest's name as it is (for
+    reading, when nothing is encoded)."""
+    from .encoders import make_encoder
+    from .index import MANIFEST_FILE, read_manifest
+
+    if name is None and not trusted:
+        return None
+    manifest = read_manifest(Path(directory) / MANIFEST_FILE) if (Path(directory) / MANIFEST_FILE).is_file() else None
+    if manifest is None:
+        return None  # DemoIndex.load says what is missing
+    return make_encoder(name or manifest.encoder, backend=manifest.encoder_backend)
 
 
 def _key(value: Optional[str], file: Optional[Path], option: str) -> Optional[str]:

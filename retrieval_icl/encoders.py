@@ -6,6 +6,8 @@ A sentence-transformers name or path gives a `sentence_encoder.Encoder`; `lm:MOD
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .errors import RiclError
 from .sentence_encoder import (
     BACKENDS,
@@ -16,10 +18,11 @@ from .sentence_encoder import (
     canonical_name,
     check_backend,
     default_cache_dir,
+    packaged_encoder_path,
 )
 
 __all__ = ["BACKENDS", "DEFAULT_ENCODER", "LM_PREFIX", "EmbeddingCache", "Encoder", "canonical_name",
-           "check_backend", "check_encoder_backend", "default_cache_dir", "make_encoder"]
+           "check_backend", "check_encoder_backend", "default_cache_dir", "make_encoder", "manifest_encoder"]
 
 
 def check_encoder_backend(name: str, backend: str) -> None:
@@ -41,3 +44,17 @@ def make_encoder(name: str, backend: str = "torch", **kwargs) -> Encoder:
         model, layer, pooling = LMEncoder.parse(name)
         return LMEncoder(model, layer=layer, pooling=pooling, **kwargs)
     return Encoder(name, backend=backend, **kwargs)
+
+
+def manifest_encoder(name: str, backend: str, where: str) -> Encoder:
+    """The encoder an index's manifest names, made only from a hub id, an `lm:` kernel (transformers runs no code of
+    a folder without trust_remote_code) or the packaged encoder. A local folder named by the file alone is refused:
+    sentence-transformers imports the Python modules a folder lists, so a tampered manifest could run code."""
+    folder = Path(name).expanduser()
+    packaged = packaged_encoder_path()
+    local = not name.startswith(LM_PREFIX) and (folder.is_absolute() or folder.exists())
+    if local and not (packaged is not None and folder.exists() and folder.resolve() == packaged.resolve()):
+        raise RiclError(f"{where}: the manifest names the local encoder folder {name}; an index's files alone may not "
+                        f"choose code to load. If you trust that folder, pass it yourself: --encoder {name} (or "
+                        "encoder=Encoder(...) in Python)")
+    return make_encoder(name, backend=backend)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
 from .atomic_dir import atomic_directory, recover, write_text
-from .encoders import Encoder, make_encoder
+from .encoders import Encoder, manifest_encoder
 from .errors import RiclError, StaleIndexError
 from .faiss_support import faiss  # the one import of faiss: a missing build gets an install hint
 from .tasks import Example, fingerprint
@@ -265,7 +265,7 @@ class DemoIndex:
         back where it was loaded from is refused (StaleIndexError) when another writer saved there meanwhile."""
         faiss_index, target = self._require_built(), Path(directory)
         with atomic_directory(target, marker=MANIFEST_FILE) as tmp:  # claimed: no other writer until the swap
-            on_disk = _read_manifest(target / MANIFEST_FILE).generation if (target / MANIFEST_FILE).is_file() else -1
+            on_disk = read_manifest(target / MANIFEST_FILE).generation if (target / MANIFEST_FILE).is_file() else -1
             if self._source and self._source[0] == target.absolute() and self._source[1] != on_disk:
                 raise StaleIndexError(f"{target} was saved by another writer (generation {on_disk}) since this copy "
                                       f"was loaded (generation {self._source[1]}); nothing was saved: reload it")
@@ -289,7 +289,7 @@ class DemoIndex:
         for name in (MANIFEST_FILE, INDEX_FILE, EXAMPLES_FILE):
             if not (directory / name).is_file():
                 raise RiclError(f"{directory}: missing {name}; not a complete saved index")
-        manifest = _read_manifest(directory / MANIFEST_FILE)
+        manifest = read_manifest(directory / MANIFEST_FILE)
         if encoder is not None:
             _check_encoder(encoder, manifest, str(directory))
         size = (directory / INDEX_FILE).stat().st_size
@@ -304,7 +304,7 @@ class DemoIndex:
             raise RiclError(f"{directory}: files disagree ({counts}, dimension {faiss_index.d} vs manifest "
                             f"{manifest.dimension}); rebuild the index")
         p = manifest.params
-        encoder = encoder or make_encoder(manifest.encoder, backend=manifest.encoder_backend)
+        encoder = encoder or manifest_encoder(manifest.encoder, manifest.encoder_backend, str(directory))
         index = cls(encoder, manifest.index_type, p.get("nlist"), p.get("nprobe", 16), p.get("hnsw_m", 32),
                     p.get("ef_search", 128))
         index._faiss = faiss_index
@@ -359,7 +359,8 @@ def example_line(ex: Example) -> str:
     return json.dumps({"id": ex.id, "texts": list(ex.texts), "label": ex.label}, ensure_ascii=False) + "\n"
 
 
-def _read_manifest(path: Path) -> IndexManifest:
+def read_manifest(path: Path) -> IndexManifest:
+    """A manifest.json read and validated; RiclError names the field."""
     try:
         return IndexManifest.model_validate_json(path.read_text(encoding="utf-8"))
     except ValidationError as e:

@@ -40,6 +40,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .demo_selector import DemoSelector, SelectedExample
 from .docs_page import add_docs
+from .encoders import Encoder
 from .errors import RiclError, StaleIndexError
 from .models import DEFAULT_MODEL
 from .request_batcher import RequestBatcher, grouped
@@ -337,7 +338,8 @@ def _texts(fields: dict[str, str] | str) -> list[str]:
 def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, strategy: str = "knn", seed: int = 0,
           api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning",
           tokenizer: str = DEFAULT_MODEL, batching: bool = True, read_key: str | None = None,
-          allow_open_writes: bool = False, allowed_hosts: Sequence[str] | None = None) -> None:
+          allow_open_writes: bool = False, allowed_hosts: Sequence[str] | None = None,
+          encoder: Encoder | None = None) -> None:
     """Load the index, warm the encoder and serve until interrupted (one process: the pool lives in memory).
     `tokenizer` (a model name) counts max_tokens budgets; it is loaded on the first request with one. `batching`
     answers concurrent selects together (create_app); then numpy's BLAS runs on one thread: a batch's search
@@ -349,7 +351,8 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, stra
 
     if batching:
         threadpool_limits(1, user_api="blas")
-    selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed, tokenizer=tokenizer).warm_up()
+    selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed, tokenizer=tokenizer,
+                                 encoder=encoder).warm_up()
     hosts = allowed_hosts or (LOCAL_HOSTS if host in LOCAL_HOSTS else (host,))
     app = create_app(selector, api_key=api_key, limits=limits, batching=batching, read_key=read_key,
                      allow_open_writes=allow_open_writes, allowed_hosts=hosts)

@@ -275,3 +275,29 @@ def test_a_manifest_without_a_backend_loads_as_torch(tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))  # as written before the field existed
     loaded = DemoIndex.load(path)
     assert loaded.manifest.encoder_backend == "torch" and loaded.encoder.backend == "torch"
+
+
+def test_a_manifest_naming_a_local_encoder_folder_runs_none_of_its_code(tmp_path):
+    from typer.testing import CliRunner
+
+    from retrieval_icl.cli import app
+    from retrieval_icl.sentence_encoder import packaged_encoder_path
+
+    evil = tmp_path / "evil_encoder"
+    evil.mkdir()
+    marker = tmp_path / "ran"
+    (evil / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "",
+                                                    "type": "evil_module.Evil"}]))
+    (evil / "evil_module.py").write_text(f"open({str(marker)!r}, 'w').write('code ran')\nclass Evil: pass\n")
+    idx, _, _ = built("flat", n=5)
+    path = idx.save(tmp_path / "idx")
+    manifest = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**manifest, "encoder": str(evil)}))
+    with pytest.raises(RiclError, match="names the local encoder folder .*evil_encoder; an index's files alone"):
+        DemoIndex.load(path)
+    result = CliRunner().invoke(app, ["select", "--index", str(path), "a query"])
+    assert result.exit_code == 2 and "may not choose code to load" in result.stderr
+    assert CliRunner().invoke(app, ["index", "info", str(path)]).exit_code == 0  # reading runs nothing either
+    assert not marker.exists()
+    (path / "manifest.json").write_text(json.dumps({**manifest, "encoder": str(packaged_encoder_path())}))
+    assert DemoIndex.load(path).encoder.name == str(packaged_encoder_path())  # the packaged one is trusted

@@ -39,10 +39,11 @@ class RiclExampleSelector(BaseExampleSelector):
     @classmethod
     def from_index(cls, directory: str | Path, k: int = 4, strategy: str = "knn", label_key: str = "label",
                    variables: Mapping[str, str] | None = None, save_on_add: bool = True, tokenizer: Any = None,
-                   max_tokens: int | None = None, **params: Any) -> "RiclExampleSelector":
+                   max_tokens: int | None = None, encoder: Any = None, **params: Any) -> "RiclExampleSelector":
         """Open a saved index; `params` configure the strategy (e.g. lambda_mult for mmr); `tokenizer` (a model name
-        or a tokenizer object, default retrieval_icl.models.DEFAULT_MODEL) counts `max_tokens`."""
-        selector = DemoSelector.load(directory, strategy=strategy, tokenizer=tokenizer, **params)
+        or a tokenizer object, default retrieval_icl.models.DEFAULT_MODEL) counts `max_tokens`; `encoder` (an
+        Encoder) for an index whose manifest names a local encoder folder."""
+        selector = DemoSelector.load(directory, strategy=strategy, tokenizer=tokenizer, encoder=encoder, **params)
         return cls(selector, k=k, label_key=label_key, variables=variables, save_on_add=save_on_add,
                    max_tokens=max_tokens)
 
