@@ -101,7 +101,7 @@ class DemoSelector:
     def warm_up(self) -> "DemoSelector":
         """Load the encoder and fit the default strategy now rather than on the first request; returns self."""
         with self._lock:
-            self.index.encoder.load()
+            self.index.loaded_encoder()  # checked against the index's manifest: the weights that embedded the pool
             self._selector(self.strategy)
         return self
 
@@ -124,7 +124,7 @@ class DemoSelector:
         check_budget(max_tokens)
         with self._lock:
             selector = self._selector(strategy or self.strategy)
-            vectors = self.index.encoder.encode(texts) if embeddings is None else embeddings  # (n, d)
+            vectors = self.index.loaded_encoder().encode(texts) if embeddings is None else embeddings  # (n, d)
             selections = selector.select_embedded(texts, vectors, k)
             chosen = [[self._selected(i, s) for i, s in zip(sel.demo_ids, sel.scores)] for sel in selections]
             if max_tokens is None:
@@ -135,7 +135,7 @@ class DemoSelector:
         """(n, d) unit embeddings of the queries' texts (`query_text`), in one encoder call."""
         texts = [self.query_text(q) for q in queries]
         with self._lock:  # the encoder's tokenizer is not safe to share between threads; adds use it too
-            return self.index.encoder.encode(texts)
+            return self.index.loaded_encoder().encode(texts)
 
     def _within_budget(self, query: Query, chosen: list[SelectedExample], max_tokens: int) -> list[SelectedExample]:
         """Those of `chosen` that PromptBudget.fit keeps within max_tokens, in prompt order (the lock is held)."""
@@ -203,7 +203,7 @@ class DemoSelector:
             raise RiclError("save=True needs an index directory; load with DemoSelector.load(directory)")
         parsed = [self._parse_row(row, n) for n, row in enumerate(rows)]
         with self._lock:
-            vectors = self.index.encoder.encode(["\n".join(texts) for texts, _ in parsed])
+            vectors = self.index.loaded_encoder().encode(["\n".join(texts) for texts, _ in parsed])
             start = int(self.index.ids.max()) + 1 if len(self.index) else 0
             examples = [Example(start + n, texts, label) for n, (texts, label) in enumerate(parsed)]
             # Added to a copy, saved, and only then served: a failed save (disk full) leaves memory as on disk,

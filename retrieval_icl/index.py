@@ -41,6 +41,7 @@ class IndexManifest(BaseModel):
     versions: dict[str, str]
     params: dict
     fits: dict[str, dict] = Field(default_factory=dict)  # selectors' fitted state, by selector name (adaptive)
+    encoder_fingerprint: str | None = None  # Encoder.fingerprint of the weights that embedded the pool
     generation: int = 0  # saves so far: a writer whose loaded generation is not the one on disk is refused
     index_bytes: int | None = None  # size of index.faiss, checked before FAISS reads it (older manifests: none)
 
@@ -108,7 +109,8 @@ class DemoIndex:
         self.fits = {}
         self._meta = {"dataset_fingerprint": dataset_fingerprint or fingerprint(examples), "task": task,
                       "label_names": label_names, "text_fields": text_fields,
-                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      "encoder_fingerprint": self.encoder.fingerprint if self.encoder.loaded else None}
         return self
 
     def add(self, examples: Sequence[Example], embeddings: np.ndarray | None = None,
@@ -141,7 +143,7 @@ class DemoIndex:
                  dimension: int | None) -> np.ndarray:
         """(n, d) unit vectors for `examples`: the given embeddings, or the encoder's."""
         if embeddings is None:
-            embeddings = self._loaded_encoder().encode([ex.text for ex in examples], show_progress=show_progress)
+            embeddings = self.loaded_encoder().encode([ex.text for ex in examples], show_progress=show_progress)
         vectors = _unit_rows(embeddings, "embeddings", dimension)
         if len(vectors) != len(examples):
             raise RiclError(f"got {len(vectors)} embeddings for {len(examples)} examples; expected one row per example")
@@ -200,7 +202,7 @@ class DemoIndex:
     def search_texts(self, texts: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """search() on the encoder's embeddings of `texts` (loads the encoder if needed)."""
         self._require_built()
-        return self.search(self._loaded_encoder().encode(texts), k)
+        return self.search(self.loaded_encoder().encode(texts), k)
 
     def embeddings(self, ids: Sequence[int]) -> np.ndarray:
         """The stored unit vectors (n, d) of these example ids."""
@@ -242,7 +244,7 @@ class DemoIndex:
             raise RiclError("the index is empty: call build() with at least one example, or DemoIndex.load()")
         return self._faiss
 
-    def _loaded_encoder(self) -> Encoder:
+    def loaded_encoder(self) -> Encoder:
         """The encoder, loaded, and checked once against the dimension the index was built with."""
         self.encoder.load()
         if self._faiss is not None and not self._encoder_checked:
@@ -313,6 +315,7 @@ class DemoIndex:
         index._examples = {ex.id: ex for ex in examples}
         index.fits, index._source = manifest.fits, (directory.absolute(), manifest.generation)
         index._meta = manifest.model_dump(include={"dataset_fingerprint", "task", "label_names", "text_fields",
+                                                   "encoder_fingerprint",
                                                    "created"})
         return index
 
@@ -350,6 +353,9 @@ def _check_encoder(encoder: Encoder, manifest: IndexManifest, where: str) -> Non
         shown = f"{encoder.name} (dim {dim})" if dim is not None else encoder.name
         raise RiclError(f"index at {where} was built with encoder {manifest.encoder} (dim {manifest.dimension}); "
                         f"refusing to use it with encoder {shown}")
+    if encoder.loaded and manifest.encoder_fingerprint not in (None, encoder.fingerprint):
+        raise RiclError(f"index at {where} was embedded by other weights of {manifest.encoder} (fingerprint "
+                        f"{manifest.encoder_fingerprint}, now {encoder.fingerprint}); rebuild the index")
     if encoder.backend != manifest.encoder_backend:
         raise RiclError(f"index at {where} was embedded with encoder backend {manifest.encoder_backend!r}; refusing "
                         f"to use it with backend {encoder.backend!r} (expected the same backend, or rebuild the index)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import glob
+import hashlib
 import importlib
 import importlib.util
 import logging
@@ -122,9 +124,21 @@ def _assembled_gguf(spec: PackagedModel) -> Path:
     return path
 
 
+def file_digest(path: Path) -> str:
+    """16 hex digits of the file's SHA-256 (once per process for the same path, size and mtime)."""
+    stat = path.stat()
+    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
 def converted_dir(gguf: Path) -> Path:
     """Cached safetensors folder for a GGUF file, converting it first if needed (atomic: temp dir, then rename)."""
-    target = cache_root() / f"{gguf.stem}-{gguf.stat().st_size}"
+    target = cache_root() / f"{gguf.stem}-{file_digest(gguf)}"  # by content: a new file at the same path misses
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

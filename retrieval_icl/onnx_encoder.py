@@ -74,13 +74,13 @@ class OnnxSentenceModel:
         self.input_names = [i.name for i in session.get_inputs()]
 
     @classmethod
-    def load(cls, st: "SentenceTransformer", source: str) -> "OnnxSentenceModel":
+    def load(cls, st: "SentenceTransformer", source: str, fingerprint: str = "") -> "OnnxSentenceModel":
         """The export of `st` (loaded from `source`), exporting it first if it is not cached."""
         _require_runtime()
         import onnxruntime as ort
         import torch
 
-        path = export(st, source)
+        path = export(st, source, fingerprint)
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same threads torch was allowed
         options.inter_op_num_threads = 1
@@ -118,21 +118,22 @@ def token_inputs(st: "SentenceTransformer") -> list[str]:
     return [name for name, value in st.preprocess(["a"]).items() if isinstance(value, torch.Tensor)]
 
 
-def export_dir(source: str) -> Path:
-    """Cache folder of one export: keyed by the model's source, its files (names, sizes, mtimes) and versions."""
+def export_dir(source: str, fingerprint: str = "") -> Path:
+    """Cache folder of one export: keyed by the model's source, its files (names, sizes, mtimes), the fingerprint of
+    its weights (a hub id's files are not here to list) and versions."""
     import onnxruntime
     import torch
 
     files = sorted(p for p in Path(source).rglob("*") if p.is_file()) if Path(source).is_dir() else []
-    stamp = [source, torch.__version__, onnxruntime.__version__, _OPSET]
+    stamp = [source, fingerprint, torch.__version__, onnxruntime.__version__, _OPSET]
     stamp += [(str(p.relative_to(source)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     key = hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]
     return onnx_cache_root() / f"{Path(source).name}-{key}"
 
 
-def export(st: "SentenceTransformer", source: str) -> Path:
+def export(st: "SentenceTransformer", source: str, fingerprint: str = "") -> Path:
     """Path of `model.onnx`, traced from `st` in float32 the first time."""
-    target = export_dir(source)
+    target = export_dir(source, fingerprint)
     if (target / "model.onnx").is_file():
         return target / "model.onnx"
     log.info("exporting encoder %s to ONNX under %s (once; later loads read it)", source, target)

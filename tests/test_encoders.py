@@ -12,6 +12,7 @@ import pytest
 from retrieval_icl.encoders import DEFAULT_ENCODER, EmbeddingCache, Encoder, default_cache_dir, make_encoder
 from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
+from retrieval_icl.sentence_encoder import PROBE
 from retrieval_icl.tasks import Example
 
 SST2 = Path(__file__).resolve().parent / "data" / "sst2" / "train.jsonl"  # 40 hand-made reviews
@@ -30,7 +31,7 @@ class CountingModel:
         self.model, self.texts = model, 0
 
     def encode(self, texts, **kwargs):
-        self.texts += len(texts)
+        self.texts += len(texts) if list(texts) != [PROBE] else 0  # the weights' fingerprint, once
         return self.model.encode(texts, **kwargs)
 
     def get_embedding_dimension(self):
@@ -174,3 +175,34 @@ def test_compare_indexes_are_kept_apart_by_backend(tmp_path, monkeypatch):
     assert not index.encoder.loaded  # the second bfloat16 config loaded the saved index: nothing was embedded
     new = (set(directories["bfloat16"]) - set(directories["torch"])).pop()
     assert new == directories["torch"][0] + "-bfloat16"
+
+
+def test_weights_rewritten_at_the_same_path_miss_the_cache_and_are_refused_by_the_index(tmp_path):
+    import shutil
+
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from retrieval_icl.index import DemoIndex
+    from retrieval_icl.sentence_encoder import packaged_encoder_path
+    from retrieval_icl.tasks import Example
+
+    folder = tmp_path / "model"
+    shutil.copytree(packaged_encoder_path(), folder)
+    first = Encoder(str(folder), cache_dir=tmp_path / "emb")
+    before = first.encode(["a gorgeous film"])  # now in the cache
+    examples = [Example(i, (t,), i % 2) for i, t in enumerate(["a gorgeous film", "a dull mess", "warm"])]
+    DemoIndex(first).build(examples).save(tmp_path / "idx")
+    retrained = SentenceTransformer(str(folder))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in retrained.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    retrained.save(str(folder))  # new weights, same path and name
+    second = Encoder(str(folder), cache_dir=tmp_path / "emb")
+    after = second.encode(["a gorgeous film"])
+    fresh = retrained.encode(["a gorgeous film"], normalize_embeddings=True)
+    assert second.fingerprint != first.fingerprint
+    assert np.allclose(after, fresh, atol=1e-5) and not np.allclose(after, before, atol=1e-2)  # a miss, not stale
+    with pytest.raises(RiclError, match="embedded by other weights"):
+        DemoIndex.load(tmp_path / "idx", encoder=second)

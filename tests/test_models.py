@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import time
 from pathlib import Path
@@ -81,8 +82,11 @@ def test_conversion_is_atomic(monkeypatch, tmp_path):
     assert list((tmp_path / "models").iterdir()) == []  # no half-written folder left behind
     monkeypatch.setattr(models, "convert_gguf", lambda src, out: (out / "config.json").write_text("{}"))
     target = converted_dir(gguf)
-    assert target.name == "tiny.Q4-10" and (target / "config.json").is_file()
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["tiny.Q4-10"]
+    digest = hashlib.sha256(b"0" * 10).hexdigest()[:16]  # keyed by content, not by name and size
+    assert target.name == f"tiny.Q4-{digest}" and (target / "config.json").is_file()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == [f"tiny.Q4-{digest}"]
+    gguf.write_bytes(b"1" * 10)  # another model at the same path, same size: converted anew
+    assert converted_dir(gguf).name == f"tiny.Q4-{hashlib.sha256(b'1' * 10).hexdigest()[:16]}"
 
 
 FACTS = {"smollm2-135m": (30, 9, 8192), "gemma3-270m": (18, 4, 32768)}  # layers, heads, context length
