@@ -347,16 +347,20 @@ def serve(
                                   "(a packaged name, a hub id or a local folder; loaded on first use)."),
     encoder: Optional[str] = typer.Option(None, help="The index's encoder when its manifest names a local folder "
                                           "(an index's files alone may not choose code to load)."),
+    serve_strategy: Optional[list[str]] = typer.Option(None, "--serve-strategy", help="A strategy requests may name "
+                                                       "(repeat it), fitted at start-up; default: knn, random, mmr, "
+                                                       "bm25, balanced and --strategy."),
+    request_seconds: float = typer.Option(30.0, min=0.001, help="A select waiting longer answers 503."),
 ) -> None:
     """Serve POST /select, POST /examples and GET /health over HTTP (OpenAPI schema at /openapi.json)."""
-    from .service import Limits
+    from .service import SERVED_STRATEGIES, Limits
     from .service import serve as run_service
 
-    limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch)
+    limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch, request_seconds=request_seconds)
     run_service(index, host=host, port=port, strategy=strategy, seed=seed, limits=limits, tokenizer=tokenizer,
                 api_key=_key(api_key, api_key_file, "--api-key"), read_key=_key(read_key, read_key_file, "--read-key"),
                 allow_open_writes=allow_open_writes, allowed_hosts=allowed_host or None,
-                encoder=_index_encoder(index, encoder))
+                encoder=_index_encoder(index, encoder), strategies=serve_strategy or SERVED_STRATEGIES)
 
 
 def _index_encoder(directory: Path, name: Optional[str], trusted: bool = False):

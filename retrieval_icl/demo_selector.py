@@ -98,11 +98,15 @@ class DemoSelector:
     def __len__(self) -> int:
         return len(self.index)
 
-    def warm_up(self) -> "DemoSelector":
-        """Load the encoder and fit the default strategy now rather than on the first request; returns self."""
+    def warm_up(self, strategies: Sequence[str] = (), tokenizer: bool = False) -> "DemoSelector":
+        """Load the encoder and fit the default strategy (and `strategies`) now rather than on the first request;
+        with `tokenizer`, load the token budget's tokenizer too; returns self."""
         with self._lock:
             self.index.loaded_encoder()  # checked against the index's manifest: the weights that embedded the pool
-            self._selector(self.strategy)
+            for strategy in dict.fromkeys([self.strategy, *strategies]):
+                self._selector(strategy)
+            if tokenizer:
+                self.prompt_budget.loaded_tokenizer()
         return self
 
     def select(self, query: Query, k: int, strategy: str | None = None,

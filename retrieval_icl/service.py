@@ -23,6 +23,7 @@ work without internet.
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import hmac
 import json
@@ -59,6 +60,7 @@ class Limits(BaseModel):
     max_text_chars: int = Field(4000, gt=0, description="Longest query or example text, per field, in characters.")
     max_batch: int = Field(256, gt=0, description="Most examples one POST /examples may add.")
     max_body_bytes: int = Field(1_000_000, gt=0, description="Largest request body in bytes.")
+    request_seconds: float = Field(30.0, gt=0, description="A select waiting longer than this answers 503.")
 
 
 class SelectRequest(BaseModel):
@@ -175,6 +177,9 @@ class BodyLimit:
 
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")  # Host headers of a loopback-bound server
+# Served unless the server says otherwise: each fits in O(pool) or less. kmeans, votek (O(pool^2)), mdl (runs an LM)
+# and the rest are served only when named at start-up, and are then fitted before the first request.
+SERVED_STRATEGIES = ("knn", "random", "mmr", "bm25", "balanced")
 
 
 def _key_check(keys: Sequence[str], open_when_none: bool = True):
@@ -238,22 +243,32 @@ def _batching_lifespan(selector: DemoSelector):
     return lifespan
 
 
-def _batched(http: Request, item: SelectItem) -> list[SelectedExample]:
+def _batched(http: Request, item: SelectItem, seconds: float) -> list[SelectedExample]:
     batcher = getattr(http.app.state, "batcher", None)
     if batcher is None:
         raise RuntimeError("batching is on but the app's lifespan has not started its batcher; serve the app with "
                            "uvicorn (or enter `with TestClient(app)`), or create_app(..., batching=False)")
-    return batcher.submit(item).result()
+    try:
+        return batcher.submit(item).result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        raise HTTPException(503, f"the server is busy: no answer within {seconds:g} s; retry later",
+                            headers={"Retry-After": "1"}) from None
 
 
 def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limits | None = None,
                batching: bool = True, read_key: str | None = None, allow_open_writes: bool = False,
-               allowed_hosts: Sequence[str] = LOCAL_HOSTS) -> FastAPI:
+               allowed_hosts: Sequence[str] = LOCAL_HOSTS, strategies: Sequence[str] = SERVED_STRATEGIES) -> FastAPI:
     """The FastAPI app serving one DemoSelector. `api_key` is needed for POST /examples (no key: writes refused,
     unless allow_open_writes) and, when set, for POST /select, which also takes `read_key`. Requests whose Host is
-    not in `allowed_hosts` ("*": any) get 400. With `batching`, concurrent selects are answered together (see the
-    module docstring); without, each request selects alone."""
+    not in `allowed_hosts` ("*": any) get 400. Only `strategies` (and the selector's default) are served: another
+    named in a request gets 422, so no request makes the server fit an expensive one while others wait. With
+    `batching`, concurrent selects are answered together (see the module docstring); without, each request selects
+    alone; a select waiting over limits.request_seconds gets 503."""
     limits = limits or Limits()
+    served = sorted({selector.strategy, *strategies})
+    unknown = [name for name in served if name not in SELECTORS]
+    if unknown:
+        raise RiclError(f"unknown strategies to serve: {unknown}; known: {sorted(SELECTORS)}")
     read_keys = [k for k in (api_key, read_key) if k]
     app = FastAPI(title="retrieval-icl", summary="Demonstration selection for in-context learning.", version="1",
                   lifespan=_batching_lifespan(selector) if batching else None,
@@ -277,7 +292,7 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
     def health() -> Health:
         return Health(status="ok", count=len(selector), encoder=shown_encoder(selector.index.encoder.name),
                       text_fields=selector.text_fields, label_names=selector.label_names,
-                      default_strategy=selector.strategy, strategies=sorted(SELECTORS), auth=bool(read_keys),
+                      default_strategy=selector.strategy, strategies=served, auth=bool(read_keys),
                       writes=writes, limits=limits)
 
     @app.post("/select", response_model=SelectResponse, dependencies=guarded, responses=ERRORS)
@@ -287,12 +302,16 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
         if request.k > limits.max_k:
             raise HTTPException(422, f"k={request.k} is over this server's limit of {limits.max_k}")
         strategy = request.strategy or selector.strategy
+        if strategy not in served:
+            raise HTTPException(422, f"strategy {strategy!r} is not served here; served: {served}")
+        if request.k > len(selector):
+            raise HTTPException(422, f"k={request.k} is more than the {len(selector)} examples in the index")
         query = request.text if request.text is not None else request.fields
         item = SelectItem(query, request.k, strategy, request.max_tokens)
         if batching:
-            # Checked here too: a malformed query then fails alone, not sending its batch down the one-by-one path.
+            # Checked before queueing: a bad request then fails alone, not sending its batch down the one-by-one path.
             selector.query_text(query)
-        chosen = _batched(http, item) if batching else selector.select(*item)
+        chosen = _batched(http, item, limits.request_seconds) if batching else selector.select(*item)
         tokens = selector.prompt_tokens(query, chosen) if request.max_tokens is not None else None
         return SelectResponse(strategy=strategy, k=request.k, examples=[ExampleOut(**c.to_dict()) for c in chosen],
                               prompt_tokens=tokens)
@@ -339,7 +358,7 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, stra
           api_key: str | None = None, limits: Limits | None = None, log_level: str = "warning",
           tokenizer: str = DEFAULT_MODEL, batching: bool = True, read_key: str | None = None,
           allow_open_writes: bool = False, allowed_hosts: Sequence[str] | None = None,
-          encoder: Encoder | None = None) -> None:
+          encoder: Encoder | None = None, strategies: Sequence[str] = SERVED_STRATEGIES) -> None:
     """Load the index, warm the encoder and serve until interrupted (one process: the pool lives in memory).
     `tokenizer` (a model name) counts max_tokens budgets; it is loaded on the first request with one. `batching`
     answers concurrent selects together (create_app); then numpy's BLAS runs on one thread: a batch's search
@@ -351,11 +370,12 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, stra
 
     if batching:
         threadpool_limits(1, user_api="blas")
+    # Everything a request could make the worker load or fit is done now: the served strategies, the tokenizer.
     selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed, tokenizer=tokenizer,
-                                 encoder=encoder).warm_up()
+                                 encoder=encoder).warm_up(strategies, tokenizer=True)
     hosts = allowed_hosts or (LOCAL_HOSTS if host in LOCAL_HOSTS else (host,))
     app = create_app(selector, api_key=api_key, limits=limits, batching=batching, read_key=read_key,
-                     allow_open_writes=allow_open_writes, allowed_hosts=hosts)
+                     allow_open_writes=allow_open_writes, allowed_hosts=hosts, strategies=strategies)
     if allow_open_writes and api_key is None:
         log.warning("serving with open writes: anyone who can reach %s can add examples to %s", host, index_dir)
     print(f"serving {len(selector)} examples from {index_dir} on http://{host}:{port} (docs at /docs)", flush=True)

@@ -389,15 +389,18 @@ def test_concurrent_selects_are_encoded_together_and_answered_like_the_library(h
 
 def test_a_bad_query_among_concurrent_ones_fails_alone_with_its_own_message(held_service):
     _, _, selector, model = held_service
-    bad = [{"text": "fine", "k": 35}, {"text": "fine", "k": 2, "strategy": "nope"}, {"text": "  ", "k": 2}]
-    replies = concurrent_replies(held_service, GOOD + bad, queued=len(GOOD) + 2)  # the blank text fails before
+    early = [{"text": "fine", "k": 35}, {"text": "fine", "k": 2, "strategy": "nope"}, {"text": "  ", "k": 2}]
+    late = [{"text": "fine", "k": 2, "max_tokens": 5}]  # only the worker finds the budget too small
+    replies = concurrent_replies(held_service, GOOD + early + late, queued=len(GOOD) + 1)  # early: never queued
     assert model.calls[0] == 6 and max(model.calls[1:]) == 1  # the whole batch, then one by one
     for reply, body in zip(replies, GOOD):
         assert_like_the_library(reply, body, selector)
-    for reply, body in zip(replies[len(GOOD):], bad):
-        with pytest.raises(RiclError) as alone:
-            selector.select(body["text"], body["k"], body.get("strategy"))
-        assert (reply.status_code, reply.json()["detail"]) == (422, str(alone.value))
+    for reply, pattern in zip(replies[len(GOOD):], ["k=35 is more than the 30 examples",
+                                                    "strategy 'nope' is not served here", "text"]):
+        assert reply.status_code == 422 and pattern in reply.json()["detail"], reply.text
+    with pytest.raises(RiclError) as alone:
+        selector.select("fine", 2, max_tokens=5)
+    assert (replies[-1].status_code, replies[-1].json()["detail"]) == (422, str(alone.value))
 
 
 def free_port() -> int:
@@ -511,3 +514,45 @@ def test_an_add_to_an_index_another_process_saved_meanwhile_answers_409(tmp_path
         assert reply.status_code == 409 and "saved by another writer" in reply.json()["detail"], reply.text
     texts = [ex.texts[0] for ex in DemoIndex.load(tmp_path / "index").examples]
     assert "the other writer's example" in texts and "late" not in texts and len(served) == 8
+
+
+def test_an_unserved_strategy_is_refused_without_fitting_it(service):
+    _, selector, _ = service
+    with running(create_app(selector)) as base:
+        assert "kmeans" not in httpx.get(f"{base}/health").json()["strategies"]
+        started = time.perf_counter()
+        reply = httpx.post(f"{base}/select", json={"text": "fine", "k": 3, "strategy": "kmeans"})
+        assert reply.status_code == 422 and "'kmeans' is not served here" in reply.json()["detail"]
+        assert time.perf_counter() - started < 2 and "kmeans" not in selector._fitted  # nothing was fitted
+    with running(create_app(selector, strategies=["kmeans"])) as base:  # named at start-up: served
+        assert httpx.post(f"{base}/select", json={"text": "fine", "k": 3, "strategy": "kmeans"}).status_code == 200
+    with pytest.raises(RiclError, match="unknown strategies to serve: \\['nope'\\]"):
+        create_app(selector, strategies=["nope"])
+
+
+def test_warm_up_fits_the_served_strategies_and_loads_the_tokenizer(tmp_path):
+    encoder = Encoder(cache_dir=tmp_path / "emb")
+    build_index(tmp_path / "index", encoder, n=10)
+    selector = DemoSelector.load(tmp_path / "index", encoder=encoder, tokenizer=tiny_tokenizer_name())
+    selector.warm_up(["mmr", "bm25"], tokenizer=True)
+    assert set(selector._fitted) == {"knn", "mmr", "bm25"} and selector.prompt_budget._loaded is not None
+
+
+def tiny_tokenizer_name() -> str:
+    return "smollm2-135m"
+
+
+def test_a_select_held_past_the_time_limit_answers_503(tmp_path):
+    encoder, model = counting_encoder(tmp_path / "emb")
+    build_index(tmp_path / "index", encoder, n=10)
+    selector = DemoSelector.load(tmp_path / "index", encoder=encoder).warm_up()
+    with running(create_app(selector, limits=Limits(request_seconds=0.5))) as base:
+        model.hold()  # the one worker is stuck in an encode
+        try:
+            started = time.perf_counter()
+            reply = httpx.post(f"{base}/select", json={"text": "fine", "k": 2}, timeout=30)
+            assert reply.status_code == 503 and "busy" in reply.json()["detail"], reply.text
+            assert time.perf_counter() - started < 5 and reply.headers["retry-after"] == "1"
+        finally:
+            model.gate.set()
+        assert httpx.post(f"{base}/select", json={"text": "fine", "k": 2}, timeout=30).status_code == 200
