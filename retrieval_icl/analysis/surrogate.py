@@ -83,14 +83,17 @@ def expected_calibration_error(confidence: Sequence[float], hits: Sequence[bool]
 
 def ece_interval(confidence: Sequence[float], hits: Sequence[bool], seed: int = 0,
                  n_resamples: int = ECE_RESAMPLES) -> dict[str, float]:
-    """ECE with a 95% percentile bootstrap CI, resampling queries (the bins are recut in each resample)."""
+    """ECE with a 95% basic (reverse-percentile) bootstrap CI, resampling queries (the bins recut in each resample),
+    clipped at 0. ECE is biased upwards and a resample's more so; the percentile interval inherits that shift (for a
+    calibrated predictor it can exclude 0), the basic interval reflects it back."""
     c, h = np.asarray(confidence, dtype=np.float64), np.asarray(hits, dtype=bool)
     value = expected_calibration_error(c, h)
     if not c.size:
         return {"value": value, "ci_low": value, "ci_high": value}
     rng = np.random.default_rng(seed)
     draws = [expected_calibration_error(c[i], h[i]) for i in rng.integers(0, c.size, size=(n_resamples, c.size))]
-    return {"value": value, "ci_low": float(np.quantile(draws, 0.025)), "ci_high": float(np.quantile(draws, 0.975))}
+    low, high = np.quantile(draws, [0.025, 0.975])
+    return {"value": value, "ci_low": max(0.0, float(2 * value - high)), "ci_high": max(0.0, float(2 * value - low))}
 
 
 def nll(probs: np.ndarray, target: np.ndarray) -> float:
@@ -203,7 +206,8 @@ def analyze_surrogate(results: Results, runs: Sequence[str] | None = None, tau: 
              "learnt nothing from the demonstrations), agreement of the argmax with the LM's raw prediction, expected "
              f"calibration error on {ECE_BINS} equal-mass bins of the max probability against agreement (95% CI by "
              f"{ECE_RESAMPLES} bootstrap resamples of the queries; ECE is biased upwards in small samples, so compare "
-             "rows of the same n), and accuracy against gold.")
+             "rows of the same n; the interval is the basic bootstrap's, which reflects that bias back), and accuracy "
+             "against gold.")
     sections = [Section("Surrogate against the LM on held-out queries", "Per-query probabilities in "
                         "surrogate_queries.csv; lm_accuracy is the LM's raw accuracy on the same queries.",
                         table=table, figure=figure)]
