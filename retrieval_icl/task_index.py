@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic_dir import recover
-from .encoders import DEFAULT_ENCODER, make_encoder
+from .encoders import DEFAULT_ENCODER, LM_PREFIX, make_encoder
 from .errors import RiclError
 from .index import DemoIndex
 from .tasks import Example, TaskSpec, fingerprint
@@ -31,6 +31,8 @@ def build_task_index(examples: Sequence[Example], task: TaskSpec, encoder: str =
 
         embeddings = embed_distributed([ex.text for ex in examples], encoder, ray_workers, **encoder_kwargs)
     index = DemoIndex(make_encoder(encoder, **encoder_kwargs), index_type=index_type)
+    if embeddings is not None and not encoder.startswith(LM_PREFIX):
+        index.encoder.load()  # its fingerprint goes into the manifest, as when it embeds here (an LM stays unloaded)
     index.build(examples, embeddings=embeddings, show_progress=show_progress, **meta)
     if directory is not None:
         index.save(directory)

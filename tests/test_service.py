@@ -425,7 +425,7 @@ def test_ricl_serve_binds_loopback_by_default(tmp_path):
             except httpx.TransportError:
                 return False
 
-        wait_until(up, "ricl serve answering /health")
+        wait_until(up, "ricl serve answering /health", attempts=3600)  # a fresh cache: the tokenizer is converted
         assert httpx.post(f"http://127.0.0.1:{port}/select", json={"text": "fine", "k": 1}).status_code == 401
         assert httpx.post(f"http://127.0.0.1:{port}/select", json={"text": "fine", "k": 1},
                           headers={"X-API-Key": "k"}).status_code == 200
