@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from .errors import RiclError
 from .tasks import Example, TaskSpec
@@ -81,40 +83,62 @@ class PromptBuilder:
             raise RiclError("PromptBuilder needs a tokenizer to build token ids; pass tokenizer=")
         check_budget(budget)
         full = self._tokenise(demos, query_texts)
-        if self._fits(full, reserve, budget):
+        if self._fits(len(full.token_ids), reserve, budget):
             return full  # the common path: one tokenisation
-        return self._greedy(demos, query_texts, scores, reserve, budget)
+        return self._greedy(demos, query_texts, scores, reserve, budget, full)
 
-    def _fits(self, prompt: Prompt, reserve: int, budget: int | None) -> bool:
-        n = len(prompt.token_ids)
+    def _fits(self, n: int, reserve: int, budget: int | None) -> bool:
         return (budget is None or n <= budget) and (self.max_tokens is None or n + reserve <= self.max_tokens)
 
     def _greedy(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float] | None,
-                reserve: int, budget: int | None) -> Prompt:
+                reserve: int, budget: int | None, full: Prompt) -> Prompt:
         """Try the demonstrations most relevant first (highest score; without scores, later ones, which sit nearer the
-        query; ties go to the later one) and keep each whose whole re-tokenised prompt still fits, so the count is
-        exact. Kept ones keep their prompt order; `dropped_ids` lists the others least relevant first."""
+        query; ties go to the later one) and keep each that still fits beside the ones kept; kept ones keep their prompt
+        order, `dropped_ids` lists the others least relevant first.
+
+        Where demonstrations tokenise independently (`_separated`), each one's tokens are counted once, in the full
+        prompt, and the kept ones' prompt is tokenised once to confirm the count: three tokenizer calls, not one per
+        candidate. Otherwise (or when the confirmed count differs from the sum) every candidate is tried exactly."""
         bare = self._tokenise([], query_texts)
         if self.max_tokens is not None and len(bare.token_ids) + reserve > self.max_tokens:
             raise RiclError(f"the query alone needs {len(bare.token_ids) + reserve} tokens, more than the "
                             f"model's context of {self.max_tokens}")
         sims = list(scores) if scores is not None else list(range(len(demos)))
         order = sorted(range(len(demos)), key=lambda i: (sims[i], i), reverse=True)
-        kept: list[int] = []
-        tried: list[int] = []  # token counts of the prompts that did not fit
-        prompt = bare
-        for i in order:
-            trial = self._tokenise([demos[j] for j in sorted([*kept, i])], query_texts)
-            if self._fits(trial, reserve, budget):
-                kept, prompt = sorted([*kept, i]), trial
-            else:
-                tried.append(len(trial.token_ids))
+        starts = [x[0] for x in full.x_spans] + [full.query_span[0]]
+        cost = np.diff(starts)  # (k,) tokens of each demonstration with its separator
+        fixed = len(full.token_ids) - int(cost.sum())
+        kept = self._kept(order, lambda chosen: fixed + int(cost[chosen].sum()), reserve, budget)
+        prompt = self._tokenise([demos[j] for j in kept], query_texts)
+        if not self._separated or len(prompt.token_ids) != fixed + int(cost[kept].sum()):
+            kept = self._kept(order, lambda chosen: self._count([demos[j] for j in chosen], query_texts), reserve,
+                              budget)
+            prompt = self._tokenise([demos[j] for j in kept], query_texts)
         if budget is not None and not kept:
-            # Nothing kept: every trial held one demonstration, so the shortest of them is the least one needs.
-            raise RiclError(self._no_room(budget, reserve, len(bare.token_ids), min(tried, default=None)))
+            shortest = min((self._count([d], query_texts) for d in demos), default=None)
+            raise RiclError(self._no_room(budget, reserve, len(bare.token_ids), shortest))
         prompt.n_demos_requested = len(demos)
         prompt.dropped_ids = [demos[i].id for i in reversed(order) if i not in set(kept)]
         return prompt
+
+    @property
+    def _separated(self) -> bool:
+        """Whether demonstrations tokenise independently of their neighbours: a separator between them and an input
+        that starts with literal text ("Input: "), so no token spans two of them whichever are kept."""
+        return bool(self.template.demo_separator) and not self.template.input.startswith("{")
+
+    def _kept(self, order: list[int], count: Callable[[list[int]], int], reserve: int, budget: int | None) -> list[int]:
+        """The greedy rule over `order` with `count(sorted demo positions) -> tokens`: the kept positions, sorted."""
+        kept: list[int] = []
+        for i in order:
+            trial = sorted([*kept, i])
+            if self._fits(count(trial), reserve, budget):
+                kept = trial
+        return kept
+
+    def _count(self, demos: Sequence[Example], query_texts: Sequence[str]) -> int:
+        """Tokens of the prompt with these demonstrations (no spans: a count only)."""
+        return len(tokenise_with_sink(self.tokenizer, self.render(demos, query_texts)[0])[0])
 
     def _no_room(self, budget: int, reserve: int, bare: int, shortest: int | None) -> str:
         message = (f"max_tokens={budget} leaves no room for a demonstration: the prompt without demonstrations "
@@ -149,6 +173,7 @@ class PromptBuilder:
     def _tokenise(self, demos: Sequence[Example], query_texts: Sequence[str]) -> Prompt:
         text, x_chars, y_chars, q_chars = self.render(demos, query_texts)
         token_ids, offsets = tokenise_with_sink(self.tokenizer, text)
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)  # (T, 2): converted once for every span
         first = x_chars[0][0] if x_chars else q_chars[0]  # where the first demonstration (or the query) starts
         return Prompt(
             text=text,
@@ -190,8 +215,9 @@ def tokenise_with_sink(tokenizer: Any, text: str) -> tuple[list[int], list[tuple
 def char_to_token_span(offsets: Sequence[tuple[int, int]], chars: Span) -> Span:
     """The tokens whose characters overlap [start, end); special tokens (empty offsets) never do."""
     start, end = chars
-    hits = [i for i, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
-    if not hits:
+    a, b = np.asarray(offsets, dtype=np.int64).reshape(-1, 2).T  # (T,) each: one scan in numpy, not in Python
+    hits = np.flatnonzero((b > a) & (a < end) & (b > start))
+    if not len(hits):
         raise RiclError(f"no token covers characters {start}..{end}; "
                         "the tokenizer must give offsets (a fast tokenizer)")
-    return hits[0], hits[-1] + 1
+    return int(hits[0]), int(hits[-1]) + 1

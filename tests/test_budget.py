@@ -192,3 +192,64 @@ def test_a_budget_tighter_than_the_context_says_what_the_context_allows(tokenize
     with pytest.raises(RiclError, match=r"max_tokens=40 leaves no room .* \(the model's context of 14 tokens, 2 kept "
                                         r"for the label, allows 12\)"):
         builder.build(demos, ("fun",), reserve=2, budget=40)
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting its calls and the characters it was given."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer, self.calls, self.chars = tokenizer, 0, 0
+
+    def __call__(self, text, **kwargs):
+        self.calls, self.chars = self.calls + 1, self.chars + len(text)
+        return self.tokenizer(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_the_packer_tokenises_a_handful_of_times_not_once_per_candidate(tokenizer):
+    demos = [Example(i, (f"review {i}: " + "a fine, long and careful film " * (1 + i % 5),), i % 2) for i in range(40)]
+    counting = CountingTokenizer(tokenizer)
+    builder = PromptBuilder(load_task("sst2"), tokenizer=counting)
+    full = builder.build(demos, ("what a ride",))
+    scores = [(7 * i % 40) / 40 for i in range(40)]
+    counting.calls = counting.chars = 0
+    prompt = builder.build(demos, ("what a ride",), scores, budget=len(full.token_ids) // 2)
+    assert 0 < prompt.n_demos_used < 40
+    assert counting.calls == 3  # the full prompt, the bare query, the kept ones: not 40 trials
+    assert counting.chars < 2.5 * len(full.text)
+    assert len(prompt.token_ids) == token_count(tokenizer, prompt.text) <= len(full.token_ids) // 2
+
+
+def test_a_template_whose_pieces_merge_still_keeps_exactly_the_greedy_choice(tokenizer):
+    """No separators: a label and the next input share tokens, so counts are not additive and every candidate is
+    tried exactly (the slow path), with the same rule: kept when it fits beside the more relevant kept ones."""
+    from retrieval_icl.tasks import PromptTemplate, TaskSpec
+
+    task = TaskSpec(name="glued", text_fields=["text"], label_names=["no", "yes"],
+                    template=PromptTemplate(input="{text}", output="", input_output_separator="", label_prefix="",
+                                            demo_separator=""))
+    rng = np.random.default_rng(0)
+    words = ["ab", "yesno", "so", "nos", "es", "ye", "o", "n"]
+    for trial in range(40):
+        demos = [Example(i, ("".join(rng.choice(words, size=rng.integers(1, 4))),), int(rng.integers(2)))
+                 for i in range(6)]
+        builder = PromptBuilder(task, tokenizer=tokenizer)
+        scores = [float(s) for s in rng.permutation(6)]
+
+        def count(kept: list[Example]) -> int:
+            return token_count(tokenizer, "".join(d.texts[0] + ["no", "yes"][d.label] for d in kept) + "qq")
+
+        budget = int(rng.integers(count([]) + 1, count(demos) + 1))
+        try:
+            prompt = builder.build(demos, ("qq",), scores, budget=budget)
+        except RiclError:
+            assert all(count([d]) > budget for d in demos)
+            continue
+        kept = [d for d in demos if d.id in prompt.demo_ids]
+        assert len(prompt.token_ids) == count(kept) <= budget
+        for d in demos:
+            before = [e for e in kept if scores[e.id] > scores[d.id]]
+            fits = count(sorted([*before, d], key=lambda e: e.id)) <= budget
+            assert fits == (d in kept), f"trial {trial}, demonstration {d.id}"
