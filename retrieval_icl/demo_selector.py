@@ -14,7 +14,11 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .encoders import Encoder
-from .errors import RiclError
+from .errors import NotFittedYetError, RiclError
 from .index import DemoIndex
 from .models import DEFAULT_MODEL
 from .prompt_budget import PromptBudget
@@ -32,6 +36,7 @@ from .selectors import SELECTORS, Selector, make_selector
 from .tasks import Example
 
 Query = str | Mapping[str, str]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,34 +55,42 @@ class SelectedExample:
 
 
 class DemoSelector:
-    """A DemoIndex plus selectors, safe to share between threads: one lock orders every select and add.
+    """A DemoIndex plus selectors, safe to share between threads: one lock orders selects, another orders adds.
 
-    Selectors are fitted on first use per strategy and refitted after examples are added, so a select never
-    sees a pool that is half updated. `save()` writes the index back atomically (DemoIndex.save). Token budgets
-    count with `tokenizer`: a model name for retrieval_icl.models (default DEFAULT_MODEL, loaded offline on the first
-    budgeted select) or a Hugging Face tokenizer object; prompts are rendered with the index's task template in
-    `label_format` (see PromptBudget).
+    Selectors are fitted on first use per strategy (and k, for those that fit per k). An add refits the fitted ones
+    on the grown pool without holding up selects, then swaps pool and fits in at once, so a select never sees a pool
+    that is half updated. With `background_fits` (the service) a select never fits: one whose fit is missing raises
+    NotFittedYetError at once and the fit runs in a background thread. `save()` writes the index back atomically.
+    Token budgets count with `tokenizer`: a model name for retrieval_icl.models (default DEFAULT_MODEL, loaded
+    offline on the first budgeted select) or a Hugging Face tokenizer object; prompts are rendered with the index's
+    task template in `label_format` (see PromptBudget).
     """
 
     def __init__(self, index: DemoIndex, directory: str | Path | None = None, strategy: str = "knn", seed: int = 0,
-                 tokenizer: Any = None, label_format: str = "default", **params: Any) -> None:
+                 tokenizer: Any = None, label_format: str = "default", background_fits: bool = False,
+                 **params: Any) -> None:
         self.index, self.strategy, self.seed, self.params = index, strategy, seed, params
+        self.background_fits = background_fits
         self.directory = Path(directory) if directory is not None else None
         self.tokenizer, self.label_format = tokenizer if tokenizer is not None else DEFAULT_MODEL, label_format
         make_selector(strategy, seed=seed, **params)  # an unknown strategy or parameter fails now
         self._fitted: dict[str, Selector] = {}
         self._lock = threading.RLock()
+        self._write_lock = threading.Lock()  # adds and background fits, one at a time, off the select lock
+        self._fits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ricl-fit", initializer=_yielding_thread)
+        self._pending: set[tuple[str, int]] = set()  # (strategy, k) fits queued or running
+        self._pending_lock = threading.Lock()
 
     @classmethod
     def load(cls, directory: str | Path, strategy: str = "knn", seed: int = 0, encoder: Encoder | None = None,
              use_cache: bool = False, tokenizer: Any = None, label_format: str = "default",
-             **params: Any) -> "DemoSelector":
+             background_fits: bool = False, **params: Any) -> "DemoSelector":
         """Open a saved index; `params` go to the default strategy. Queries skip the embedding cache by default."""
         index = DemoIndex.load(directory, encoder=encoder)
         # A service sees most query texts once: caching them would write a database row per request.
         index.encoder.use_cache = use_cache
         return cls(index, directory, strategy=strategy, seed=seed, tokenizer=tokenizer, label_format=label_format,
-                   **params)
+                   background_fits=background_fits, **params)
 
     @cached_property
     def text_fields(self) -> list[str]:
@@ -127,7 +140,7 @@ class DemoSelector:
         texts = [self.query_text(q) for q in queries]
         check_budget(max_tokens)
         with self._lock:
-            selector = self._selector(strategy or self.strategy)
+            selector = self._selector(strategy or self.strategy, k)
             vectors = self.index.loaded_encoder().encode(texts) if embeddings is None else embeddings  # (n, d)
             selections = selector.select_embedded(texts, vectors, k)
             chosen = [[self._selected(i, s) for i, s in zip(sel.demo_ids, sel.scores)] for sel in selections]
@@ -183,14 +196,55 @@ class DemoSelector:
             raise RiclError(f"fields {sorted(fields)} do not match the index's text fields {expected}")
         return {f: fields[f] for f in expected}
 
-    def _selector(self, strategy: str) -> Selector:
-        """The fitted selector for a strategy (the lock is held)."""
+    def fitted_for(self, strategy: str, k: int) -> bool:
+        """Whether a select with this strategy and k runs without fitting anything first. Takes no lock, so a request
+        is checked while the worker holds it: fits are swapped in whole, a dict lookup sees one or the other."""
+        selector = self._fitted.get(strategy)
+        return selector is not None and selector.prepared(k)
+
+    def require_fitted(self, strategy: str, k: int) -> None:
+        """Nothing when a select with this strategy and k runs without fitting; else NotFittedYetError, the fit
+        started in the background thread."""
+        if not self.fitted_for(strategy, k):
+            self.fit_later(strategy, k)
+            raise NotFittedYetError(f"strategy {strategy!r} for k={k} is being fitted to this index; retry shortly")
+
+    def fit_later(self, strategy: str, k: int) -> None:
+        """Fit the strategy for k in the background thread (once, however often asked), off the select lock."""
+        if strategy not in SELECTORS:
+            raise RiclError(f"unknown strategy {strategy!r}; known: {sorted(SELECTORS)}")
+        with self._pending_lock:
+            if (strategy, k) not in self._pending:
+                self._pending.add((strategy, k))
+                self._fits.submit(self._fit_for, strategy, k)
+
+    def _fit_for(self, strategy: str, k: int) -> None:
+        try:
+            with self._write_lock:  # no add swaps the pool meanwhile: the fit is made on the pool it serves
+                selector = self._fitted.get(strategy)
+                selector = (selector or self._new_selector(strategy, self.index)).prepare(k)
+                with self._lock:
+                    self._fitted[strategy] = selector
+        except Exception:  # a later request asks again
+            log.exception("background fit of %s for k=%d failed", strategy, k)
+        finally:
+            with self._pending_lock:
+                self._pending.discard((strategy, k))
+
+    def _selector(self, strategy: str, k: int | None = None) -> Selector:
+        """The fitted selector for a strategy (the lock is held), fitted now if need be; with `background_fits` and a
+        k, NotFittedYetError when it is not fitted for k yet, its fit started."""
+        if self.background_fits and k is not None:
+            self.require_fitted(strategy, k)
         if strategy not in self._fitted:
-            if strategy not in SELECTORS:
-                raise RiclError(f"unknown strategy {strategy!r}; known: {sorted(SELECTORS)}")
-            params = self.params if strategy == self.strategy else {}
-            self._fitted[strategy] = make_selector(strategy, seed=self.seed, **params).fit(self.index)
+            self._fitted[strategy] = self._new_selector(strategy, self.index)
         return self._fitted[strategy]
+
+    def _new_selector(self, strategy: str, index: DemoIndex) -> Selector:
+        if strategy not in SELECTORS:
+            raise RiclError(f"unknown strategy {strategy!r}; known: {sorted(SELECTORS)}")
+        params = self.params if strategy == self.strategy else {}
+        return make_selector(strategy, seed=self.seed, **params).fit(index)
 
     def _selected(self, id: int, score: float) -> SelectedExample:
         ex = self.index.example(id)
@@ -205,9 +259,11 @@ class DemoSelector:
             raise RiclError("add_examples expects a non-empty list of {'fields': ..., 'label': ...} dicts")
         if save and self.directory is None:
             raise RiclError("save=True needs an index directory; load with DemoSelector.load(directory)")
-        parsed = [self._parse_row(row, n) for n, row in enumerate(rows)]
-        with self._lock:
-            vectors = self.index.loaded_encoder().encode(["\n".join(texts) for texts, _ in parsed])
+        with self._write_lock:  # selects go on meanwhile, on the pool and fits as they were
+            parsed = [self._parse_row(row, n) for n, row in enumerate(rows)]
+            with self._lock:  # the encoder is shared with selects
+                vectors = self.index.loaded_encoder().encode(["\n".join(texts) for texts, _ in parsed])
+                current = dict(self._fitted)
             start = int(self.index.ids.max()) + 1 if len(self.index) else 0
             examples = [Example(start + n, texts, label) for n, (texts, label) in enumerate(parsed)]
             # Added to a copy, saved, and only then served: a failed save (disk full) leaves memory as on disk,
@@ -216,8 +272,14 @@ class DemoSelector:
             staged.add(examples, embeddings=vectors)
             if save:
                 staged.save(self.directory)
-            self.index = staged
-            self._fitted.clear()  # refit on next use: BM25, balanced and representative selectors cache the pool
+            # BM25, balanced and representative selectors hold state computed from the pool: refitted here, their
+            # per-k state (kmeans, votek) in the background or on first use.
+            fitted = {name: self._new_selector(name, staged) for name in current}
+            with self._lock:
+                self.index, self._fitted = staged, fitted
+            for name, old in current.items():
+                for k in old.prepared_ks() if self.background_fits else ():
+                    self.fit_later(name, k)
             return [ex.id for ex in examples]
 
     def _parse_row(self, row: Mapping[str, Any], n: int) -> tuple[tuple[str, ...], int]:
@@ -250,6 +312,13 @@ class DemoSelector:
             raise RiclError("this DemoSelector was not loaded from a directory; pass save(directory)")
         with self._lock:
             return self.index.save(target)
+
+
+def _yielding_thread() -> None:
+    """Give the calling (background fit) thread the lowest CPU priority, so request threads go first: Linux applies a
+    thread id's nice value to that thread alone, and the threads it starts (OpenMP, BLAS) inherit it."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: the fit runs at normal priority
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
 
 
 def resolve_text_fields(index: DemoIndex) -> list[str]:

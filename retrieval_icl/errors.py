@@ -7,3 +7,7 @@ class RiclError(ValueError):
 
 class StaleIndexError(RiclError):
     """A save refused: the index on disk was changed by another writer since this copy was loaded."""
+
+
+class NotFittedYetError(RiclError):
+    """A select refused for now: the fit it needs runs in the background (DemoSelector(background_fits=True))."""

@@ -14,8 +14,10 @@ checked after it.
 Concurrent selects are batched (`create_app(..., batching=True)`, what `ricl serve` runs): each request thread queues
 its query with a RequestBatcher and waits; one worker thread takes every query queued meanwhile, embeds them all in
 one encoder call and answers those with the same k, strategy and max_tokens with one DemoSelector.select_many (one
-search). A query that fails fails only its own request, with the message it gets alone. Adds still take the
-DemoSelector's lock, so no select sees a half-updated pool.
+search). A query that fails fails only its own request, with the message it gets alone. No fit runs on a request's
+time: an add refits the fitted strategies on the grown pool while selects go on, then swaps pool and fits in at
+once; a strategy not yet fitted for a request's k (kmeans and votek rank the pool once per k) answers 503 with
+Retry-After while a background thread fits it (DemoSelector).
 
 GET /docs (Swagger UI) and GET /redoc render the schema from files the service serves itself (docs_page.py): they
 work without internet.
@@ -42,7 +44,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from .demo_selector import DemoSelector, SelectedExample
 from .docs_page import add_docs
 from .encoders import Encoder
-from .errors import RiclError, StaleIndexError
+from .errors import NotFittedYetError, RiclError, StaleIndexError
 from .models import DEFAULT_MODEL
 from .request_batcher import RequestBatcher, grouped
 from .selectors import SELECTORS
@@ -269,6 +271,7 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
     unknown = [name for name in served if name not in SELECTORS]
     if unknown:
         raise RiclError(f"unknown strategies to serve: {unknown}; known: {sorted(SELECTORS)}")
+    selector.warm_up(served)  # fitted now, not on a request's time (kmeans and votek still rank per k: 503 first)
     read_keys = [k for k in (api_key, read_key) if k]
     app = FastAPI(title="retrieval-icl", summary="Demonstration selection for in-context learning.", version="1",
                   lifespan=_batching_lifespan(selector) if batching else None,
@@ -282,6 +285,10 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
     @app.exception_handler(RiclError)
     async def bad_input(request: Request, error: RiclError) -> Response:
         return error_response(422, str(error))
+
+    @app.exception_handler(NotFittedYetError)
+    async def not_fitted_yet(request: Request, error: NotFittedYetError) -> Response:
+        return error_response(503, str(error), {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> Response:
@@ -306,6 +313,7 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
             raise HTTPException(422, f"strategy {strategy!r} is not served here; served: {served}")
         if request.k > len(selector):
             raise HTTPException(422, f"k={request.k} is more than the {len(selector)} examples in the index")
+        selector.require_fitted(strategy, request.k)  # a fit never runs on a request's time: 503, fitted meanwhile
         query = request.text if request.text is not None else request.fields
         item = SelectItem(query, request.k, strategy, request.max_tokens)
         if batching:
@@ -337,10 +345,10 @@ def create_app(selector: DemoSelector, api_key: str | None = None, limits: Limit
     return app
 
 
-def error_response(status: int, detail: str) -> Response:
+def error_response(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
     """{"detail": ...} as ASCII JSON: a message may quote input with lone surrogates, which UTF-8 cannot encode."""
     return Response(json.dumps({"detail": detail}, ensure_ascii=True), status_code=status,
-                    media_type="application/json")
+                    media_type="application/json", headers=headers)
 
 
 def _describe(error: dict) -> str:
@@ -370,9 +378,10 @@ def serve(index_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, stra
 
     if batching:
         threadpool_limits(1, user_api="blas")
-    # Everything a request could make the worker load or fit is done now: the served strategies, the tokenizer.
-    selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed, tokenizer=tokenizer,
-                                 encoder=encoder).warm_up(strategies, tokenizer=True)
+    # Everything a request could make the worker load or fit is done now: the tokenizer here, the strategies in
+    # create_app.
+    selector = DemoSelector.load(index_dir, strategy=strategy, seed=seed, tokenizer=tokenizer, encoder=encoder,
+                                 background_fits=True).warm_up(tokenizer=True)
     hosts = allowed_hosts or (LOCAL_HOSTS if host in LOCAL_HOSTS else (host,))
     app = create_app(selector, api_key=api_key, limits=limits, batching=batching, read_key=read_key,
                      allow_open_writes=allow_open_writes, allowed_hosts=hosts, strategies=strategies)

@@ -239,3 +239,70 @@ def test_two_field_budgets_count_with_a_named_tokenizer(rte_dir, encoder):
     assert 0 < len(kept) < 4 and kept == demos.select(fields, k=4, max_tokens=tokens - 1)
     with pytest.raises(RiclError, match=r"the query text has 1 line\(s\), expected one per text field"):
         demos.select("one line only", k=2, max_tokens=500)
+
+
+@pytest.fixture
+def gated_strategy():
+    """A registered knn whose fit waits for `gate` once `hold` is set: an add's refit can be held in mid-fit."""
+    from retrieval_icl.selectors import SELECTORS
+
+    hold, gate, in_fit = threading.Event(), threading.Event(), threading.Event()
+
+    class GatedFit(KNNSelector):
+        name = "test-gated-fit"
+
+        def fit(self, index):
+            if hold.is_set():
+                in_fit.set()
+                assert gate.wait(60), "the test never opened the gate"
+            return super().fit(index)
+
+    yield hold, gate, in_fit
+    SELECTORS.pop("test-gated-fit")
+
+
+def test_an_add_refits_off_the_select_lock_and_swaps_pool_and_fits_at_once(sst2_dir, encoder, gated_strategy):
+    hold, gate, in_fit = gated_strategy
+    demos = DemoSelector.load(sst2_dir, encoder=encoder, strategy="test-gated-fit").warm_up(["bm25"])
+    hold.set()
+    added: list[int] = []
+    adder = threading.Thread(target=lambda: added.extend(demos.add_examples(
+        [{"fields": "the zorblax soundtrack is a delight", "label": 1}], save=True)))
+    adder.start()
+    assert in_fit.wait(60)  # the add is refitting on the grown pool ...
+    during = demos.select("zorblax soundtrack", k=3, strategy="bm25")  # ... and a select is answered meanwhile
+    assert len(demos) == 80 and all(c.id < 80 for c in during)  # from the pool as it was: nothing half added
+    gate.set()
+    adder.join(60)
+    assert not adder.is_alive() and added == [80] and len(demos) == 81
+    assert demos.select("zorblax soundtrack", k=1, strategy="bm25")[0].id == 80  # the refitted BM25 sees it
+    assert demos.select("zorblax soundtrack", k=1)[0].id == 80
+
+
+def test_background_fits_refuse_a_select_until_its_fit_is_done(sst2_dir, encoder):
+    from retrieval_icl.errors import NotFittedYetError
+
+    demos = DemoSelector.load(sst2_dir, encoder=encoder, background_fits=True).warm_up(["kmeans"])
+    plain = DemoSelector.load(sst2_dir, encoder=encoder)
+    assert demos.select("a joy", k=3)  # knn needs no fit per k
+    with pytest.raises(NotFittedYetError, match="'kmeans' for k=5 is being fitted"):
+        demos.select("a joy", k=5, strategy="kmeans")
+    with pytest.raises(NotFittedYetError):  # asked again while it fits: still one fit
+        demos.require_fitted("kmeans", 5)
+    wait_until(lambda: demos.fitted_for("kmeans", 5))
+    assert not demos.fitted_for("kmeans", 6) and not demos._pending
+    assert demos.select("a joy", k=5, strategy="kmeans") == plain.select("a joy", k=5, strategy="kmeans")
+    demos.add_examples([{"fields": "an added review of a film", "label": 1}])
+    wait_until(lambda: demos.fitted_for("kmeans", 5))  # the add refits it for the k it had, on the grown pool
+    grown = DemoSelector(demos.index.copy())
+    assert demos.select("a joy", k=5, strategy="kmeans") == grown.select("a joy", k=5, strategy="kmeans")
+
+
+def wait_until(condition, seconds: float = 120.0) -> None:
+    """Poll until condition() holds; fail after `seconds` (a deadline against a hang, not a timing)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the background fit never finished"
+        time.sleep(0.02)

@@ -525,7 +525,14 @@ def test_an_unserved_strategy_is_refused_without_fitting_it(service):
         assert reply.status_code == 422 and "'kmeans' is not served here" in reply.json()["detail"]
         assert time.perf_counter() - started < 2 and "kmeans" not in selector._fitted  # nothing was fitted
     with running(create_app(selector, strategies=["kmeans"])) as base:  # named at start-up: served
-        assert httpx.post(f"{base}/select", json={"text": "fine", "k": 3, "strategy": "kmeans"}).status_code == 200
+        body = {"text": "fine", "k": 3, "strategy": "kmeans"}
+        first = httpx.post(f"{base}/select", json=body)  # its ranking for k=3 is not made on the request's time
+        assert first.status_code == 503 and first.headers["retry-after"] == "1", first.text
+        assert "'kmeans' for k=3 is being fitted" in first.json()["detail"]
+        wait_until(lambda: selector.fitted_for("kmeans", 3), "the background fit")
+        chosen = httpx.post(f"{base}/select", json=body)
+        assert chosen.status_code == 200 and [e["id"] for e in chosen.json()["examples"]] == [
+            c.id for c in DemoSelector(selector.index).select("fine", k=3, strategy="kmeans")]
     with pytest.raises(RiclError, match="unknown strategies to serve: \\['nope'\\]"):
         create_app(selector, strategies=["nope"])
 

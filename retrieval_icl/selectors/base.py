@@ -123,6 +123,18 @@ class Selector(ABC):
         self.pool_ = PoolTexts(index)
         return self
 
+    def prepared(self, k: int) -> bool:
+        """Whether a select of k runs without computing more state from the pool (needs fit)."""
+        return True
+
+    def prepare(self, k: int) -> "Selector":
+        """Compute now the state a select of k would compute on first use (needs fit); returns self."""
+        return self
+
+    def prepared_ks(self) -> list[int]:
+        """The k values `prepare` has computed state for (none for a selector without per-k state)."""
+        return []
+
     def select(self, queries: Sequence[Query], k: int) -> list[Selection]:
         """One Selection of k demonstrations per query; never a pool example with the query's text or, in a pool of
         several text fields, sharing one of its fields (see PoolTexts)."""

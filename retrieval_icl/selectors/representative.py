@@ -33,6 +33,21 @@ class RepresentativeSelector(Selector):
         self.rankings_: dict[int, np.ndarray] = {}
         return self
 
+    def prepared(self, k: int) -> bool:
+        return self._size(k) in self.rankings_
+
+    def prepare(self, k: int) -> "RepresentativeSelector":
+        self._ranking(self._size(k))
+        return self
+
+    def prepared_ks(self) -> list[int]:
+        return list(self.rankings_)  # a ranking of size m serves k = m
+
+    def _size(self, k: int) -> int:
+        """The labelled set's size for a select of k (needs fit)."""
+        self._fitted_index()
+        return min(self.budget or k, len(self.pool_))
+
     def representatives(self, m: int) -> list[int]:
         """The ids of the m examples to label, most representative first (needs fit)."""
         self._fitted_index()
@@ -53,7 +68,7 @@ class RepresentativeSelector(Selector):
         m = self.budget or k
         if k > m:
             raise RiclError(f"k={k} is larger than the labelled budget={m}; raise budget or lower k")
-        ranking = self._ranking(min(m, len(self.pool_)))
+        ranking = self._ranking(self._size(k))
         return [self._nearest_labelled(text, emb, k, m, ranking) for text, emb in zip(texts, embeddings)]
 
     def _nearest_labelled(self, text: str, emb: np.ndarray, k: int, m: int, ranking: np.ndarray) -> Ranking:
