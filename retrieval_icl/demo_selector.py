@@ -76,7 +76,7 @@ class DemoSelector:
         make_selector(strategy, seed=seed, **params)  # an unknown strategy or parameter fails now
         self._fitted: dict[str, Selector] = {}
         self._lock = threading.RLock()
-        self._write_lock = threading.Lock()  # adds and background fits, one at a time, off the select lock
+        self._write_lock = threading.Lock()  # adds, one at a time, off the select lock
         self._fits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ricl-fit", initializer=_yielding_thread)
         self._pending: set[tuple[str, int]] = set()  # (strategy, k) fits queued or running
         self._pending_lock = threading.Lock()
@@ -219,11 +219,13 @@ class DemoSelector:
                 self._fits.submit(self._fit_for, strategy, k)
 
     def _fit_for(self, strategy: str, k: int) -> None:
+        """Fit on the pool as it is now, off both locks (an add is not held up); kept only if no add swapped the pool
+        in the meantime (the add then refits the strategy itself, and asks for k again)."""
         try:
-            with self._write_lock:  # no add swaps the pool meanwhile: the fit is made on the pool it serves
-                selector = self._fitted.get(strategy)
-                selector = (selector or self._new_selector(strategy, self.index)).prepare(k)
-                with self._lock:
+            index, selector = self.index, self._fitted.get(strategy)
+            selector = (selector or self._new_selector(strategy, index)).prepare(k)
+            with self._lock:
+                if self.index is index:
                     self._fitted[strategy] = selector
         except Exception:  # a later request asks again
             log.exception("background fit of %s for k=%d failed", strategy, k)
