@@ -292,17 +292,19 @@ def study(
 
 @app.command("validate")
 @friendly_errors
-def validate(path: Path = typer.Argument(..., help="An experiment YAML or a task YAML.")) -> None:
+def validate(path: Path = typer.Argument(..., help="An experiment, study or task YAML.")) -> None:
     """Check a config file without running anything."""
     from .experiment import load_compare_config
+    from .study import study_configs
     from .tasks import load_task
     from .yaml_config import read_yaml
 
     data = read_yaml(path) if path.exists() else None
-    if isinstance(data, dict) and ("task" in data and "text_fields" not in data or "columns" in data):
-        cfg = load_compare_config(path)
-        if cfg.task:
-            load_task(cfg.task)
+    if isinstance(data, dict) and "experiments" in data:  # a study: every experiment at every grid point
+        study_configs(path)
+    elif isinstance(data, dict) and ("task" in data and "text_fields" not in data or "columns" in data):
+        if task := load_compare_config(path).task:
+            load_task(task)
     else:
         load_task(path)
     console.print(f"{path}: ok")

@@ -104,7 +104,7 @@ def test_bad_experiment_config_names_the_field(tmp_path):
 
 def test_validate_accepts_the_shipped_configs():
     root = Path(__file__).resolve().parents[1] / "configs"
-    for path in [*root.glob("experiments/*.yaml"), TASKS_DIR / "sst2.yaml"]:
+    for path in [*root.glob("experiments/*.yaml"), *root.glob("studies/*.yaml"), TASKS_DIR / "sst2.yaml"]:
         result = ricl("validate", path)
         assert result.exit_code == 0, (path, result.output)
 
