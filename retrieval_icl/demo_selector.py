@@ -223,7 +223,9 @@ class DemoSelector:
         in the meantime (the add then refits the strategy itself, and asks for k again)."""
         try:
             index, selector = self.index, self._fitted.get(strategy)
-            selector = (selector or self._new_selector(strategy, index)).prepare(k)
+            if selector is None:
+                selector = self._new_selector(strategy, index)
+            selector.prepare(k)
             with self._lock:
                 if self.index is index:
                     self._fitted[strategy] = selector
