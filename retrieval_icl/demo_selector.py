@@ -211,8 +211,7 @@ class DemoSelector:
 
     def fit_later(self, strategy: str, k: int) -> None:
         """Fit the strategy for k in the background thread (once, however often asked), off the select lock."""
-        if strategy not in SELECTORS:
-            raise RiclError(f"unknown strategy {strategy!r}; known: {sorted(SELECTORS)}")
+        _check_known(strategy)
         with self._pending_lock:
             if (strategy, k) not in self._pending:
                 self._pending.add((strategy, k))
@@ -245,8 +244,7 @@ class DemoSelector:
         return self._fitted[strategy]
 
     def _new_selector(self, strategy: str, index: DemoIndex) -> Selector:
-        if strategy not in SELECTORS:
-            raise RiclError(f"unknown strategy {strategy!r}; known: {sorted(SELECTORS)}")
+        _check_known(strategy)
         params = self.params if strategy == self.strategy else {}
         return make_selector(strategy, seed=self.seed, **params).fit(index)
 
@@ -316,6 +314,11 @@ class DemoSelector:
             raise RiclError("this DemoSelector was not loaded from a directory; pass save(directory)")
         with self._lock:
             return self.index.save(target)
+
+
+def _check_known(strategy: str) -> None:
+    if strategy not in SELECTORS:
+        raise RiclError(f"unknown strategy {strategy!r}; known: {sorted(SELECTORS)}")
 
 
 def _yielding_thread() -> None:

@@ -105,12 +105,15 @@ class PromptBuilder:
                             f"model's context of {self.max_tokens}")
         sims = list(scores) if scores is not None else list(range(len(demos)))
         order = sorted(range(len(demos)), key=lambda i: (sims[i], i), reverse=True)
-        starts = [x[0] for x in full.x_spans] + [full.query_span[0]]
-        cost = np.diff(starts)  # (k,) tokens of each demonstration with its separator
-        fixed = len(full.token_ids) - int(cost.sum())
-        kept = self._kept(order, lambda chosen: fixed + int(cost[chosen].sum()), reserve, budget)
-        prompt = self._tokenise([demos[j] for j in kept], query_texts)
-        if not self._separated or len(prompt.token_ids) != fixed + int(cost[kept].sum()):
+        kept, prompt = None, None
+        if self._separated:
+            cost = np.diff([x[0] for x in full.x_spans] + [full.query_span[0]])  # (k,) tokens of each, separator too
+            fixed = len(full.token_ids) - int(cost.sum())
+            kept = self._kept(order, lambda chosen: fixed + int(cost[chosen].sum()), reserve, budget)
+            prompt = self._tokenise([demos[j] for j in kept], query_texts)
+            if len(prompt.token_ids) != fixed + int(cost[kept].sum()):
+                kept = None  # the pieces did not tokenise independently after all
+        if kept is None:
             kept = self._kept(order, lambda chosen: self._count([demos[j] for j in chosen], query_texts), reserve,
                               budget)
             prompt = self._tokenise([demos[j] for j in kept], query_texts)
