@@ -30,6 +30,19 @@ class SelectorConfig(BaseModel):
     encoder: str | None = None  # its own index over the same pool, e.g. an LM kernel "lm:smollm2-135m:layer=15"
     k: int | None = Field(None, gt=0)  # its own k (adaptive: the most it may show), instead of the config's k sweep
     max_tokens: int | None = Field(None, gt=0)  # a budget: its most relevant demonstrations that fit N prompt tokens
+    exclude_near_duplicates: bool = False  # never show a query a pool phrase holding it, inside it, or most like it
+
+    @model_validator(mode="after")
+    def _near_duplicates_in_params(self) -> "SelectorConfig":
+        """Carry the option in `params` too, which every place that builds the selector passes to make_selector."""
+        in_params = self.params.get("exclude_near_duplicates")
+        if "exclude_near_duplicates" in self.model_fields_set and in_params not in (None, self.exclude_near_duplicates):
+            raise ValueError(f"selector {self.name!r}: exclude_near_duplicates is {self.exclude_near_duplicates} but "
+                             f"its params give {in_params!r}; set it once")
+        if in_params is True or self.exclude_near_duplicates:
+            self.exclude_near_duplicates = True
+            self.params = {**self.params, "exclude_near_duplicates": True}
+        return self
 
     @property
     def run_label(self) -> str:

@@ -33,7 +33,8 @@ class BalancedSelector(Selector):
         self._new_base()  # an unknown base or base parameter fails here, with the registry's message
 
     def _new_base(self) -> Selector:
-        return make_selector(self.base, seed=self.seed, **self.base_params)
+        return make_selector(self.base, seed=self.seed, exclude_near_duplicates=self.exclude_near_duplicates,
+                             **self.base_params)  # each label's part keeps the query's near-duplicates out too
 
     @property
     def uses_seed(self) -> bool:

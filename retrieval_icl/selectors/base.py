@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, Union
 import numpy as np
 
 from ..errors import RiclError
+from ..near_duplicates import NearDuplicates
 from ..tasks import Example
 from .checks import ORDERS, check_fresh, check_k, check_positive_int
 
@@ -39,40 +40,48 @@ class Selection:
 class PoolTexts:
     """The pool's ids (n,) and texts (n,) in FAISS row order, and which rows a query may not be shown: those with its
     text and, in a pool of several text fields, those sharing any one field with it (MNLI's sibling hypotheses of
-    the query's premise), so no demonstration leaks the query or a near copy of it."""
+    the query's premise), so no demonstration leaks the query or a near copy of it. With `near_duplicates`, also
+    the pool's near-duplicates of the query (a phrase holding it or inside it, or most of its word trigrams: see
+    near_duplicates.py); their tables are built on the first query that asks, once, and kept here."""
 
-    def __init__(self, index: "DemoIndex") -> None:
+    def __init__(self, index: "DemoIndex", near_duplicates: bool = False) -> None:
         examples = index.examples
         self.ids = index.ids
         self.texts = np.asarray([ex.text for ex in examples], dtype=object)  # compares elementwise with ==
         self.n_fields = len(examples[0].texts) if examples else 1
         self.rows_by_text = _rows_by(ex.text for ex in examples)
         self.rows_by_field = [_rows_by(ex.texts[f] for ex in examples) for f in range(self.n_fields)]
+        self.near_duplicates = near_duplicates
+        self.duplicates = NearDuplicates(self.texts)  # cheap until asked: builds its tables on first use
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def excluded_rows(self, text: str) -> list[int]:
-        """Rows a query with this text may not get (its fields are the text's lines when they match the pool's)."""
+    def excluded_rows(self, text: str, near_duplicates: bool | None = None) -> list[int]:
+        """Rows a query with this text may not get (its fields are the text's lines when they match the pool's);
+        `near_duplicates` adds the pool's near-duplicates of it (None: the pool's own setting)."""
         rows = set(self.rows_by_text.get(text, ()))
         fields = text.split("\n")
         if self.n_fields > 1 and len(fields) == self.n_fields:
             for by_value, value in zip(self.rows_by_field, fields):
                 rows.update(by_value.get(value, ()))
+        if self.near_duplicates if near_duplicates is None else near_duplicates:
+            rows.update(self.duplicates.rows(text))
         return sorted(rows)
 
-    def keep(self, text: str) -> np.ndarray:
+    def keep(self, text: str, near_duplicates: bool | None = None) -> np.ndarray:
         """(n,) bool: the rows a query with this text may get."""
         mask = np.ones(len(self.ids), dtype=bool)
-        mask[self.excluded_rows(text)] = False
+        mask[self.excluded_rows(text, near_duplicates)] = False
         return mask
 
-    def excluded_ids(self, text: str) -> set[int]:
-        return {int(self.ids[r]) for r in self.excluded_rows(text)}
+    def excluded_ids(self, text: str, near_duplicates: bool | None = None) -> set[int]:
+        """The ids of `excluded_rows`."""
+        return {int(self.ids[r]) for r in self.excluded_rows(text, near_duplicates)}
 
-    def available(self, text: str) -> int:
+    def available(self, text: str, near_duplicates: bool | None = None) -> int:
         """How many pool examples a query with this text may get."""
-        return len(self.ids) - len(self.excluded_rows(text))
+        return len(self.ids) - len(self.excluded_rows(text, near_duplicates))
 
 
 def _rows_by(values: Iterable[str]) -> dict[str, list[int]]:
@@ -95,6 +104,7 @@ class Selector(ABC):
     up_to_k: bool = False  # True when k is a maximum and `_choose` decides how many per query (adaptive)
     label_probs: LabelProbs | None = None  # the LM, for selectors that use it (set by `use_lm`)
     lm_name: str = ""  # the LM's name, so a fit made with another LM is not reused
+    exclude_near_duplicates: bool = False  # also keep the pool's near-duplicates of a query out (set by make_selector)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -120,7 +130,7 @@ class Selector(ABC):
     def fit(self, index: "DemoIndex") -> "Selector":
         """Remember the index and its pool's texts; a subclass fitting more state extends this. Returns self."""
         self.index_ = index
-        self.pool_ = PoolTexts(index)
+        self.pool_ = PoolTexts(index, near_duplicates=self.exclude_near_duplicates)
         return self
 
     def prepared(self, k: int) -> bool:
@@ -160,7 +170,7 @@ class Selector(ABC):
         if len(self.pool_) != len(index):
             if self.fits_state:
                 check_fresh(self.name, len(self.pool_), len(index))
-            self.pool_ = PoolTexts(index)  # the index grew since fit: nothing fitted, so re-read the pool
+            self.pool_ = PoolTexts(index, self.exclude_near_duplicates)  # the index grew: nothing fitted, re-read it
         for available in [self.pool_.available(t) for t in texts] or [len(self.pool_)]:
             check_k(k, available)  # the first query short of k names its own count
 
@@ -200,15 +210,21 @@ class Selector(ABC):
 SELECTORS: dict[str, type[Selector]] = {}  # filled as each strategy module defines its class
 
 
-def make_selector(name: str, **params: Any) -> Selector:
-    """A selector by registered name; an unknown name or parameter lists what is valid."""
+def make_selector(name: str, exclude_near_duplicates: bool = False, **params: Any) -> Selector:
+    """A selector by registered name; an unknown name or parameter lists what is valid. Every selector takes
+    `exclude_near_duplicates`: never show a query a pool example that is a near-duplicate of it (see PoolTexts)."""
     if name not in SELECTORS:
         raise RiclError(f"unknown selector {name!r}; known: {sorted(SELECTORS)}")
+    if not isinstance(exclude_near_duplicates, bool):
+        raise RiclError(f"exclude_near_duplicates must be true or false, got {exclude_near_duplicates!r}")
     try:
-        return SELECTORS[name](**params)
+        selector = SELECTORS[name](**params)
     except TypeError as e:
         accepted = [p.name for p in inspect.signature(SELECTORS[name]).parameters.values() if p.kind != p.VAR_KEYWORD]
-        raise RiclError(f"selector {name!r}: {e}; its parameters: {accepted}")
+        raise RiclError(f"selector {name!r}: {e}; its parameters: {accepted} (and exclude_near_duplicates, as every "
+                        "selector's)")
+    selector.exclude_near_duplicates = exclude_near_duplicates
+    return selector
 
 
 def order_selection(ids: list[int], scores: list[float], order: str, rng: np.random.Generator) -> Selection:
