@@ -157,6 +157,14 @@ class NearDuplicates:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def __getstate__(self) -> dict:
+        """Texts and tables only: a lock and a cache do not pickle (a fitted selector may be copied or sent)."""
+        return {"texts": self.texts, "tables": self._tables}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["texts"])
+        self._tables = state["tables"]
+
     @property
     def built(self) -> bool:
         """Whether the lookup tables exist yet."""

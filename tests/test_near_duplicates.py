@@ -1,6 +1,7 @@
 """Near-duplicates (issue 20): the normalisation, the pairwise rule on hand-made phrases, the pool lookup against brute
 force, PoolTexts' exclusion, and selectors that keep a query's near-duplicates out behind `exclude_near_duplicates`."""
 
+import pickle
 import threading
 from pathlib import Path
 
@@ -113,6 +114,13 @@ def test_the_tables_are_built_once_on_first_use_and_shared_by_threads():
         t.join()
     assert found.built and len(answers) == 8
     assert all(a == [r for r, text in enumerate(pool) if is_near_duplicate(pool[0], text)] for a in answers)
+
+
+def test_a_pool_lookup_survives_pickling_built_or_not():
+    pool = random_texts(np.random.default_rng(2), 50)
+    for found in (NearDuplicates(pool), NearDuplicates(pool).build()):
+        copy = pickle.loads(pickle.dumps(found))
+        assert copy.built == found.built and copy.rows(pool[3]) == found.rows(pool[3]) != []
 
 
 @pytest.fixture(scope="module")
