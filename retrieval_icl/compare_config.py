@@ -19,6 +19,8 @@ from .task_index import load_or_build_index
 from .tasks import Example, TaskSpec, fingerprint, load_examples, load_task, sample_examples, task_from_columns
 from .yaml_config import read_yaml, validation_message
 
+DEFAULT_MARGIN = 0.03  # the equivalence / non-inferiority margin in accuracy when a config declares none
+
 
 class SelectorConfig(BaseModel):
     """A selector by registered name, its parameters, and the label its results go under."""
@@ -102,6 +104,9 @@ class CompareConfig(BaseModel):
     device: str | None = None
     dtype: str = "auto"
     output_dir: str = "results/compare"
+    # Declared before the run, saved with it: the accuracy difference the frontier analysis's non-inferiority and
+    # equivalence tests count as negligible (choosing it after seeing results would make the tests meaningless).
+    margin: float = Field(DEFAULT_MARGIN, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "CompareConfig":

@@ -1,9 +1,13 @@
-"""Accuracy with bootstrap confidence intervals, and the paired McNemar test."""
+"""Accuracy with bootstrap confidence intervals, the paired McNemar test, and paired t tests of non-inferiority and
+equivalence (TOST) at a margin, with Holm's correction across a family of tests."""
 
 from __future__ import annotations
 
+from typing import Literal, Sequence
+
 import numpy as np
 from scipy.stats import binomtest
+from scipy.stats import t as student_t
 
 
 def bootstrap_ci(correct: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000,
@@ -50,3 +54,47 @@ def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | Non
     alpha = (1 - confidence) / 2
     return {"value": float(diff.mean()), "ci_low": float(np.quantile(means, alpha)),
             "ci_high": float(np.quantile(means, 1 - alpha))}
+
+
+def shifted_t_p(diff: np.ndarray, null: float, alternative: Literal["greater", "less"]) -> float:
+    """One-sided paired t p-value (n - 1 df, se = sd(ddof=1) / sqrt(n)) of H0: mean(diff) <= null ("greater") or
+    >= null ("less"); NaN for n < 2."""
+    d = np.asarray(diff, dtype=np.float64)
+    if d.size < 2:  # no spread to estimate
+        return float("nan")
+    gap = d.mean() - null if alternative == "greater" else null - d.mean()
+    se = d.std(ddof=1) / np.sqrt(d.size)
+    if se == 0:  # every difference equals the mean: the data settle it, on the alternative's side of null or not
+        return 0.0 if gap > 0 else 1.0
+    return float(student_t.sf(gap / se, d.size - 1))
+
+
+def non_inferiority(diff: np.ndarray, margin: float) -> float:
+    """Paired t p-value of H0: mean(diff) <= -margin against H1: mean(diff) > -margin (diff: run - reference)."""
+    return shifted_t_p(diff, -margin, "greater")
+
+
+def tost(diff: np.ndarray, margin: float) -> float:
+    """TOST equivalence p-value: the larger of the one-sided p-values of H0: mean <= -margin and H0: mean >= margin."""
+    return max(shifted_t_p(diff, -margin, "greater"), shifted_t_p(diff, margin, "less"))
+
+
+def resolvable_margin(diff: np.ndarray, confidence: float = 0.95) -> float:
+    """The margin t_{confidence, n-1} * se: differences with this spread and a true mean of 0 are just shown
+    non-inferior (and equivalent) at any margin above it. NaN for n < 2."""
+    d = np.asarray(diff, dtype=np.float64)
+    if d.size < 2:
+        return float("nan")
+    return float(student_t.ppf(confidence, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values in the given order: the i-th smallest (from 0) times m - i, a running maximum, capped
+    at 1. NaN p-values (tests not made) stay NaN and do not count in m."""
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    scaled = p[order] * (order.size - np.arange(order.size))
+    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return [float(v) for v in adjusted]

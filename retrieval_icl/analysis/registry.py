@@ -141,7 +141,7 @@ def surrogate_lines(found: dict) -> list[str]:
 
 
 def frontier_lines(found: dict) -> list[str]:
-    """Per run: accuracy, mean prompt tokens and, with a reference, the paired test against it."""
+    """Per run: accuracy, mean prompt tokens and, with a reference, the difference and the Holm-adjusted tests."""
     lines = [] if found["reference"] else [found["note"]]
     for name, r in found["runs"].items():
         line = (f"{name}: accuracy {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}], "
@@ -149,8 +149,11 @@ def frontier_lines(found: dict) -> list[str]:
         if r["reference"]:
             line += " (reference)"
         elif found["reference"]:
-            line += (f", vs {found['reference']}: {r['accuracy_diff']:+.3f} (McNemar p={r['p_value']:.3g}), tokens "
-                     f"x{r['token_ratio']:.2f}, {'matches' if r['matches'] else 'differs'}")
+            verdict = ("equivalent" if r["equivalent"] else "non-inferior" if r["non_inferior"]
+                       else "not shown non-inferior")
+            line += (f", vs {found['reference']}: {r['accuracy_diff']:+.3f} [{r['diff_ci_low']:+.3f}, "
+                     f"{r['diff_ci_high']:+.3f}], margin {found['margin']:g}: NI p={r['ni_p_holm']:.3g}, TOST "
+                     f"p={r['tost_p_holm']:.3g} (Holm), tokens x{r['token_ratio']:.2f}, {verdict}")
         lines.append(line)
     return lines
 
@@ -175,8 +178,9 @@ ANALYSES: tuple[Analysis, ...] = (
              "attention, reconstruction.", "label_format:analyze_label_format", SPLIT, needs_label_formats),
     Analysis("distribution", "distribution", "In-distribution vs shifted pools, representative vs random selections.",
              "distribution:analyze_distribution", (), needs_pools_or_representatives),
-    Analysis("frontier", "frontier", "Accuracy against prompt tokens for every run, each tested against a reference "
-             "run (paired McNemar).", "frontier:analyze_frontier", ("reference", "seed"), needs_tokens_and_runs,
+    Analysis("frontier", "frontier", "Accuracy against prompt tokens for every run, each against a reference run: "
+             "paired bootstrap CI of the difference, non-inferiority and TOST equivalence at the config's margin "
+             "(paired t, Holm-adjusted).", "frontier:analyze_frontier", ("reference", "seed"), needs_tokens_and_runs,
              summary=frontier_lines),
 )
 
