@@ -80,6 +80,21 @@ class KernelSurrogate:
         sims, member = _padded(similarities, labels, self.n_labels)
         return log_normalise(_log_mass(sims, member, self.bandwidth, self.prior) + self.log_bias)
 
+    def predict_prefixes(self, similarities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """p(y) over each query's first m demonstrations, for every m: similarities and labels (n, depth), nearest
+        first; returns (n, depth, n_labels)."""
+        sims, labels = np.asarray(similarities, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+        if sims.shape != labels.shape or sims.ndim != 2:
+            raise RiclError(f"similarities and labels must both be (queries, depth), got {sims.shape} and "
+                            f"{labels.shape}")
+        member = np.eye(self.n_labels, dtype=bool)[labels]  # (n, depth, L)
+        z = np.where(member, (sims[:, :, None] - 1.0) / self.bandwidth, -np.inf)
+        log_mass = np.logaddexp.accumulate(z, axis=1)  # (n, depth, L) over each prefix
+        if self.prior > 0:
+            log_mass = np.logaddexp(log_mass, np.log(self.prior / self.n_labels))
+        log_mass[np.isneginf(log_mass).all(axis=-1)] = 0.0
+        return np.exp(log_normalise(log_mass + self.log_bias))
+
     @classmethod
     def fit(cls, similarities: Sequence[Sequence[float]], labels: Sequence[Sequence[int]],
             target_probs: Sequence[Sequence[float]], n_labels: int,

@@ -158,7 +158,8 @@ def test_a_failed_write_keeps_the_previous_results_whole(tmp_path, tokenizer, mo
 def test_selectors_with_their_own_k_a_token_budget_and_adaptive_state_reported(tmp_path, tokenizer):
     selectors = [SelectorConfig(name="knn", k=2, label="knn-k2"), SelectorConfig(name="knn", k=6, label="knn-k6"),
                  SelectorConfig(name="knn", k=6, max_tokens=60, label="budget-60"),
-                 SelectorConfig(name="adaptive", k=6, params={"n_fit": 30, "fit_depth": 8}, label="adaptive-k6")]
+                 SelectorConfig(name="adaptive", k=6, params={"n_fit": 30, "fit_depth": 8, "fit_on": "kernel"},
+                                label="adaptive-k6")]
     rows, _, out = run_compare(config(tmp_path, k_values=[3, 4], selectors=selectors, capture_attention=False),
                                scorer=VoteScorer(tokenizer))
     assert [r["run"] for r in rows] == ["knn-k2-k2-seed0", "knn-k6-k6-seed0", "budget-60-k6-seed0",
@@ -176,7 +177,7 @@ def test_selectors_with_their_own_k_a_token_budget_and_adaptive_state_reported(t
         assert [i for i in f["demo_ids"] if i in b["demo_ids"]] == b["demo_ids"]  # kept ones keep their order
     assert all(1 <= len(r["demo_ids"]) <= 6 and r["k"] == 6 for r in by_run["adaptive-k6"])
     fits = json.loads((out / "run_info.json").read_text())["selector_fits"]
-    assert list(fits) == ["adaptive-k6-k6-seed0"] and fits["adaptive-k6-k6-seed0"]["n_fit_queries"] == 30
+    assert list(fits) == ["adaptive-k6-k6-seed0"] and fits["adaptive-k6-k6-seed0"]["n_fit_queries"] == 20  # half of 40
     assert set(fits["adaptive-k6-k6-seed0"]["thresholds"]["6"]) == {"1", "2", "4"}
 
 

@@ -6,8 +6,9 @@ import pytest
 from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
+from retrieval_icl.near_duplicates import is_near_duplicate
 from retrieval_icl.selectors import AdaptiveSelector, make_selector
-from retrieval_icl.selectors.adaptive import fit_outcome, fit_thresholds, levels, prefix_estimates
+from retrieval_icl.selectors.adaptive import fit_outcome, fit_thresholds, levels, neighbourhoods
 from retrieval_icl.surrogate import KernelSurrogate
 from retrieval_icl.tasks import Example
 
@@ -76,8 +77,8 @@ def test_far_neighbours_that_agree_still_get_more_demonstrations(tmp_path):
 def test_prefix_estimates_are_the_surrogate_over_each_prefix():
     cos = np.array([[0.9, 0.8, 0.7]])
     labels = np.array([[1, 0, 1]])
-    probs = prefix_estimates(cos, labels, 2, 0.2, 1.0)
     surrogate = KernelSurrogate(2, 0.2, prior=1.0)
+    probs = surrogate.predict_prefixes(cos, labels)
     for m in range(1, 4):
         assert probs[0, m - 1] == pytest.approx(surrogate.predict(cos[0, :m], labels[0, :m]))
 
@@ -98,28 +99,31 @@ def test_fit_thresholds_on_a_hand_made_case():
 
 def test_thresholds_are_fitted_on_pool_queries_saved_with_the_index_and_reused(two_neighbourhoods, tmp_path):
     index = two_neighbourhoods[0]
-    fitted = AdaptiveSelector(bandwidth=0.1, n_fit=40, seed=3).fit(index)
+    fitted = AdaptiveSelector(bandwidth=0.1, n_fit=40, seed=3, fit_on="kernel").fit(index)
     report = fitted.fit_report()
-    assert report["n_fit_queries"] == 40 and report["bandwidth"] == 0.1 and report["depth"] == 32
+    # 56 examples: 28 calibration queries (at most half the pool), the other 28 shape queries
+    assert report["n_fit_queries"] == 28 and report["n_shape_queries"] == 28 and report["bandwidth"] == 0.1
+    assert report["depth"] == 32 and report["tolerance"] == 0.03 and report["alpha"] == 0.1
     thresholds = fitted.thresholds_for(8)
     assert sorted(thresholds) == [1, 2, 4] and thresholds[1] >= thresholds[2] >= thresholds[4]
+    assert thresholds == {1: 1 + 1e-9, 2: 1 + 1e-9, 4: 1 + 1e-9}  # 28 queries cannot show a 3-point bound: all k
     assert index.fits["adaptive"]["thresholds"]["8"] == {str(m): t for m, t in thresholds.items()}
     index.save(tmp_path / "saved")
     reopened = DemoIndex.load(tmp_path / "saved", encoder=index.encoder)
     assert reopened.fits == index.fits
-    again = AdaptiveSelector(bandwidth=0.1, n_fit=40, seed=3).fit(reopened)
+    again = AdaptiveSelector(bandwidth=0.1, n_fit=40, seed=3, fit_on="kernel").fit(reopened)
     assert again.fitted_ is reopened.fits["adaptive"]  # reused, not refitted
-    other = AdaptiveSelector(bandwidth=0.1, n_fit=40, seed=4).fit(reopened)
+    other = AdaptiveSelector(bandwidth=0.1, n_fit=40, seed=4, fit_on="kernel").fit(reopened)
     assert other.fitted_["settings"]["seed"] == 4 and reopened.fits["adaptive"] is other.fitted_
 
 
 def test_the_fitted_bandwidth_is_the_likelihood_maximiser_on_the_grid(tmp_path):
     rng = np.random.default_rng(2)
     centres = unit(rng.normal(size=(4, D)))
-    vectors = np.vstack([around(c, 25, 0.15, rng) for c in centres])
-    index = index_of(vectors, [i % 2 for i in range(4) for _ in range(25)], tmp_path)
-    fitted = AdaptiveSelector(n_fit=100).fit(index).fitted_
-    assert 0.01 <= fitted["bandwidth"] <= 10 and fitted["n_fit_queries"] == 100
+    vectors = np.vstack([around(c, 100, 0.15, rng) for c in centres])
+    index = index_of(vectors, [i % 2 for i in range(4) for _ in range(100)], tmp_path)
+    fitted = AdaptiveSelector(n_fit=200, fit_on="kernel").fit(index).fitted_
+    assert 0.01 <= fitted["bandwidth"] <= 10 and fitted["n_fit_queries"] == 200 and fitted["n_shape_queries"] == 200
     # Pure clusters: the kernel vote over the neighbours is nearly always right, so one demonstration suffices often.
     assert fitted["fit_accuracy"]["8"]["accuracy_k"] > 0.9
     assert fitted["fit_accuracy"]["8"]["mean_count"] < 8
@@ -127,9 +131,14 @@ def test_the_fitted_bandwidth_is_the_likelihood_maximiser_on_the_grid(tmp_path):
 
 def test_fit_skips_the_query_itself_and_its_own_text(two_neighbourhoods):
     index = two_neighbourhoods[0]
-    selector = AdaptiveSelector(n_fit=56, fit_depth=4, bandwidth=0.1).fit(index)
+    selector = AdaptiveSelector(n_fit=56, fit_depth=4, bandwidth=0.1, fit_on="kernel").fit(index)
     # With the query itself among its neighbours every 1-neighbour vote would be right; it is not counted.
-    assert selector.fitted_["n_fit_queries"] == 56 and selector.fitted_["depth"] == 4
+    assert selector.fitted_["n_fit_queries"] == 28 and selector.fitted_["depth"] == 4
+    shape, calibration = neighbourhoods(selector, index)
+    for near in (shape, calibration):
+        own = [index.ids[list(index.ids).index(i)] for i in near.ids[:, 0]]
+        assert all(index.example(int(i)).text != t for t, row in zip(near.texts, near.ids) for i in row)
+        assert len(own) == len(near.texts)
 
 
 @pytest.mark.parametrize("params, message", [
@@ -150,7 +159,7 @@ def test_unfitted_and_bad_k_get_clear_errors(two_neighbourhoods):
     index, q_same, _ = two_neighbourhoods
     with pytest.raises(RiclError, match="AdaptiveSelector is not fitted; call .fit"):
         AdaptiveSelector().select_embedded(["query"], q_same[None], 4)
-    selector = AdaptiveSelector(bandwidth=0.1, n_fit=20, fit_depth=8).fit(index)
+    selector = AdaptiveSelector(bandwidth=0.1, n_fit=20, fit_depth=8, fit_on="kernel").fit(index)
     with pytest.raises(RiclError, match="k must be a positive integer, got 0"):
         selector.select_embedded(["query"], q_same[None], 0)
     with pytest.raises(RiclError, match=r"fitted for k in \[1, 2, 3, 4, 5, 6, 7, 8\] .* got k=9"):
@@ -183,27 +192,31 @@ class FewShotLM:
 
 @pytest.fixture
 def clusters(tmp_path):
-    """Two tight clusters of 30, one per label, far apart: the kernel is sure everywhere."""
+    """Two tight clusters of 300, one per label, far apart: the kernel is sure everywhere."""
     rng = np.random.default_rng(5)
     a, b = unit(rng.normal(size=(2, D)))
-    return index_of(np.vstack([around(a, 30, 0.05, rng), around(b, 30, 0.05, rng)]), [0] * 30 + [1] * 30, tmp_path)
+    return index_of(np.vstack([around(a, 300, 0.05, rng), around(b, 300, 0.05, rng)]), [0] * 300 + [1] * 300,
+                    tmp_path)
 
 
 def test_fitted_to_the_kernel_one_demonstration_suffices_on_pure_clusters(clusters):
-    selector = AdaptiveSelector(n_fit=40, fit_depth=8).fit(clusters)
+    selector = AdaptiveSelector(n_fit=300, fit_depth=8, fit_on="kernel").fit(clusters)  # 300: enough to show 3 points
     assert selector.thresholds_for(8)[1] <= 1  # reachable: the kernel's 1-neighbour answers are as good as 8's
-    assert selector.fitted_["fit_accuracy"]["8"]["mean_count"] == 1.0
+    fit = selector.fitted_["fit_accuracy"]["8"]
+    assert fit["mean_count"] < 1.1 and fit["calibration_drop"] == 0.0 and fit["p_value"] <= 0.1 / fit["chains"]
 
 
 def test_fitted_to_the_lm_it_never_shows_fewer_demonstrations_than_the_lm_needs(clusters):
     lm = FewShotLM(clusters, needs=4)
-    selector = AdaptiveSelector(n_fit=40, fit_depth=8, fit_on="lm").use_lm(lm, model="few-shot").fit(clusters)
+    selector = AdaptiveSelector(n_fit=300, fit_depth=8).use_lm(lm, model="few-shot").fit(clusters)  # fit_on="lm"
     thresholds = selector.thresholds_for(8)
     assert thresholds[1] > 1 and thresholds[2] > 1 and thresholds[4] <= 1  # 1 and 2 lose every query; 4 none
-    assert sorted(set(lm.sizes)) == [1, 2, 4, 8] and len(lm.sizes) == 4 * 40  # each fit query at each level, once
+    assert sorted(set(lm.sizes)) == [1, 2, 4, 8] and len(lm.sizes) == 4 * 300  # each fit query at each level, once
     report = selector.fit_report()
     assert report["fit_on"] == "lm" and report["settings"]["lm"] == "few-shot" and list(report["thresholds"]) == ["8"]
-    assert report["fit_accuracy"]["8"] == {"accuracy_k": 1.0, "accuracy_adaptive": 1.0, "mean_count": 4.0}
+    fit = report["fit_accuracy"]["8"]
+    assert (fit["accuracy_k"], fit["accuracy_adaptive"], fit["calibration_drop"]) == (1, 1, 0)
+    assert 4 <= fit["mean_count"] < 4.1  # 4 but for the few queries less confident than any shape query: 8
     query = clusters.embeddings([0])
     assert len(selector.select_embedded(["a new query"], query, 8)[0].demo_ids) == 4
     with pytest.raises(RiclError, match=r"fitted for k in \[8\]"):
@@ -221,7 +234,39 @@ def test_an_lm_fit_is_reused_for_the_same_lm_and_redone_for_another(clusters):
 
 
 def test_an_lm_fit_without_the_lm_says_what_to_do(clusters):
-    with pytest.raises(RiclError, match="fit_on='lm' fits its thresholds to the language model's answers"):
-        AdaptiveSelector(fit_on="lm").fit(clusters)
+    with pytest.raises(RiclError, match=r"fit_on='lm' \(the default\) fits its thresholds to the language model's"
+                       r".*ricl index fit INDEX --model NAME"):
+        AdaptiveSelector().fit(clusters)
     with pytest.raises(RiclError, match=r"fit_on must be one of \('kernel', 'lm'\)"):
         AdaptiveSelector(fit_on="gold")
+
+
+def test_without_an_lm_a_saved_lm_fit_is_reused_and_names_its_lm(clusters):
+    AdaptiveSelector(n_fit=20, fit_depth=4).use_lm(FewShotLM(clusters, needs=2), model="a").fit(clusters)
+    reused = AdaptiveSelector(n_fit=20, fit_depth=4).fit(clusters)  # no LM attached: the saved fit serves
+    assert reused.fit_report()["fit_on"] == "lm" and reused.fitted_["settings"]["lm"] == "a"
+    with pytest.raises(RiclError, match="fit_on='lm'"):  # other settings: no fit to reuse, and no LM to make one
+        AdaptiveSelector(n_fit=21, fit_depth=4).fit(clusters)
+
+
+def test_fit_queries_see_no_near_duplicate_neighbours(tmp_path):
+    """A phrase pool: each sentence has two sub-phrases of its own, embedded right beside it."""
+    rng = np.random.default_rng(7)
+    centres = unit(rng.normal(size=(40, D)))
+    texts, vectors = [], []
+    for i, c in enumerate(centres):
+        sentence = f"the film number {i} is a quiet triumph of tone"
+        texts += [sentence, f"film number {i} is a quiet", f"a quiet triumph of tone {i}"]
+        vectors.append(around(c, 3, 0.01, rng))
+    pool = [Example(i, (t,), i // 3 % 2) for i, t in enumerate(texts)]
+    index = DemoIndex(Encoder(cache_dir=tmp_path)).build(pool, embeddings=np.vstack(vectors),
+                                                           label_names=["neg", "pos"])
+    selector = AdaptiveSelector(bandwidth=0.1, n_fit=60, fit_depth=4, fit_on="kernel")
+    selector.fit(index)
+    fit_queries = [t for near in neighbourhoods(selector, index) for t in near.texts]
+    assert fit_queries and not any(t.startswith("film number") for t in fit_queries)  # a phrase the sentence holds
+    for near in neighbourhoods(selector, index):
+        for text, row in zip(near.texts, near.ids):
+            assert not any(is_near_duplicate(text, index.example(int(i)).text) for i in row)
+    plain_near = [index.search(index.embeddings([i]), 2)[1][0][1] for i in range(0, 120, 3)]
+    assert all(is_near_duplicate(texts[3 * j], texts[int(i)]) for j, i in enumerate(plain_near))  # the control

@@ -9,11 +9,17 @@ when they disagree or sit far, every one of them counts. So, per query:
 2. its confidence c = max_y p(y);
 3. the smallest level m in 1, 2, 4, ... < k whose threshold c passes (thresholds fall as m grows); else k.
 
-`fit(index)` draws `n_fit` queries from the pool itself (never evaluation queries; each without its own text) and
-fits the bandwidth (kernel leave-one-out likelihood of their labels) and, for every k up to `fit_depth`, each
-level's threshold: the lowest confidence at which answering with the first m neighbours instead of all k costs at
-most `tolerance` of the fit queries' kernel accuracy. The fit is stored in `index.fits["adaptive"]` and saved with
-the index (`DemoIndex.save`, `ricl index fit`); a later fit with the same settings on the same pool reuses it.
+`fit(index)` draws two disjoint sets of queries from the pool itself, never evaluation queries: whole texts only (not
+a phrase another pool text holds), each without its own text and its near-duplicates. On the `n_shape` shape
+queries the bandwidth is fitted (kernel leave-one-out likelihood) and candidate threshold sets are made (per-level
+fits at growing loss budgets, safest first, one chain per lowest level allowed). On the `n_fit` calibration queries,
+Learn-then-Test (`risk_control`) keeps the cheapest candidate whose accuracy drop against all k is shown to be below
+`tolerance`. For exchangeable queries the chosen thresholds' drop exceeds `tolerance` with probability at most
+`alpha`. The drop is measured on the LM's own answers with 1, 2, 4, ...
+k demonstrations (`fit_on="lm"`, the default; k = fit_depth) or, as a fast option without the LM, on the kernel's
+(`fit_on="kernel"`, every k up to fit_depth; that bounds the kernel's agreement with itself, not the LM's accuracy).
+The fit is stored in `index.fits["adaptive"]` and saved with the index (`DemoIndex.save`, `ricl index fit`); a later
+fit with the same settings on the same pool reuses it, and without an LM a saved LM fit is reused whichever LM made it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from .. import risk_control
 from ..errors import RiclError
+from ..near_duplicates import normalise
 from ..surrogate import KernelSurrogate
 from .arrays import nearest
 from .base import Ranking, Selector
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
 FIT_ON = ("kernel", "lm")  # what the thresholds are fitted to: the kernel's answers, or the LM's own
 BANDWIDTHS = np.geomspace(0.01, 10.0, 61)  # the grid the bandwidth is fitted on
 NEVER = 1.0 + 1e-9  # a threshold no confidence reaches
+SHAPE_BUDGETS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)  # candidates' loss budgets
 
 
 def levels(k: int) -> list[int]:
@@ -50,8 +59,9 @@ class AdaptiveSelector(Selector):
     up_to_k = True
 
     def __init__(self, bandwidth: float | None = None, prior: float = 1.0,
-                 thresholds: Mapping[Any, float] | None = None, tolerance: float = 0.01, n_fit: int = 500,
-                 fit_depth: int = 32, fit_on: str = "kernel", order: str = "nearest_last", seed: int = 0):
+                 thresholds: Mapping[Any, float] | None = None, tolerance: float = 0.03, alpha: float = 0.1,
+                 n_fit: int = 500, n_shape: int = 2000, fit_depth: int = 32, fit_on: str = "lm",
+                 order: str = "nearest_last", seed: int = 0):
         self.order, self.seed = check_order(order), seed
         if fit_on not in FIT_ON:
             raise RiclError(f"fit_on must be one of {FIT_ON}, got {fit_on!r}")
@@ -59,31 +69,45 @@ class AdaptiveSelector(Selector):
         self.bandwidth = None if bandwidth is None else float(check_greater("bandwidth", bandwidth, 0))
         self.prior = float(check_greater("prior", prior, 0))
         self.tolerance = float(check_fraction("tolerance", tolerance))
-        self.n_fit, self.fit_depth = check_positive_int("n_fit", n_fit), check_positive_int("fit_depth", fit_depth)
+        self.alpha = float(check_fraction("alpha", alpha))
+        if not 0 < self.alpha < 1:
+            raise RiclError(f"alpha must be in (0, 1), got {alpha}")
+        self.n_fit, self.n_shape = check_positive_int("n_fit", n_fit), check_positive_int("n_shape", n_shape)
+        self.fit_depth = check_positive_int("fit_depth", fit_depth)
         self.thresholds = None if thresholds is None else checked_thresholds(thresholds)
 
     def settings(self) -> dict[str, Any]:
         """The parameters a saved fit depends on."""
-        lm = {"fit_on": "lm", "lm": self.lm_name} if self.uses_lm else {}
-        return {"bandwidth": self.bandwidth, "prior": self.prior, "tolerance": self.tolerance, "n_fit": self.n_fit,
-                "fit_depth": self.fit_depth, "seed": self.seed, **lm}
+        lm = {"lm": self.lm_name} if self.uses_lm else {}
+        return {"bandwidth": self.bandwidth, "prior": self.prior, "tolerance": self.tolerance, "alpha": self.alpha,
+                "n_fit": self.n_fit, "n_shape": self.n_shape, "fit_depth": self.fit_depth, "fit_on": self.fit_on,
+                "seed": self.seed, **lm}
 
     @property
     def uses_lm(self) -> bool:
-        return self.fit_on == "lm"
+        """True when the thresholds are to be fitted to the LM's answers (not given)."""
+        return self.fit_on == "lm" and self.thresholds is None
 
     def fit(self, index: "DemoIndex") -> "AdaptiveSelector":
         """Fit bandwidth and thresholds on queries drawn from the pool, or reuse the fit saved with the index."""
         super().fit(index)
         saved = index.fits.get(self.name)
-        fingerprint = index.manifest.dataset_fingerprint
-        if not (saved and saved["settings"] == self.settings() and saved["fingerprint"] == fingerprint):
+        if not (saved and self.reusable(saved, index.manifest.dataset_fingerprint)):
+            fingerprint = index.manifest.dataset_fingerprint
             saved = {"settings": self.settings(), "fingerprint": fingerprint, "count": len(index),
                      **fit_adaptive(self, index)}
             index.fits[self.name] = saved
         self.fitted_ = saved
         self.surrogate_ = KernelSurrogate(saved["n_labels"], saved["bandwidth"], self.prior)
         return self
+
+    def reusable(self, saved: dict[str, Any], fingerprint: str) -> bool:
+        """True when a saved fit was made on this pool with these settings; without an LM attached, an LM fit made
+        with any LM (it names which)."""
+        ignored = {"lm"} if self.uses_lm and self.label_probs is None else set()
+        saved_settings, settings = ({key: v for key, v in d.items() if key not in ignored}
+                                    for d in (saved["settings"], self.settings()))
+        return saved["fingerprint"] == fingerprint and saved_settings == settings
 
     def thresholds_for(self, k: int) -> dict[int, float]:
         """Level -> confidence threshold for a maximum of k demonstrations."""
@@ -129,29 +153,77 @@ def checked_thresholds(thresholds: Mapping[Any, float]) -> dict[int, float]:
 
 
 def fit_adaptive(selector: AdaptiveSelector, index: "DemoIndex") -> dict[str, Any]:
-    """Bandwidth and thresholds per level from queries drawn from the pool: for every k up to the fit depth against
-    the kernel's own answers, or (fit_on="lm") for k = the fit depth against the LM's answers with 1, 2, 4, ... k."""
-    near = neighbourhoods(selector, index)
-    gold, n_labels, depth = near.gold, near.n_labels, near.cosines.shape[1]
-    bandwidth = selector.bandwidth or fit_bandwidth(near.cosines, near.labels, gold, n_labels, selector.prior)
-    probs = prefix_estimates(near.cosines, near.labels, n_labels, bandwidth, selector.prior)  # (n, depth, L)
+    """Bandwidth and thresholds per level: for every k up to the fit depth against the kernel's own answers, or
+    (fit_on="lm") for k = the fit depth against the LM's answers with 1, 2, 4, ... k. Candidate thresholds come from
+    the shape queries (the kernel's answers); Learn-then-Test on the disjoint calibration queries picks one."""
+    shape, calibration = neighbourhoods(selector, index)
+    n_labels, depth = calibration.n_labels, calibration.cosines.shape[1]
+    bandwidth = selector.bandwidth or fit_bandwidth(shape.cosines, shape.labels, shape.gold, n_labels, selector.prior)
+    surrogate = KernelSurrogate(n_labels, bandwidth, selector.prior)
+    shape_probs = surrogate.predict_prefixes(shape.cosines, shape.labels)  # (n_shape, depth, L)
+    probs = surrogate.predict_prefixes(calibration.cosines, calibration.labels)  # (n, depth, L)
     ks = [depth] if selector.uses_lm else range(1, depth + 1)
-    answers = lm_answers(selector, near, depth) if selector.uses_lm else probs.argmax(axis=2)  # (n, depth)
-    thresholds, accuracy = {}, {}
+    answers = lm_answers(selector, calibration, depth) if selector.uses_lm else probs.argmax(axis=2)  # (n, depth)
+    thresholds, outcome = {}, {}
     for k in ks:
         confidence = probs[:, k - 1].max(axis=1)  # the kernel estimate over the k nearest, as `_choose` computes it
-        thresholds[str(k)] = fit_thresholds(confidence, answers, gold, k, selector.tolerance)
-        accuracy[str(k)] = fit_outcome(confidence, answers, gold, k, thresholds[str(k)])
-    return {"n_labels": n_labels, "bandwidth": float(bandwidth), "depth": depth, "n_fit_queries": len(gold),
-            "fit_on": selector.fit_on, "thresholds": thresholds, "fit_accuracy": accuracy}
+        chains = candidate_chains(shape_probs[:, k - 1].max(axis=1), shape_probs.argmax(axis=2), shape.gold, k)
+        losses = [np.stack([paired_losses(confidence, answers, calibration.gold, k, c) for c in chain])
+                  for chain in chains]
+        costs = [[chosen_levels(confidence, k, c).mean() for c in chain] for chain in chains]
+        choice = risk_control.choose(losses, costs, selector.tolerance, selector.alpha) if chains else None
+        thresholds[str(k)] = chains[choice.chain][choice.index] if choice else never(k)
+        outcome[str(k)] = {**fit_outcome(confidence, answers, calibration.gold, k, thresholds[str(k)]),
+                           "calibration_drop": choice.risk if choice else 0.0,
+                           "p_value": choice.p_value if choice else None, "chains": len(chains),
+                           "candidates": sum(map(len, chains))}
+    return {"n_labels": n_labels, "bandwidth": float(bandwidth), "depth": depth, "n_fit_queries": len(calibration.gold),
+            "n_shape_queries": len(shape.gold), "fit_on": selector.fit_on, "tolerance": selector.tolerance,
+            "alpha": selector.alpha, "thresholds": thresholds, "fit_accuracy": outcome}
+
+
+def never(k: int) -> dict[str, float]:
+    """Thresholds no confidence passes: always all k."""
+    return {str(m): NEVER for m in levels(k)[:-1]}
+
+
+def candidate_chains(confidence: np.ndarray, answers: np.ndarray, gold: np.ndarray,
+                     k: int) -> list[list[dict[str, float]]]:
+    """Candidate threshold sets, one chain per lowest level allowed (k/2 .. 1), each from the per-level fit on the
+    shape queries at growing loss budgets (safe to permissive), repeats and always-k dropped. Made before the
+    calibration queries are looked at."""
+    fitted, chains = [fit_thresholds(confidence, answers, gold, k, budget) for budget in SHAPE_BUDGETS], []
+    for lowest in levels(k)[-2::-1]:
+        chain = [{m: (t if int(m) >= lowest else NEVER) for m, t in fit.items()} for fit in fitted]
+        unique = [dict(c) for c in dict.fromkeys(tuple(c.items()) for c in chain) if dict(c) != never(k)]
+        if unique:
+            chains.append(unique)
+    return chains
+
+
+def chosen_levels(confidence: np.ndarray, k: int, thresholds: dict[str, float]) -> np.ndarray:
+    """The level each query gets under the thresholds: the smallest it passes, as in `_choose`, else k: (n,)."""
+    chosen = np.full(len(confidence), k)
+    for m, t in sorted(((int(m), t) for m, t in thresholds.items()), reverse=True):
+        chosen[confidence >= t] = m
+    return chosen
+
+
+def paired_losses(confidence: np.ndarray, answers: np.ndarray, gold: np.ndarray, k: int,
+                  thresholds: dict[str, float]) -> np.ndarray:
+    """Per query, 1 when the answer with all k is right and the policy's wrong, -1 the reverse, else 0: (n,)."""
+    policy = answers[np.arange(len(gold)), chosen_levels(confidence, k, thresholds) - 1]
+    return (answers[:, k - 1] == gold).astype(np.float64) - (policy == gold)
 
 
 def lm_answers(selector: AdaptiveSelector, near: "Neighbourhoods", k: int) -> np.ndarray:
     """The LM's prediction for each fit query with its first m neighbours, at each level m of k (other columns -1):
     (n, k). One call to the selector's `label_probs` for all of them."""
     if selector.label_probs is None:
-        raise RiclError("adaptive with fit_on='lm' fits its thresholds to the language model's answers: call "
-                        "use_lm(label_probs) before fit (`ricl compare` does)")
+        raise RiclError("adaptive with fit_on='lm' (the default) fits its thresholds to the language model's answers "
+                        "and this index holds no such fit: save one with `ricl index fit INDEX --model NAME` (or call "
+                        "use_lm(label_probs) before fit, as `ricl compare` does), or pass fit_on='kernel' for the fast "
+                        "fit without the LM")
     texts, ids, cosines = near.texts, near.ids, near.cosines
     asks = [(q, m) for q in range(len(ids)) for m in levels(k)]
     prompts = [selector.in_prompt_order(texts[q], ([int(i) for i in ids[q, :m]], cosines[q, :m].tolist()))
@@ -175,40 +247,68 @@ class Neighbourhoods:
     n_labels: int
 
 
-def neighbourhoods(selector: AdaptiveSelector, index: "DemoIndex") -> Neighbourhoods:
-    """For n_fit pool rows drawn with the seed, their nearest others; depth is fit_depth, or less where a row's pool
-    without it is smaller. Rows an approximate index answers with fewer neighbours are left out."""
+def fit_rows(selector: AdaptiveSelector, pool: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Pool rows drawn with the seed among the whole texts: the shape queries and the calibration queries,
+    disjoint (calibration first, at most half of them)."""
+    drawn = whole_rows(pool, np.random.default_rng(selector.seed).permutation(len(pool)),
+                       selector.n_fit + selector.n_shape)
+    n_calibration = min(selector.n_fit, len(drawn) // 2)
+    return drawn[n_calibration:], drawn[:n_calibration]
+
+
+def whole_rows(pool: Any, rows: np.ndarray, wanted: int) -> np.ndarray:
+    """The first `wanted` of the rows whose text no other pool text holds. SST-2's train split holds every
+    sentence's parse-tree phrases; a phrase is no stand-in for the sentences a run is asked about."""
+    kept = []
+    for row in rows:
+        text = normalise(pool.texts[row])
+        holders = (normalise(pool.texts[r]) for r in pool.duplicates.rows(pool.texts[row]))
+        if not any(h != text and f" {text} " in f" {h} " for h in holders):
+            kept.append(int(row))
+            if len(kept) == wanted:
+                break
+    return np.array(kept, dtype=np.int64)
+
+
+def neighbourhoods(selector: AdaptiveSelector, index: "DemoIndex") -> tuple[Neighbourhoods, Neighbourhoods]:
+    """The shape and calibration queries and their nearest other pool examples, near-duplicates of the query left
+    out (a pool of sub- and super-phrases would otherwise show fit queries neighbours real queries never see).
+    Depth is fit_depth, or less where a query's pool without them is smaller; rows an approximate index answers
+    with fewer neighbours are left out."""
     pool = selector.pool_
-    rows = np.sort(np.random.default_rng(selector.seed).choice(len(pool), min(selector.n_fit, len(pool)), False))
-    texts = pool.texts[rows]
-    depth = min([selector.fit_depth] + [pool.available(t) for t in texts])
+    shape_rows, calibration_rows = fit_rows(selector, pool)
+    if len(calibration_rows) == 0 or len(shape_rows) == 0:
+        raise RiclError(f"adaptive needs a pool of at least 2 examples to fit on (shape and calibration queries), "
+                        f"got {len(pool)}")
+    excluded = {int(r): pool.excluded_ids(pool.texts[r], near_duplicates=True)
+                for r in np.r_[shape_rows, calibration_rows]}
+    depth = min([selector.fit_depth] + [len(pool) - len(x) for x in excluded.values()])
     if depth < 1:
         raise RiclError(f"adaptive needs a pool where each query has another example to fit on; got {len(pool)}")
-    found_ids, cosines = nearest(index, index.embeddings(pool.ids[rows]), depth,
-                                 [pool.excluded_ids(t) for t in texts])  # (n, depth) each
-    full = (found_ids >= 0).all(axis=1)  # an approximate index (IVF, HNSW) may find fewer; those rows are left out
     label_of = {int(ex.id): ex.label for ex in index.examples}
-    labels = np.array([[label_of[int(i)] for i in row] for row in found_ids[full]], dtype=np.int64).reshape(-1, depth)
-    gold = np.array([label_of[int(i)] for i in pool.ids[rows][full]], dtype=np.int64)
     names = index.manifest.label_names
     n_labels = max(len(names) if names else 0, max(label_of.values()) + 1, 2)
-    return Neighbourhoods(texts[full].tolist(), found_ids[full], cosines[full].astype(np.float64), labels, gold,
-                          n_labels)
+    return tuple(neighbours_of(index, pool, rows, [excluded[int(r)] for r in rows], depth, label_of, n_labels)
+                 for rows in (shape_rows, calibration_rows))
 
 
-def prefix_estimates(cosines: np.ndarray, labels: np.ndarray, n_labels: int, bandwidth: float,
-                     prior: float) -> np.ndarray:
-    """p_m(y) of the KernelSurrogate over each row's first m neighbours, for every m: (n, depth, n_labels)."""
-    weights = np.exp((cosines - 1.0) / bandwidth)  # (n, depth)
-    mass = np.cumsum(weights[:, :, None] * np.eye(n_labels)[labels], axis=1) + prior / n_labels  # (n, depth, L)
-    return mass / mass.sum(axis=2, keepdims=True)
+def neighbours_of(index: "DemoIndex", pool: Any, rows: np.ndarray, excluded: list[set[int]], depth: int,
+                  label_of: dict[int, int], n_labels: int) -> Neighbourhoods:
+    """The depth nearest pool examples of each row's text but its excluded ids."""
+    found_ids, cosines = nearest(index, index.embeddings(pool.ids[rows]), depth, excluded)  # (n, depth) each
+    full = (found_ids >= 0).all(axis=1)  # an approximate index (IVF, HNSW) may find fewer; those rows are left out
+    labels = np.array([[label_of[int(i)] for i in row] for row in found_ids[full]], dtype=np.int64).reshape(-1, depth)
+    gold = np.array([label_of[int(i)] for i in pool.ids[rows][full]], dtype=np.int64)
+    return Neighbourhoods(pool.texts[rows][full].tolist(), found_ids[full], cosines[full].astype(np.float64), labels,
+                          gold, n_labels)
 
 
 def fit_bandwidth(cosines: np.ndarray, labels: np.ndarray, gold: np.ndarray, n_labels: int, prior: float) -> float:
     """The bandwidth on BANDWIDTHS whose estimate over all fit neighbours gives the fit queries' labels the highest
     mean log-likelihood."""
     rows = np.arange(len(gold))
-    scores = [np.log(prefix_estimates(cosines, labels, n_labels, h, prior)[rows, -1, gold]).mean() for h in BANDWIDTHS]
+    scores = [np.log(KernelSurrogate(n_labels, h, prior).predict_prefixes(cosines, labels)[rows, -1, gold]).mean()
+              for h in BANDWIDTHS]
     return float(BANDWIDTHS[int(np.argmax(scores))])
 
 
@@ -241,9 +341,7 @@ def fit_thresholds(confidence: np.ndarray, answers: np.ndarray, gold: np.ndarray
 def fit_outcome(confidence: np.ndarray, answers: np.ndarray, gold: np.ndarray, k: int,
                 thresholds: dict[str, float]) -> dict[str, float]:
     """On the fit queries: accuracy of the answers with all k and with the adaptive count, and the mean count."""
-    chosen = np.full(len(gold), k)
-    for m, t in sorted(((int(m), t) for m, t in thresholds.items()), reverse=True):
-        chosen[confidence >= t] = m  # smallest passing level wins, as in `_choose`
+    chosen = chosen_levels(confidence, k, thresholds)
     adaptive = answers[np.arange(len(gold)), chosen - 1]
     return {"accuracy_k": float((answers[:, k - 1] == gold).mean()),
             "accuracy_adaptive": float((adaptive == gold).mean()), "mean_count": float(chosen.mean())}
