@@ -136,24 +136,24 @@ def index_fit(
     directory: Path = typer.Argument(..., help="A saved index directory; the fit is saved into its manifest."),
     selector: str = typer.Option("adaptive", help="A selector that fits state on the pool (adaptive)."),
     k: int = typer.Option(8, "--k", "-k", help="Print the thresholds for this k (all k up to fit_depth are saved)."),
+    model: Optional[str] = typer.Option(None, help="The LM adaptive's thresholds are fitted to (or fit_on=kernel)."),
     param: Optional[list[str]] = typer.Option(None, "--param", help="A selector parameter as KEY=VALUE, e.g. "
                                               "tolerance=0.02 (repeatable)."),
-    encoder: Optional[str] = typer.Option(None, help="The index's encoder when its manifest names a local folder "
-                                          "(an index's files alone may not choose code to load)."),
+    encoder: Optional[str] = typer.Option(None, help="The index's encoder when its manifest names a local folder."),
 ) -> None:
     """Fit a selector on queries drawn from the index's own pool and save the fit with the index."""
     from .index import DemoIndex
+    from .plan import with_index_lm
     from .selectors import make_selector
 
     demo_index = DemoIndex.load(directory, encoder=_index_encoder(directory, encoder))
-    fitted = make_selector(selector, **_key_values(param or [])).fit(demo_index)
+    fitted = with_index_lm(make_selector(selector, **_key_values(param or [])), demo_index, model).fit(demo_index)
     report = fitted.fit_report()
     if report is None:
         raise RiclError(f"selector {selector!r} fits nothing worth saving; `ricl index fit` is for adaptive")
     demo_index.save(directory)
-    accuracy = report["fit_accuracy"].get(str(k), {})
-    console.print(f"{selector}: bandwidth {report['bandwidth']:.3g} on {report['n_fit_queries']} pool queries; "
-                  f"k={k}: thresholds {report['thresholds'].get(str(k))}, {accuracy}; saved to {directory}")
+    console.print(f"{selector} ({report['fit_on']}): bandwidth {report['bandwidth']:.3g}; k={k}: thresholds "
+                  f"{report['thresholds'].get(str(k))}, {report['fit_accuracy'].get(str(k))}; saved to {directory}")
 
 
 def _strategies() -> str:

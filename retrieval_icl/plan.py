@@ -14,10 +14,11 @@ import numpy as np
 
 from .compare_config import CompareConfig, Inputs, SelectorConfig
 from .index import DemoIndex
+from .prompt_budget import index_task
 from .prompts import Prompt, PromptBuilder
 from .scoring import Scorer, ScoreRequest, log_normalise
 from .selectors import Selection, make_selector
-from .selectors.base import LabelProbs
+from .selectors.base import LabelProbs, Selector
 from .tasks import Example
 
 CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
@@ -112,6 +113,26 @@ def lm_label_probs(builder: PromptBuilder, continuations: list[list[int]], score
         return np.exp(log_normalise(np.array([s.log_probs for s in scored])))
 
     return label_probs
+
+
+def with_index_lm(selector: Selector, index: DemoIndex, model: str | None) -> Selector:
+    """The selector, given the LM `model` to score with when it uses one (adaptive fit_on=lm); as it is otherwise."""
+    if model is not None and selector.uses_lm:
+        from .runner import LMRunner
+
+        selector.use_lm(index_label_probs(index, LMRunner(model).load()), model=model)
+    return selector
+
+
+def index_label_probs(index: DemoIndex, scorer: Scorer) -> LabelProbs:
+    """Label probabilities under `scorer` of prompts rendered as `ricl compare` renders them for the index's own task
+    (default label format), for a fit that asks the LM outside a comparison (`ricl index fit --model`)."""
+    m = index.manifest
+    task = index_task(m.task, m.text_fields, m.label_names, max(ex.label for ex in index.examples) + 1)
+    builder = PromptBuilder(task, "default", scorer.tokenizer, max_tokens=scorer.context_length)
+    continuations = scorer.label_continuations(builder.label_words, task.template.label_prefix)
+    builder.check_label_tokens(continuations)
+    return lm_label_probs(builder, continuations, scorer, index)
 
 
 def label_tokens(builder: PromptBuilder, inputs: Inputs, scorer: Scorer) -> list[list[int]]:

@@ -219,3 +219,21 @@ def test_a_bad_encoder_backend_is_one_clear_error(tmp_path):
     assert_one_line_error(ricl("validate", cfg), r"'lm:smollm2-135m' is an LM encoder; use backend 'torch'")
     cfg.write_text("task: sst2\nencoder_backend: bfloat16\n")
     assert ricl("validate", cfg).exit_code == 0
+
+
+def test_index_fit_fits_adaptive_to_the_named_lm_and_select_reuses_it_without_one(small_index, tmp_path):
+    import shutil
+
+    index = shutil.copytree(small_index, tmp_path / "index")
+    assert_one_line_error(ricl("index", "fit", index, "-k", "2", "--param", "fit_depth=2"),
+                          r"ricl index fit INDEX --model NAME")
+    fitted = ricl("index", "fit", index, "-k", "2", "--model", "smollm2-135m", "--param", "fit_depth=2",
+                  "--param", "n_fit=2")
+    assert fitted.exit_code == 0, fitted.output
+    fit = json.loads((index / "manifest.json").read_text())["fits"]["adaptive"]
+    assert fit["fit_on"] == "lm" and fit["settings"]["lm"] == "smollm2-135m" and list(fit["thresholds"]) == ["2"]
+    assert fit["n_fit_queries"] == 2 and fit["fit_accuracy"]["2"]["mean_count"] == 2  # 2 queries show nothing
+    chosen = ricl("select", "--index", index, "-k", "2", "--selector", "adaptive", "--param", "fit_depth=2",
+                  "--param", "n_fit=2", "a witty film")
+    assert chosen.exit_code == 0, chosen.output
+    assert len([line for line in chosen.output.splitlines() if line.startswith("│")]) == 2
