@@ -231,7 +231,7 @@ def test_index_fit_fits_adaptive_to_the_named_lm_and_select_reuses_it_without_on
                   "--param", "n_fit=2")
     assert fitted.exit_code == 0, fitted.output
     fit = json.loads((index / "manifest.json").read_text())["fits"]["adaptive"]
-    assert fit["fit_on"] == "lm" and fit["settings"]["lm"] == "smollm2-135m" and list(fit["thresholds"]) == ["2"]
+    assert fit["fit_on"] == "lm" and fit["settings"]["lm"] == "smollm2-135m" and list(fit["thresholds"]) == ["1", "2"]
     assert fit["n_fit_queries"] == 2 and fit["fit_accuracy"]["2"]["mean_count"] == 2  # 2 queries show nothing
     chosen = ricl("select", "--index", index, "-k", "2", "--selector", "adaptive", "--param", "fit_depth=2",
                   "--param", "n_fit=2", "a witty film")

@@ -186,6 +186,7 @@ def test_adaptive_fitted_to_the_lm_gets_the_runs_scorer(tmp_path, tokenizer):
     selectors = [SelectorConfig(name="adaptive", k=4, params={"fit_on": "lm", "n_fit": 10, "fit_depth": 4})]
     _, _, out = run_compare(config(tmp_path, selectors=selectors, capture_attention=False), scorer=scorer)
     fit = json.loads((out / "run_info.json").read_text())["selector_fits"]["adaptive-seed0"]
-    assert fit["fit_on"] == "lm" and fit["settings"]["lm"] == "smollm2-135m" and list(fit["thresholds"]) == ["4"]
+    assert fit["fit_on"] == "lm" and fit["settings"]["lm"] == "smollm2-135m"
+    assert list(fit["thresholds"]) == ["1", "2", "4"]
     assert scorer.score_calls[0] == 10 * 3  # the fit: ten pool queries at 1, 2 and 4 demonstrations, one call
     assert all(1 <= len(r["demo_ids"]) <= 4 for r in read_records(out))

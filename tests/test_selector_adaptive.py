@@ -213,14 +213,16 @@ def test_fitted_to_the_lm_it_never_shows_fewer_demonstrations_than_the_lm_needs(
     assert thresholds[1] > 1 and thresholds[2] > 1 and thresholds[4] <= 1  # 1 and 2 lose every query; 4 none
     assert sorted(set(lm.sizes)) == [1, 2, 4, 8] and len(lm.sizes) == 4 * 300  # each fit query at each level, once
     report = selector.fit_report()
-    assert report["fit_on"] == "lm" and report["settings"]["lm"] == "few-shot" and list(report["thresholds"]) == ["8"]
+    assert report["fit_on"] == "lm" and report["settings"]["lm"] == "few-shot"
+    assert list(report["thresholds"]) == ["1", "2", "4", "8"]
     fit = report["fit_accuracy"]["8"]
     assert (fit["accuracy_k"], fit["accuracy_adaptive"], fit["calibration_drop"]) == (1, 1, 0)
     assert 4 <= fit["mean_count"] < 4.1  # 4 but for the few queries less confident than any shape query: 8
     query = clusters.embeddings([0])
     assert len(selector.select_embedded(["a new query"], query, 8)[0].demo_ids) == 4
-    with pytest.raises(RiclError, match=r"fitted for k in \[8\]"):
-        selector.select_embedded(["a new query"], query, 4)
+    assert len(selector.select_embedded(["a new query"], query, 4)[0].demo_ids) == 4  # k = 4 was fitted too
+    with pytest.raises(RiclError, match=r"fitted for k in \[1, 2, 4, 8\]"):
+        selector.select_embedded(["a new query"], query, 6)
 
 
 def test_an_lm_fit_is_reused_for_the_same_lm_and_redone_for_another(clusters):

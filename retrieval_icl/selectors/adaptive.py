@@ -15,9 +15,10 @@ queries the bandwidth is fitted (kernel leave-one-out likelihood) and candidate 
 fits at growing loss budgets, safest first, one chain per lowest level allowed). On the `n_fit` calibration queries,
 Learn-then-Test (`risk_control`) keeps the cheapest candidate whose accuracy drop against all k is shown to be below
 `tolerance`. For exchangeable queries the chosen thresholds' drop exceeds `tolerance` with probability at most
-`alpha`. The drop is measured on the LM's own answers with 1, 2, 4, ...
-k demonstrations (`fit_on="lm"`, the default; k = fit_depth) or, as a fast option without the LM, on the kernel's
-(`fit_on="kernel"`, every k up to fit_depth; that bounds the kernel's agreement with itself, not the LM's accuracy).
+`alpha`. The drop is measured on the LM's own answers with 1, 2, 4, ... demonstrations (`fit_on="lm"`, the
+default; fitted for k = 1, 2, 4, ... and fit_depth, 8 by default) or, as a fast option without the LM, on the
+kernel's (`fit_on="kernel"`, every k up to fit_depth, 32 by default; that bounds the kernel's agreement with itself,
+not the LM's accuracy).
 The fit is stored in `index.fits["adaptive"]` and saved with the index (`DemoIndex.save`, `ricl index fit`); a later
 fit with the same settings on the same pool reuses it, and without an LM a saved LM fit is reused whichever LM made it.
 """
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 FIT_ON = ("kernel", "lm")  # what the thresholds are fitted to: the kernel's answers, or the LM's own
 BANDWIDTHS = np.geomspace(0.01, 10.0, 61)  # the grid the bandwidth is fitted on
 NEVER = 1.0 + 1e-9  # a threshold no confidence reaches
+KERNEL_DEPTH, LM_DEPTH = 32, 8  # the default fit depths: the kernel fit is cheap, the LM fit runs the LM
 SHAPE_BUDGETS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)  # candidates' loss budgets
 
 
@@ -60,7 +62,7 @@ class AdaptiveSelector(Selector):
 
     def __init__(self, bandwidth: float | None = None, prior: float = 1.0,
                  thresholds: Mapping[Any, float] | None = None, tolerance: float = 0.03, alpha: float = 0.1,
-                 n_fit: int = 500, n_shape: int = 2000, fit_depth: int = 32, fit_on: str = "lm",
+                 n_fit: int = 500, n_shape: int = 2000, fit_depth: int | None = None, fit_on: str = "lm",
                  order: str = "nearest_last", seed: int = 0):
         self.order, self.seed = check_order(order), seed
         if fit_on not in FIT_ON:
@@ -73,7 +75,8 @@ class AdaptiveSelector(Selector):
         if not 0 < self.alpha < 1:
             raise RiclError(f"alpha must be in (0, 1), got {alpha}")
         self.n_fit, self.n_shape = check_positive_int("n_fit", n_fit), check_positive_int("n_shape", n_shape)
-        self.fit_depth = check_positive_int("fit_depth", fit_depth)
+        # the LM answers every calibration query at each level up to the depth: 8 keeps that to 4 prompts a query
+        self.fit_depth = check_positive_int("fit_depth", fit_depth or (LM_DEPTH if fit_on == "lm" else KERNEL_DEPTH))
         self.thresholds = None if thresholds is None else checked_thresholds(thresholds)
 
     def settings(self) -> dict[str, Any]:
@@ -117,7 +120,7 @@ class AdaptiveSelector(Selector):
         if str(k) not in fitted:
             raise RiclError(f"adaptive was fitted for k in {sorted(map(int, fitted))} (fit_depth={self.fit_depth}, "
                             f"pool of {self.fitted_['count']}, fit_on={self.fit_on!r}); got k={k}: fit with a larger "
-                            "fit_depth (the LM fit is for k = fit_depth) or ask for a smaller k")
+                            "fit_depth (the LM fit is for k = 1, 2, 4, ... and fit_depth) or ask for one of those k")
         return {int(m): t for m, t in fitted[str(k)].items()}
 
     def _choose(self, texts: list[str], embeddings: np.ndarray, k: int) -> list[Ranking]:
@@ -162,7 +165,7 @@ def fit_adaptive(selector: AdaptiveSelector, index: "DemoIndex") -> dict[str, An
     surrogate = KernelSurrogate(n_labels, bandwidth, selector.prior)
     shape_probs = surrogate.predict_prefixes(shape.cosines, shape.labels)  # (n_shape, depth, L)
     probs = surrogate.predict_prefixes(calibration.cosines, calibration.labels)  # (n, depth, L)
-    ks = [depth] if selector.uses_lm else range(1, depth + 1)
+    ks = levels(depth) if selector.uses_lm else range(1, depth + 1)  # the LM answers at the levels only
     answers = lm_answers(selector, calibration, depth) if selector.uses_lm else probs.argmax(axis=2)  # (n, depth)
     thresholds, outcome = {}, {}
     for k in ks:
