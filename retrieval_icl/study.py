@@ -16,7 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import RiclError
 from .experiment import CompareConfig, load_compare_config
@@ -33,12 +34,21 @@ class StudyConfig(BaseModel):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     output_root: str
     table2: bool = True
-    tau: float = Field(0.1, ge=0.0)
+    bandwidth: float = Field(0.1, ge=0.0)  # h of the encoder kernel exp((cos - 1) / h); 0 = nearest neighbour
     selection_fraction: float = Field(0.7, gt=0.0, lt=1.0)
     selection_n: int | None = Field(None, gt=0)
     seed: int = 0
     n_splits: int = Field(20, ge=1)  # seeded selection/held-out splits of the Table 2 controls
     n_null: int = Field(200, ge=0)  # label permutations of the null
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """The old name of `bandwidth` is an error that names the new one (not pydantic's bare 'extra input')."""
+        if isinstance(data, dict) and "tau" in data:
+            raise PydanticCustomError("renamed", "tau was renamed bandwidth (the encoder kernel's bandwidth h, 0 = "
+                                      "nearest neighbour); write bandwidth: {value}", {"value": data["tau"]})
+        return data
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -85,9 +95,9 @@ def run_study(path: str | Path, overwrite: bool = False) -> list[Path]:
             run_compare(config, overwrite=True)
         else:
             log.info("study: %s exists, kept", directory)
-        run_all(load_results(directory), tau=study.tau, **split)
+        run_all(load_results(directory), bandwidth=study.bandwidth, **split)
         write_report(directory)
         directories.append(directory)
     if not study.table2:
         return [d / "report.md" for d in directories]
-    return write_cross_run_report(directories, study.output_root, study.tau, **split)
+    return write_cross_run_report(directories, study.output_root, study.bandwidth, **split)

@@ -2,16 +2,18 @@
 
 Han et al. (2023) read ICL as kernel regression over the demonstrations, p(y | x) = sum_i K(x, x_i) [y_i = y] /
 sum_i K(x, x_i). The surrogate computes that with the encoder kernel K(x, x_i) = exp((cos(x, x_i) - 1) / h): a
-demonstration identical to the query weighs 1, a distant one close to 0. Two optional terms make it a model of a
-real LM rather than of the idealised kernel:
+demonstration identical to the query weighs 1, a distant one close to 0. Bandwidth h = 0 is the nearest neighbour:
+the demonstrations with the highest cosine share a weight of 1 equally, the others weigh 0. This is the one kernel
+vote of the package: the analysis's kernel regression and the adaptive selector's prefix estimates call it. Two
+optional terms make it a model of a real LM rather than of the idealised kernel:
 
 - `prior`: pseudo-demonstrations of weight `prior`, spread evenly over the labels. With them a few distant
   demonstrations give an uncertain estimate, and only near, agreeing ones a confident one.
 - `log_bias`: the LM's own preference per label, added to the log-probabilities.
 
 `KernelSurrogate.fit` finds the bandwidth and log_bias (and, with `prior="fit"`, the prior) under which the surrogate
-best explains an LM's own label distributions (maximum likelihood; scipy is imported only there). Predictions are
-computed in log space, so a narrow bandwidth (a near nearest-neighbour kernel) does not underflow to a uniform estimate.
+best explains an LM's own label distributions (maximum likelihood over bandwidths > 0; scipy is imported only
+there). Predictions are computed in log space, so a narrow bandwidth does not underflow to a uniform estimate.
 
 >>> s = KernelSurrogate(n_labels=2, bandwidth=0.1)
 >>> s.predict([0.9, 0.8], [1, 0]).round(3).tolist()
@@ -41,8 +43,8 @@ class KernelSurrogate:
                  log_bias: Sequence[float] | None = None) -> None:
         if not isinstance(n_labels, int) or isinstance(n_labels, bool) or n_labels < 2:
             raise RiclError(f"n_labels must be an integer >= 2, got {n_labels!r}")
-        if not isinstance(bandwidth, (int, float)) or not bandwidth > 0:
-            raise RiclError(f"bandwidth must be a number > 0, got {bandwidth!r}")
+        if not isinstance(bandwidth, (int, float)) or isinstance(bandwidth, bool) or not bandwidth >= 0:
+            raise RiclError(f"bandwidth must be a number >= 0 (0 = nearest neighbour), got {bandwidth!r}")
         if not isinstance(prior, (int, float)) or prior < 0:
             raise RiclError(f"prior must be a number >= 0, got {prior!r}")
         bias = np.zeros(n_labels) if log_bias is None else np.asarray(log_bias, dtype=np.float64)
@@ -51,8 +53,11 @@ class KernelSurrogate:
         self.n_labels, self.bandwidth, self.prior, self.log_bias = n_labels, float(bandwidth), float(prior), bias
 
     def weights(self, similarities: Sequence[float]) -> np.ndarray:
-        """K(x, x_i) = exp((cos_i - 1) / h) for each demonstration: (n,) in (0, 1] for cosines <= 1."""
-        return np.exp((np.asarray(similarities, dtype=np.float64) - 1.0) / self.bandwidth)
+        """K(x, x_i) = exp((cos_i - 1) / h) for each demonstration: (n,) in (0, 1] for cosines <= 1; with h = 0,
+        1 / (number of nearest) for the nearest ones and 0 for the others."""
+        sims = np.asarray(similarities, dtype=np.float64)[None]  # (1, n)
+        relative, offset = _log_kernel(sims, np.ones(sims.shape, dtype=bool), self.bandwidth)
+        return np.exp(relative + offset)[0]
 
     def label_mass(self, similarities: Sequence[float], labels: Sequence[int]) -> np.ndarray:
         """Kernel weight per label, prior included: (n_labels,)."""
@@ -82,16 +87,20 @@ class KernelSurrogate:
 
     def predict_prefixes(self, similarities: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """p(y) over each query's first m demonstrations, for every m: similarities and labels (n, depth), nearest
-        first; returns (n, depth, n_labels)."""
+        first; returns (n, depth, n_labels), the same as `predict_many` over each prefix."""
         sims, labels = np.asarray(similarities, dtype=np.float64), np.asarray(labels, dtype=np.int64)
         if sims.shape != labels.shape or sims.ndim != 2:
             raise RiclError(f"similarities and labels must both be (queries, depth), got {sims.shape} and "
                             f"{labels.shape}")
         member = np.eye(self.n_labels, dtype=bool)[labels]  # (n, depth, L)
-        z = np.where(member, (sims[:, :, None] - 1.0) / self.bandwidth, -np.inf)
-        log_mass = np.logaddexp.accumulate(z, axis=1)  # (n, depth, L) over each prefix
+        if self.bandwidth > 0:  # relative to the query's nearest cosine: exact for prefixes holding it (nearest first)
+            relative, offset = _log_kernel(sims, np.ones(sims.shape, dtype=bool), self.bandwidth)  # (n, depth), (n, 1)
+            log_mass = np.logaddexp.accumulate(np.where(member, relative[:, :, None], -np.inf), axis=1)  # (n, depth, L)
+            offset = offset[:, :, None]
+        else:
+            log_mass, offset = _nearest_prefix_log_mass(sims, member), 0.0
         if self.prior > 0:
-            log_mass = np.logaddexp(log_mass, np.log(self.prior / self.n_labels))
+            log_mass = np.logaddexp(log_mass, np.log(self.prior / self.n_labels) - offset)
         log_mass[np.isneginf(log_mass).all(axis=-1)] = 0.0
         return np.exp(log_normalise(log_mass + self.log_bias))
 
@@ -164,13 +173,40 @@ def _padded(similarities: Sequence[Sequence[float]], labels: Sequence[Sequence[i
     return sims, member
 
 
+def _log_kernel(sims: np.ndarray, present: np.ndarray, bandwidth: float) -> tuple[np.ndarray, np.ndarray]:
+    """log K of the present demonstrations of sims (Q, max_demos) as relative (Q, max_demos) + offset (Q, 1).
+
+    relative = (cos - nearest cos) / h is computed before the large offset (nearest cos - 1) / h is added: a narrow
+    bandwidth keeps full precision, and normalising over labels cancels the offset. h = 0: relative 0 for the
+    nearest (exact equality, so duplicates tie) and -inf for the rest, offset -log(number of nearest)."""
+    top = np.where(present, sims, -np.inf).max(axis=-1, keepdims=True, initial=-np.inf)  # (Q, 1)
+    top = np.where(np.isneginf(top), 1.0, top)  # nothing present: offset 0
+    if bandwidth > 0:
+        return (sims - top) / bandwidth, (top - 1.0) / bandwidth
+    nearest = present & (sims == top)
+    return np.where(nearest, 0.0, -np.inf), -np.log(np.maximum(nearest.sum(axis=-1, keepdims=True), 1))
+
+
+def _nearest_prefix_log_mass(sims: np.ndarray, member: np.ndarray) -> np.ndarray:
+    """log label mass of the h = 0 kernel over each prefix: sims (n, depth), member (n, depth, L) -> (n, depth, L)."""
+    depth = sims.shape[1]
+    top = np.maximum.accumulate(sims, axis=1)  # (n, depth): the nearest cosine of each prefix
+    in_prefix = np.tril(np.ones((depth, depth), dtype=bool))  # (prefix m, demo j): j <= m
+    nearest = in_prefix & (sims[:, None, :] == top[:, :, None])  # (n, m, j)
+    counts = nearest.astype(np.float64) @ member.astype(np.float64)  # (n, m, L): nearest demos per label
+    with np.errstate(divide="ignore"):  # a label with no nearest demonstration has log mass -inf
+        return np.log(counts) - np.log(np.maximum(nearest.sum(axis=-1, keepdims=True), 1))
+
+
 def _log_mass(sims: np.ndarray, member: np.ndarray, bandwidth: float, prior: float) -> np.ndarray:
-    """log `label_mass` per query, summed in log space; 0 (uniform) for a query with no mass at all: (Q, n_labels)."""
+    """log `label_mass` per query up to a per-query constant (the kernel's offset, which normalising cancels), summed
+    in log space; 0 (uniform) for a query with no mass at all: (Q, n_labels)."""
     n_labels = member.shape[1]
-    z = np.where(member, (sims[:, None, :] - 1.0) / bandwidth, -np.inf)  # (Q, n_labels, max_demos)
+    relative, offset = _log_kernel(sims, member.any(axis=1), bandwidth)  # (Q, max_demos), (Q, 1); padding: no label
+    z = np.where(member, relative[:, None, :], -np.inf)  # (Q, n_labels, max_demos)
     log_mass = np.logaddexp.reduce(z, axis=-1) if z.shape[-1] else np.full(z.shape[:2], -np.inf)
     if prior > 0:
-        log_mass = np.logaddexp(log_mass, np.log(prior / n_labels))
+        log_mass = np.logaddexp(log_mass, np.log(prior / n_labels) - offset)  # the prior in the offset's units
     log_mass[np.isneginf(log_mass).all(axis=-1)] = 0.0  # no demonstration and no prior: uniform, as `predict` says
     return log_mass
 

@@ -38,7 +38,7 @@ def test_every_analysis_has_a_command_with_its_options_and_a_report_slot():
 def test_each_function_takes_the_arguments_it_is_given():
     for a in ANALYSES:
         inspect.signature(a.load()).bind(None, **a.arguments(Options()))  # raises TypeError on a mismatch
-    assert get("bandwidth").arguments(Options(bins=3, seed=2, tau=9.0)) == {
+    assert get("bandwidth").arguments(Options(bins=3, seed=2, bandwidth=9.0)) == {
         "n_bins": 3, "selection_fraction": 0.7, "selection_n": None, "seed": 2}
     assert get("distribution").arguments(Options(runs=["x"])) == {}
     assert get("frontier").arguments(Options(reference="knn-k4-seed0", seed=3)) == {"reference": "knn-k4-seed0",

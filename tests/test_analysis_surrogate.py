@@ -48,6 +48,32 @@ def test_a_narrow_bandwidth_takes_the_nearest_label_even_for_distant_demonstrati
     assert p[1] == pytest.approx(1.0) and p[0] == pytest.approx(math.exp(-100.0))
 
 
+def test_bandwidth_zero_is_the_nearest_neighbour_ties_sharing_a_weight_of_one():
+    s = KernelSurrogate(3, bandwidth=0)
+    assert s.weights([0.5, 0.5, 0.1]).tolist() == [0.5, 0.5, 0.0]
+    assert s.label_mass([0.5, 0.5, 0.1], [0, 1, 1]).tolist() == [0.5, 0.5, 0.0]
+    assert s.predict([0.5, 0.5, 0.1], [0, 1, 1]) == pytest.approx([0.5, 0.5, 0.0], abs=1e-15)
+    assert s.predict([0.2, 0.9], [2, 0]) == pytest.approx([1.0, 0.0, 0.0], abs=1e-15)  # the nearest, not the first
+    assert s.predict([], []) == pytest.approx([1 / 3] * 3, abs=1e-15)
+    # the prior and the bias still apply: weight 1 on label 0 beside 1/3 on each label, then tilted
+    with_prior = KernelSurrogate(3, bandwidth=0, prior=1.0, log_bias=[0.0, 0.0, math.log(2)])
+    assert with_prior.predict([0.7, 0.1], [0, 1]) == pytest.approx(np.array([4, 1, 2]) / 7, abs=1e-12)
+    with pytest.raises(RiclError, match=r"bandwidth must be a number >= 0 \(0 = nearest neighbour\), got -0.1"):
+        KernelSurrogate(2, bandwidth=-0.1)
+
+
+@pytest.mark.parametrize("bandwidth", [0.0, 0.2])
+@pytest.mark.parametrize("prior", [0.0, 1.0])
+def test_prefix_estimates_equal_predict_over_each_prefix(bandwidth, prior):
+    rng = np.random.default_rng(5)
+    sims = np.round(rng.uniform(0, 1, size=(40, 6)), 1)  # one decimal: ties in the nearest cosine are common
+    labels = rng.integers(0, 3, size=(40, 6))
+    s = KernelSurrogate(3, bandwidth, prior, log_bias=[0.3, -0.1, -0.2])
+    prefixes = s.predict_prefixes(sims, labels)  # (40, 6, 3)
+    for m in range(1, 7):
+        assert np.allclose(prefixes[:, m - 1], s.predict_many(sims[:, :m], labels[:, :m]), rtol=0, atol=1e-12), m
+
+
 def test_ece_and_reliability_on_equal_mass_bins_worked_out_by_hand():
     confidence = [0.55, 0.58, 0.92, 0.97, 0.75]
     hits = [True, False, True, True, False]
@@ -93,7 +119,7 @@ def read_rows(path) -> list[dict]:
 def test_held_out_agreement_and_ece_on_a_hand_made_run(tmp_path):
     lm = [1, 0, 1, 1, 0, 1, 1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 0, 1, 1, 1]
     results = load_results(same_demos_dir(tmp_path, lm))
-    found = analyze_surrogate(results, tau=0.1, selection_fraction=0.7, seed=4)["runs"]["knn-seed0"]
+    found = analyze_surrogate(results, bandwidth=0.1, selection_fraction=0.7, seed=4)["runs"]["knn-seed0"]
     fit_part = selection_split([*range(len(lm)), 99], 0.7, None, 4)
     assert not fit_part[-1]  # seed 4 holds out query 99, the one without demonstrations
     held = [p for p, f in zip(lm, fit_part) if not f]  # the LM's predictions on the others held out
@@ -185,7 +211,7 @@ def test_fit_refuses_bad_input_saying_what_was_expected(args, message):
 
 
 def test_analyze_surrogate_command_prints_agreement_and_ece_per_run(perfect):
-    result = CliRunner().invoke(app, ["analyze", "surrogate", str(perfect), "--tau", "0.1"])
+    result = CliRunner().invoke(app, ["analyze", "surrogate", str(perfect), "--bandwidth", "0.1"])
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     # the nearest demonstration carries the gold label, which the LM always predicts: the surrogate agrees

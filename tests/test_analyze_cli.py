@@ -48,7 +48,7 @@ def test_reconstruct_prints_the_best_head_of_each_run(perfect):
 
 
 def test_analyze_all_lists_every_analysis_done_or_skipped_then_report(perfect):
-    result = ricl("analyze", "all", perfect, "--bins", "3", "--tau", "0.05")
+    result = ricl("analyze", "all", perfect, "--bins", "3", "--bandwidth", "0.05")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "attention: done", "reconstruction: done", "kernel: done", "surrogate: done", "bandwidth: done",

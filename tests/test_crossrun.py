@@ -71,6 +71,9 @@ def test_a_study_naming_a_missing_experiment_or_an_unknown_key_is_refused(tmp_pa
     path.write_text(yaml.safe_dump({"experiments": ["nope.yaml"], "output_root": "out", "grids": {}}))
     with pytest.raises(RiclError, match="grids: Extra inputs are not permitted"):
         load_study(path)
+    path.write_text(yaml.safe_dump({"experiments": ["nope.yaml"], "output_root": "out", "tau": 0.05}))
+    with pytest.raises(RiclError, match="tau was renamed bandwidth .*; write bandwidth: 0.05"):
+        load_study(path)
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "studies").glob("*.yaml")), ids=lambda p: p.stem)

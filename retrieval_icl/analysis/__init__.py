@@ -51,11 +51,11 @@ def run_analyses(results: Results, options: Options = Options()) -> dict[str, di
     return done
 
 
-def run_all(results: Results, runs: Sequence[str] | None = None, tau: float = 0.1, selection_fraction: float = 0.7,
-            selection_n: int | None = None, seed: int = 0, n_bins: int = 5,
+def run_all(results: Results, runs: Sequence[str] | None = None, bandwidth: float = 0.1,
+            selection_fraction: float = 0.7, selection_n: int | None = None, seed: int = 0, n_bins: int = 5,
             reference: str | None = None, n_splits: int = 20, n_null: int = 200) -> dict[str, dict | str]:
     """`run_analyses` with the options as keywords."""
-    return run_analyses(results, Options(runs=runs, tau=tau, selection_fraction=selection_fraction,
+    return run_analyses(results, Options(runs=runs, bandwidth=bandwidth, selection_fraction=selection_fraction,
                                          selection_n=selection_n, seed=seed, bins=n_bins, reference=reference,
                                          n_splits=n_splits, n_null=n_null))
 

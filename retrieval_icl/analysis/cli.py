@@ -28,7 +28,8 @@ FRACTION = typer.Option(0.7, "--selection-fraction", min=0.0, max=1.0,
                         help="Share of the queries used to choose the best head; the rest are held out (paper: 0.7).")
 SELECTION_N = typer.Option(None, "--selection-n", min=1, help="Number of selection queries (overrides the fraction).")
 SEED = typer.Option(0, "--seed", help="Seed of the selection split and bootstrap.")
-TAU = typer.Option(0.1, "--tau", min=0.0, help="Bandwidth of the encoder kernel exp(cos/tau); 0 = nearest neighbour.")
+BANDWIDTH = typer.Option(0.1, "--bandwidth", min=0.0, help="Bandwidth h of the encoder kernel exp((cos - 1) / h); "
+                         "0 = nearest neighbour.")
 BINS = typer.Option(5, "--bins", min=2, help="Quantile bins of similarity for random selections.")
 REFERENCE = typer.Option(None, "--reference", help="The run the frontier tests every run against; default: the run "
                          "labelled knn-k8, else a knn run with k = 8.")
@@ -36,8 +37,9 @@ N_SPLITS = typer.Option(20, "--n-splits", min=1, help="Seeded selection/held-out
                         "average over.")
 N_NULL = typer.Option(200, "--n-null", min=0, help="Label permutations of the null for the best head.")
 # Each registry Options field: its type and its typer option (real types: typer reads them from the signature).
-OPTIONS = {"runs": (Optional[list[str]], RUNS), "tau": (float, TAU), "selection_fraction": (float, FRACTION),
-           "selection_n": (Optional[int], SELECTION_N), "seed": (int, SEED), "bins": (int, BINS),
+OPTIONS = {"runs": (Optional[list[str]], RUNS), "bandwidth": (float, BANDWIDTH),
+           "selection_fraction": (float, FRACTION), "selection_n": (Optional[int], SELECTION_N), "seed": (int, SEED),
+           "bins": (int, BINS),
            "reference": (Optional[str], REFERENCE), "n_splits": (int, N_SPLITS), "n_null": (int, N_NULL)}
 
 
@@ -99,7 +101,7 @@ def report(results_dirs: list[Path] = typer.Argument(..., help="A results direct
                                         "RESULTS_DIR/analysis holds no saved analysis."),
            out: Optional[Path] = typer.Option(None, "--out", help="Folder of the cross-run table (several "
                                               "directories); default results/cross_run."),
-           tau: float = TAU, selection_fraction: float = FRACTION, selection_n: Optional[int] = SELECTION_N,
+           bandwidth: float = BANDWIDTH, selection_fraction: float = FRACTION, selection_n: Optional[int] = SELECTION_N,
            seed: int = SEED, n_splits: int = N_SPLITS, n_null: int = N_NULL) -> None:
     """Write RESULTS_DIR/report.md (and .html): setup, accuracy, and every saved analysis with figures and tables.
     With several directories: OUT/table2.md and table2.csv, Table 2 across models and tasks with the paper's rows."""
@@ -108,14 +110,14 @@ def report(results_dirs: list[Path] = typer.Argument(..., help="A results direct
     if len(results_dirs) > 1:
         from .crossrun import write_cross_run_report
 
-        for path in write_cross_run_report(results_dirs, out or Path("results/cross_run"), tau, selection_fraction,
-                                           selection_n, seed, n_splits, n_null):
+        for path in write_cross_run_report(results_dirs, out or Path("results/cross_run"), bandwidth,
+                                           selection_fraction, selection_n, seed, n_splits, n_null):
             typer.echo(f"wrote {path}")
         return
     results_dir = results_dirs[0]
     folder = results_dir / "analysis"
     if analyze and not any((folder / f"{n}.json").exists() for n in names()):
-        run_all(_load(results_dir), tau=tau, selection_fraction=selection_fraction, selection_n=selection_n,
-                seed=seed, n_splits=n_splits, n_null=n_null)
+        run_all(_load(results_dir), bandwidth=bandwidth, selection_fraction=selection_fraction,
+                selection_n=selection_n, seed=seed, n_splits=n_splits, n_null=n_null)
     for path in write_report(results_dir, html=html):
         typer.echo(f"wrote {path}")

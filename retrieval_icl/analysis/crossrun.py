@@ -24,14 +24,14 @@ from .report import table_markdown, write_csv
 HEAD_ROWS = ("seeds", "best_head", "best_head_depth", "chosen_layers")
 
 
-def run_columns(results: Results, tau: float, selection_fraction: float, selection_n: int | None, seed: int,
+def run_columns(results: Results, bandwidth: float, selection_fraction: float, selection_n: int | None, seed: int,
                 n_splits: int = N_SPLITS, n_null: int = N_NULL) -> list[dict]:
     """Per selector of one results directory (its seeds pooled): model, task, Table 2 metrics with the controls, and
     the best head over the splits."""
     model = str(results.config.get("model", "unknown model"))
     out = []
     for name, members in run_groups(results).items():
-        column, controls = table2_column(results, members, tau, selection_fraction, selection_n, seed, n_splits,
+        column, controls = table2_column(results, members, bandwidth, selection_fraction, selection_n, seed, n_splits,
                                          n_null)
         first = results.runs([members[0]])[members[0]][0]
         entry = {"model": model, "task": results.task, "selector": first["selector"], "run": name,
@@ -50,13 +50,13 @@ def run_columns(results: Results, tau: float, selection_fraction: float, selecti
     return out
 
 
-def collect(directories: Sequence[str | Path], tau: float = 0.1, selection_fraction: float = 0.7,
+def collect(directories: Sequence[str | Path], bandwidth: float = 0.1, selection_fraction: float = 0.7,
             selection_n: int | None = None, seed: int = 0, n_splits: int = N_SPLITS,
             n_null: int = N_NULL) -> list[dict]:
     """run_columns of every directory; two directories with the same model, task and selector are an error."""
     entries, seen = [], {}
     for directory in directories:
-        for entry in run_columns(load_results(directory), tau, selection_fraction, selection_n, seed, n_splits,
+        for entry in run_columns(load_results(directory), bandwidth, selection_fraction, selection_n, seed, n_splits,
                                  n_null):
             key = (entry["model"], entry["task"], entry["selector"])
             if key in seen:
@@ -132,12 +132,12 @@ def depth_rows(entries: list[dict]) -> list[dict]:
     return rows
 
 
-def write_cross_run_report(directories: Sequence[str | Path], out: str | Path, tau: float = 0.1,
+def write_cross_run_report(directories: Sequence[str | Path], out: str | Path, bandwidth: float = 0.1,
                            selection_fraction: float = 0.7, selection_n: int | None = None, seed: int = 0,
                            n_splits: int = N_SPLITS, n_null: int = N_NULL) -> list[Path]:
     """OUT/table2.md (paper layout, controls, depth histograms), OUT/table2.csv (long form) over several results
     directories."""
-    entries = collect(directories, tau, selection_fraction, selection_n, seed, n_splits, n_null)
+    entries = collect(directories, bandwidth, selection_fraction, selection_n, seed, n_splits, n_null)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     split = f"{selection_n} queries" if selection_n else f"{selection_fraction:.0%} of the queries"
@@ -150,7 +150,8 @@ def write_cross_run_report(directories: Sequence[str | Path], out: str | Path, t
             "one-line baseline (paired; the best baseline chosen on each resample), the permutation null's p "
             f"({n_null} label shuffles within each prompt), each baseline's agreement and accuracy, and the "
             "span-max ablation (the largest attention over [x_i, ':', y_i] instead of the label tokens). "
-            f"encoder_kernel_*: kernel regression on the experiment's sentence encoder, exp(cos/tau), tau = {tau}. "
+            "encoder_kernel_*: kernel regression on the experiment's sentence encoder, exp((cos - 1)/h), bandwidth "
+            f"h = {bandwidth} (0: nearest neighbour). "
             "best_head: the head chosen most often; best_head_depth: the mean chosen layer / (layers - 1). The "
             f"paper's rows are {PAPER_MODEL}, Table 2 (a different model and protocol details; read them as a "
             "reference, not a target).\n\nSources:\n\n" + "".join(f"- `{d}`\n" for d in directories) + "\n"

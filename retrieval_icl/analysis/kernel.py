@@ -1,7 +1,8 @@
 """Kernel regression over each query's demonstrations (Table 2): sentence-encoder kernel, head kernel, attention.
 
 y_hat(x) = argmax_c sum_i K(x, x_i) [y_i = c] / sum_i K(x, x_i), over the demonstrations that query's prompt held.
-(a) encoder kernel: K = exp(cos(x, x_i) / tau), cos = the record's encoder_similarities: always the experiment's
+(a) encoder kernel: the KernelSurrogate's K = exp((cos(x, x_i) - 1) / h) (bandwidth h, 0 = nearest neighbour, no
+    prior), cos = the record's encoder_similarities: always the experiment's
     sentence encoder (MiniLM by default), whatever kernel the selector ranked by (that one is in demo_scores);
 (b) head kernel: K = the chosen head's attention from the query's prediction position to demonstration i's own
     prediction position (the "Output:" token before y_i, summary column pre_label). Under softmax attention that is
@@ -23,8 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from ..attention_summary import PRE_LABEL
-from ..errors import RiclError
 from ..paper import PAPER_MODEL, TABLE2, table2_reference
+from ..surrogate import KernelSurrogate
 from .attention import MAX_PLACES, demo_weights, max_places
 from .controls import (
     BASELINES,
@@ -47,37 +48,26 @@ EXTRA_ROWS = ("encoder_kernel_agreement", "calibrated_icl_accuracy")
 CONTROL_ROWS = ("reconstruction_kappa", "margin_over_best_baseline", "best_baseline", "permutation_p",
                 *(f"{b}_{m}" for b in BASELINES for m in ("agreement", "accuracy")), "span_max_agreement",
                 *(f"span_max_on_{p}" for p in MAX_PLACES))
-TAUS = (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)
-
-
-def kernel_weights(similarities: Sequence[float], tau: float) -> np.ndarray:
-    """exp(cos / tau) normalised over one query's demonstrations: (n_demos,); tau = 0 is the nearest one (ties
-    share)."""
-    s = np.asarray(similarities, dtype=np.float64)  # (n_demos,)
-    if tau < 0:
-        raise RiclError(f"tau must be >= 0 (0 = nearest neighbour), got {tau}")
-    if s.size == 0:
-        return s
-    w = (s == s.max()).astype(np.float64) if tau == 0 else np.exp((s - s.max()) / tau)
-    return w / w.sum()
+BANDWIDTHS = (0.01, 0.03, 0.1, 0.3, 1.0, 10.0)  # the sweep's bandwidths, after 0 (nearest neighbour)
 
 
 class KernelRegression:
-    """Kernel regression with K = exp(cos(x, x_i) / tau) over each query's own demonstrations.
+    """The KernelSurrogate's vote (no prior, no bias) over each query's own demonstrations, argmax with ties broken
+    at random (seeded).
 
-    >>> kr = KernelRegression(tau=0.1).fit([[0.9, 0.2, 0.3]], [[1, 0, 0]], n_labels=2)
+    >>> kr = KernelRegression(bandwidth=0.1).fit([[0.9, 0.2, 0.3]], [[1, 0, 0]], n_labels=2)
     >>> kr.predictions_.tolist(), round(float(kr.score([1])), 2)
     ([1], 1.0)
     """
 
-    def __init__(self, tau: float = 0.1):
-        self.tau = tau
+    def __init__(self, bandwidth: float = 0.1):
+        self.bandwidth = bandwidth
 
     def fit(self, similarities: Sequence[Sequence[float]], demo_labels: Sequence[Sequence[int]],
             n_labels: int) -> "KernelRegression":
-        """Kernel-weighted label votes per query; fitted: class_weights_ (queries, labels), predictions_ (queries,)."""
-        weights = [kernel_weights(s, self.tau) for s in similarities]
-        self.class_weights_ = class_votes(weights, demo_labels, n_labels)  # (Q, C)
+        """Kernel-weighted label votes per query (uniform with no demonstrations); fitted: class_weights_ (queries,
+        labels), summing to 1 per query, predictions_ and ties_ (queries,)."""
+        self.class_weights_ = KernelSurrogate(n_labels, self.bandwidth).predict_many(similarities, demo_labels)
         self.predictions_, self.ties_ = argmax_breaking_ties(self.class_weights_)  # (Q,), (Q,)
         return self
 
@@ -113,11 +103,11 @@ def group_records(results: Results, runs: Sequence[str]) -> list[dict]:
     return [r for recs in results.runs(runs).values() for r in recs]
 
 
-def encoder_hits(records: list[dict], n_labels: int, tau: float) -> dict[str, np.ndarray]:
+def encoder_hits(records: list[dict], n_labels: int, bandwidth: float) -> dict[str, np.ndarray]:
     """Per record, 0/1: the encoder kernel's accuracy and agreement, and the calibrated accuracy when calibrated."""
     gold, raw = np.array([r["gold"] for r in records]), raw_predictions(records)
-    encoder = KernelRegression(tau).fit([r["encoder_similarities"] for r in records],
-                                        [r["demo_labels"] for r in records], n_labels)
+    encoder = KernelRegression(bandwidth).fit([r["encoder_similarities"] for r in records],
+                                              [r["demo_labels"] for r in records], n_labels)
     hits = {"encoder_kernel_accuracy": encoder.predictions_ == gold,
             "encoder_kernel_agreement": encoder.predictions_ == raw}
     if any(r.get("calibrated_log_probs") is not None for r in records):
@@ -125,7 +115,7 @@ def encoder_hits(records: list[dict], n_labels: int, tau: float) -> dict[str, np
     return hits
 
 
-def fit_controls(results: Results, runs: Sequence[str], tau: float = 0.1, weight: str = "label",
+def fit_controls(results: Results, runs: Sequence[str], bandwidth: float = 0.1, weight: str = "label",
                  n_null: int = N_NULL, **split) -> ReconstructionControls:
     """ReconstructionControls of the pooled runs from their attention (`weight` one of WEIGHT_KINDS), with the
     baselines, the encoder kernel and the head kernel (the chosen head's attention to each 'Output:' position)."""
@@ -137,21 +127,21 @@ def fit_controls(results: Results, runs: Sequence[str], tau: float = 0.1, weight
     return ReconstructionControls(n_null=n_null, **split).fit(
         [demo_weights(s, weight) for s in summaries], labels, raw_predictions(records), gold,
         [r["query_id"] for r in records], baseline_predictions(records, n_labels, split.get("seed", 0)), n_labels,
-        extra_hits=encoder_hits(records, n_labels, tau), extra_heads={"head_kernel_accuracy": head_kernel})
+        extra_hits=encoder_hits(records, n_labels, bandwidth), extra_heads={"head_kernel_accuracy": head_kernel})
 
 
-def table2_column(results: Results, runs: Sequence[str], tau: float, selection_fraction: float = 0.7,
+def table2_column(results: Results, runs: Sequence[str], bandwidth: float, selection_fraction: float = 0.7,
                   selection_n: int | None = None, seed: int = 0, n_splits: int = N_SPLITS,
                   n_null: int = N_NULL) -> tuple[dict[str, dict], ReconstructionControls | None]:
     """The Table 2 metrics of one selector's runs (seeds pooled, queries as clusters) with their controls: on the
     held-out queries of n_splits seeded splits when attention was captured, else on every query."""
     records = group_records(results, runs)
     if not all(results.has_attention(r) for r in runs):
-        return all_queries_column(records, results.n_labels, tau, seed), None
+        return all_queries_column(records, results.n_labels, bandwidth, seed), None
     split = {"selection_fraction": selection_fraction, "selection_n": selection_n, "seed": seed,
              "n_splits": n_splits}
-    controls = fit_controls(results, runs, tau, "label", n_null, **split)
-    ablation = fit_controls(results, runs, tau, "span_max", 0, **split)
+    controls = fit_controls(results, runs, bandwidth, "label", n_null, **split)
+    ablation = fit_controls(results, runs, bandwidth, "span_max", 0, **split)
     column = dict(controls.summary_)
     column["span_max_agreement"] = ablation.summary_["reconstruction_agreement"]
     column["best_baseline"] = most_common(controls.best_baselines_)
@@ -165,11 +155,11 @@ def table2_column(results: Results, runs: Sequence[str], tau: float, selection_f
     return column, controls
 
 
-def all_queries_column(records: list[dict], n_labels: int, tau: float, seed: int = 0) -> dict[str, dict]:
+def all_queries_column(records: list[dict], n_labels: int, bandwidth: float, seed: int = 0) -> dict[str, dict]:
     """The metrics that need no attention, on every query (no head to choose): ICL, encoder kernel, baselines."""
     gold, raw = np.array([r["gold"] for r in records]), raw_predictions(records)
     clusters = np.array([str(r["query_id"]) for r in records])
-    hits = {"icl_accuracy": raw == gold, **encoder_hits(records, n_labels, tau)}
+    hits = {"icl_accuracy": raw == gold, **encoder_hits(records, n_labels, bandwidth)}
     for name, pred in baseline_predictions(records, n_labels, seed).items():
         hits |= {f"{name}_agreement": pred == raw, f"{name}_accuracy": pred == gold}
     return {m: rate(h, seed, clusters) for m, h in hits.items()} | {"n": bare(len(set(clusters)))}
@@ -180,14 +170,14 @@ def bare(value: float) -> dict[str, float]:
     return {"value": float(value), "ci_low": float("nan"), "ci_high": float("nan")}
 
 
-def tau_sweep(records: list[dict], n_labels: int, taus: Sequence[float] = TAUS) -> list[dict]:
-    """Encoder-kernel accuracy for each bandwidth tau, tau = 0 being the nearest neighbour's label."""
+def bandwidth_sweep(records: list[dict], n_labels: int, bandwidths: Sequence[float] = BANDWIDTHS) -> list[dict]:
+    """Encoder-kernel accuracy for each bandwidth, 0 (the nearest neighbour's label) first."""
     gold = np.array([r["gold"] for r in records])
     rows = []
-    for tau in (0.0, *taus):
-        pred = KernelRegression(tau).fit([r["encoder_similarities"] for r in records],
-                                         [r["demo_labels"] for r in records], n_labels).predictions_
-        rows.append({"tau": tau, **{k: v for k, v in rate(pred == gold).items()}})
+    for bandwidth in (0.0, *bandwidths):
+        pred = KernelRegression(bandwidth).fit([r["encoder_similarities"] for r in records],
+                                               [r["demo_labels"] for r in records], n_labels).predictions_
+        rows.append({"bandwidth": bandwidth, **rate(pred == gold)})
     return rows
 
 
@@ -214,9 +204,10 @@ def table2_markdown_rows(columns: dict[str, dict], task: str) -> list[dict]:
 
 
 def plot_table2(columns: dict[str, dict], sweeps: dict[str, list[dict]], title: str):
-    """Bars of the Table 2 metrics per run with CIs; encoder-kernel accuracy against tau (0 = nearest neighbour)."""
+    """Bars of the Table 2 metrics per run with CIs; encoder-kernel accuracy against the bandwidth (0 = nearest
+    neighbour)."""
     fig = new_figure(11, 4.5)
-    ax_bars, ax_tau = fig.subplots(1, 2, width_ratios=[2, 1])
+    ax_bars, ax_sweep = fig.subplots(1, 2, width_ratios=[2, 1])
     width = 0.8 / max(len(columns), 1)
     for j, (run, col) in enumerate(columns.items()):
         metrics = [m for m in TABLE2_ROWS if m in col]
@@ -229,12 +220,12 @@ def plot_table2(columns: dict[str, dict], sweeps: dict[str, list[dict]], title: 
     ax_bars.set(ylim=(0, 1), ylabel="rate (held-out queries)", title=title)
     ax_bars.legend(fontsize=7)
     for run, rows in sweeps.items():
-        taus = [max(r["tau"], TAUS[0] / 3) for r in rows]
-        line, = ax_tau.plot(taus, [r["value"] for r in rows], marker="o", label=run)
-        ax_tau.fill_between(taus, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows], color=line.get_color(),
-                            alpha=0.15)
-    ax_tau.set(xscale="log", xlabel="tau (leftmost: nearest neighbour)", ylabel="accuracy", ylim=(0, 1),
-               title="encoder kernel exp(cos/tau)")
+        widths = [max(r["bandwidth"], BANDWIDTHS[0] / 3) for r in rows]  # 0 drawn left of the rest on a log axis
+        line, = ax_sweep.plot(widths, [r["value"] for r in rows], marker="o", label=run)
+        ax_sweep.fill_between(widths, [r["ci_low"] for r in rows], [r["ci_high"] for r in rows],
+                              color=line.get_color(), alpha=0.15)
+    ax_sweep.set(xscale="log", xlabel="bandwidth h (leftmost: nearest neighbour)", ylabel="accuracy", ylim=(0, 1),
+                 title="encoder kernel exp((cos - 1)/h)")
     return fig
 
 
@@ -254,28 +245,29 @@ def verdict_rows(controls: dict[str, ReconstructionControls]) -> list[dict]:
              "permutations": int(c.null_.size)} for name, c in controls.items()]
 
 
-def analyze_kernel(results: Results, runs: Sequence[str] | None = None, tau: float = 0.1,
+def analyze_kernel(results: Results, runs: Sequence[str] | None = None, bandwidth: float = 0.1,
                    selection_fraction: float = 0.7, selection_n: int | None = None, seed: int = 0,
                    n_splits: int = N_SPLITS, n_null: int = N_NULL) -> dict:
     """Table 2 per task with its controls: one column per selector (seeds pooled); files in analysis/."""
     out, columns, sweeps, controls = results.analysis_dir, {}, {}, {}
     for name, members in run_groups(results, runs).items():
-        columns[name], fitted = table2_column(results, members, tau, selection_fraction, selection_n, seed,
+        columns[name], fitted = table2_column(results, members, bandwidth, selection_fraction, selection_n, seed,
                                               n_splits, n_null)
         if fitted is not None:
             controls[name] = fitted
-        sweeps[name] = tau_sweep(group_records(results, members), results.n_labels)
+        sweeps[name] = bandwidth_sweep(group_records(results, members), results.n_labels)
     long = [{"run": run, "metric": m, **(v if isinstance(v, dict) else {"value": v})}
             for run, col in columns.items() for m, v in col.items()]
     write_csv(out / "kernel.csv", long)
-    write_csv(out / "kernel_tau.csv", [{"run": run, **r} for run, rows in sweeps.items() for r in rows])
+    write_csv(out / "kernel_bandwidth.csv", [{"run": run, **r} for run, rows in sweeps.items() for r in rows])
     write_csv(out / "kernel_splits.csv", [{"run": name, "split_seed": seed + s, "best_head": head,
                                            "best_baseline": c.best_baselines_[s] if c.baselines_ else "",
                                            **{m: float(v[s]) for m, v in c.split_values_.items()}}
                                           for name, c in controls.items() for s, head in enumerate(c.head_names())])
     figure = save_figure(plot_table2(columns, sweeps, results.task), out / "kernel.png")
     split = f"{selection_n} queries" if selection_n else f"{selection_fraction:.0%} of the queries"
-    sections = [Section(f"Table 2: {results.task}", TABLE2_TEXT.format(n_splits=n_splits, split=split, tau=tau),
+    sections = [Section(f"Table 2: {results.task}", TABLE2_TEXT.format(n_splits=n_splits, split=split,
+                                                                        bandwidth=bandwidth),
                         table=table2_markdown_rows(columns, results.task), figure=figure)]
     if controls:
         sections += [Section("What the controls say", VERDICT_TEXT.format(n_null=n_null),
@@ -283,13 +275,13 @@ def analyze_kernel(results: Results, runs: Sequence[str] | None = None, tau: flo
                      Section("Layer of the best head over the splits", "Splits (of "
                              f"{n_splits}) that chose each layer; per split in kernel_splits.csv.",
                              table=layer_rows(controls))]
-    sections.append(Section("Encoder kernel accuracy against its bandwidth tau",
-                            "Every query. Column NN (tau = 0) takes the nearest demonstration's label; CIs in "
-                            "kernel_tau.csv.",
-                            table=[{"run": run, **{("NN" if r["tau"] == 0 else f"tau={r['tau']:g}"): r["value"]
-                                                   for r in rows}} for run, rows in sweeps.items()]))
+    sections.append(Section("Encoder kernel accuracy against its bandwidth h",
+                            "Every query. Column NN (h = 0) takes the nearest demonstration's label; CIs in "
+                            "kernel_bandwidth.csv.",
+                            table=[{"run": run, **{("NN" if r["bandwidth"] == 0 else f"h={r['bandwidth']:g}"):
+                                                   r["value"] for r in rows}} for run, rows in sweeps.items()]))
     save_analysis(out, "kernel", "Kernel regression baselines (Table 2)", KERNEL_INTRO.format(
-        tau=tau, source=TABLE2["sst2"].source, paper=TABLE2["sst2"].encoder_kernel_accuracy), sections)
+        bandwidth=bandwidth, source=TABLE2["sst2"].source, paper=TABLE2["sst2"].encoder_kernel_accuracy), sections)
     return {"primary_metric": "margin_over_best_baseline", "runs": columns}
 
 
@@ -300,7 +292,8 @@ KERNEL_INTRO = (
     "prediction position to its label tokens y_i (the paper's protocol); span_max_agreement is the ablation that "
     "takes the largest attention over [x_i, ':', y_i] instead (its own best head), and span_max_on_* say where that "
     "maximum falls. Kernel regression y = argmax_c sum_i K(x, x_i)[y_i = c] over the same demonstrations with (a) "
-    "the experiment's sentence-encoder kernel exp(cos(x, x_i)/tau), tau = {tau}, and (b) the chosen head's "
+    "the experiment's sentence-encoder kernel exp((cos(x, x_i) - 1)/h), bandwidth h = {bandwidth} (0: nearest "
+    "neighbour), and (b) the chosen head's "
     "query/key kernel, read as its attention to each demonstration's own 'Output:' position. Beside them, the "
     "one-line rules a head must beat: the majority of the shown labels, the last demonstration's label (next to "
     "the query), the first one's, the most similar one's (encoder), and the LM's own label prior (its prediction "
@@ -314,7 +307,8 @@ TABLE2_TEXT = (
     "baseline's on the same queries, paired, the best baseline chosen on each resample (which favours the "
     "baselines). icl_accuracy is the raw (uncalibrated) prediction's, which the heads are matched to; with "
     "calibrate: true, calibrated_icl_accuracy is the calibrated one's (the run's summary accuracy). n: held-out "
-    "queries (a query under several seeds counts once). Runs without attention: every query, no head. tau = {tau}.")
+    "queries (a query under several seeds counts once). Runs without attention: every query, no head. Encoder "
+    "kernel bandwidth h = {bandwidth}.")
 VERDICT_TEXT = (
     "The head beats the baselines when the margin's interval lies above 0. The permutation null shuffles the "
     "demonstrations' labels within each prompt (attention unchanged), chooses the best head again on every split "

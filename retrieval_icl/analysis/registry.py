@@ -7,7 +7,7 @@ order is the order they run in and appear in the report. This module imports no 
 >>> [a.command for a in ANALYSES]
 ['attention', 'reconstruct', 'kernel', 'surrogate', 'bandwidth', 'label-format', 'distribution', 'frontier']
 >>> get("label-format").name, get("kernel").takes
-('label_format', ('runs', 'tau', 'selection_fraction', 'selection_n', 'seed', 'n_splits', 'n_null'))
+('label_format', ('runs', 'bandwidth', 'selection_fraction', 'selection_n', 'seed', 'n_splits', 'n_null'))
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Options:
     """Every setting an analysis may take; each analysis is passed only the fields in its `takes`."""
 
     runs: Sequence[str] | None = None  # only these runs; None: the main runs (first label format and pool)
-    tau: float = 0.1  # bandwidth of the encoder kernel exp(cos/tau); 0 = nearest neighbour
+    bandwidth: float = 0.1  # bandwidth h of the encoder kernel exp((cos - 1) / h); 0 = nearest neighbour
     selection_fraction: float = 0.7  # share of the queries that choose the best head; the rest are held out
     selection_n: int | None = None  # number of selection queries (overrides the fraction)
     seed: int = 0  # seed of the selection split and bootstrap
@@ -167,11 +167,11 @@ ANALYSES: tuple[Analysis, ...] = (
              summary=reconstruction_lines),
     Analysis("kernel", "kernel", "Table 2: ICL vs kernel regression with the encoder kernel, the head kernel and the "
              "reconstruction, against one-line baselines over repeated splits, with a permutation null.",
-             "kernel:analyze_kernel", ("runs", "tau", *SPLIT, "n_splits", "n_null")),
+             "kernel:analyze_kernel", ("runs", "bandwidth", *SPLIT, "n_splits", "n_null")),
     Analysis("surrogate", "surrogate", "The kernel surrogate (uncalibrated and fitted) against the LM's predictions on "
              "held-out queries: NLL and Brier beside uniform and constant references, agreement, ECE, accuracy.",
              "surrogate:analyze_surrogate",
-             ("runs", "tau", *SPLIT), needs_two_queries, summary=surrogate_lines),
+             ("runs", "bandwidth", *SPLIT), needs_two_queries, summary=surrogate_lines),
     Analysis("bandwidth", "bandwidth", "Accuracy by similarity of the demonstrations (bands, k, random bins) and "
              "kernel entropy.", "bandwidth:analyze_bandwidth", ("bins", *SPLIT), keywords={"bins": "n_bins"}),
     Analysis("label_format", "label-format", "The same selections under several label formats: accuracy, label "

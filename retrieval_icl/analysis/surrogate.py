@@ -1,8 +1,8 @@
 """How well the KernelSurrogate predicts the LM without running it, on queries held out from its fit.
 
 Per run, a seeded split of the queries (the same as the head selection's) into a fit part and a held-out part. Two
-surrogates over the encoder cosines of each query's demonstrations: uncalibrated (bandwidth tau, prior 1, no label
-bias) and calibrated (bandwidth, prior and per-label log_bias fitted by maximum likelihood of the LM's own label
+surrogates over the encoder cosines of each query's demonstrations: uncalibrated (the bandwidth given, prior 1, no
+label bias) and calibrated (bandwidth, prior and per-label log_bias fitted by maximum likelihood of the LM's own label
 distribution on the fit part), beside two references that ignore the demonstrations: uniform, and constant (the fit
 part's mean LM distribution). On the held-out part: NLL (cross-entropy) and Brier score against the LM's label
 distribution, agreement of the argmax with the LM's raw prediction, expected calibration error on equal-mass bins with
@@ -29,7 +29,6 @@ from .votes import argmax_breaking_ties, rate, raw_predictions
 
 ECE_BINS = 10
 ECE_RESAMPLES = 1000
-NARROW_BANDWIDTH = 1e-3  # stands for tau = 0 (nearest neighbour): the surrogate needs a bandwidth > 0
 UNCALIBRATED_PRIOR = 1.0  # one pseudo-demonstration spread over the labels: no label gets probability 0
 KINDS = ("uncalibrated", "calibrated")
 REFERENCES = ("uniform", "constant")  # ignore the demonstrations: what the surrogate must beat
@@ -121,12 +120,11 @@ def score(probs: np.ndarray, records: Sequence[dict], seed: int = 0) -> tuple[di
     return metrics, predicted
 
 
-def surrogate_run(records: Sequence[dict], n_labels: int, tau: float, selection_fraction: float,
+def surrogate_run(records: Sequence[dict], n_labels: int, bandwidth: float, selection_fraction: float,
                   selection_n: int | None, seed: int) -> tuple[dict, list[dict]]:
     """Both surrogates and both references of one run on its held-out queries: the run's result and per-query rows."""
     fit_part = selection_split([r["query_id"] for r in records], selection_fraction, selection_n, seed)
     fit, held = [r for r, f in zip(records, fit_part) if f], [r for r, f in zip(records, fit_part) if not f]
-    bandwidth = tau if tau > 0 else NARROW_BANDWIDTH
     surrogates = {"uncalibrated": KernelSurrogate(n_labels, bandwidth=bandwidth, prior=UNCALIBRATED_PRIOR),
                   "calibrated": fit_records(fit, n_labels, prior="fit")}
     sims, labels = [r["encoder_similarities"] for r in held], [r["demo_labels"] for r in held]
@@ -182,22 +180,22 @@ def table_rows(found: dict[str, dict]) -> list[dict]:
             for run, col in found.items() for kind in (*KINDS, *REFERENCES)]
 
 
-def analyze_surrogate(results: Results, runs: Sequence[str] | None = None, tau: float = 0.1,
+def analyze_surrogate(results: Results, runs: Sequence[str] | None = None, bandwidth: float = 0.1,
                       selection_fraction: float = 0.7, selection_n: int | None = None, seed: int = 0) -> dict:
     """The kernel surrogate, uncalibrated and fitted, against the LM on held-out queries; files in analysis/."""
     out, found, query_rows = results.analysis_dir, {}, []
     for run, records in results.runs(runs or results.main_runs()).items():
-        found[run], rows = surrogate_run(records, results.n_labels, tau, selection_fraction, selection_n, seed)
+        found[run], rows = surrogate_run(records, results.n_labels, bandwidth, selection_fraction, selection_n, seed)
         query_rows += [{"run": run, **row} for row in rows]
     table = table_rows(found)
     write_csv(out / "surrogate.csv", table)
     write_csv(out / "surrogate_queries.csv", query_rows)
     figure = save_figure(plot_reliability(found), out / "surrogate.png")
-    bandwidth = f"tau = {tau}" if tau > 0 else f"{NARROW_BANDWIDTH} (tau = 0: near nearest neighbour)"
+    h = f"{bandwidth:g}" if bandwidth > 0 else "0 (nearest neighbour: the nearest demonstrations share a weight of 1)"
     intro = ("Can the encoder kernel stand in for the LM? The kernel surrogate predicts the LM's label distribution "
              "p(y) = (sum_i K(x, x_i)[y_i = y] + prior / n_labels) / (sum_i K(x, x_i) + prior), "
              "K = exp((cos(x, x_i) - 1)/h), from the cosines of each query's demonstrations alone. Uncalibrated: "
-             f"h = {bandwidth}, prior {UNCALIBRATED_PRIOR:g}, no label bias. Calibrated: h, the prior and a per-label "
+             f"h = {h}, prior {UNCALIBRATED_PRIOR:g}, no label bias. Calibrated: h, the prior and a per-label "
              "log-bias fitted by maximum likelihood of the LM's own label distribution (softmax of its label "
              f"log-probs) on a seeded {selection_n or f'{selection_fraction:.0%}'} of the queries. References that "
              "ignore the demonstrations: uniform, and constant (the fit part's mean LM distribution; its argmax is "
