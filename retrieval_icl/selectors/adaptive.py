@@ -35,7 +35,7 @@ from ..errors import RiclError
 from ..near_duplicates import normalise
 from ..surrogate import KernelSurrogate
 from .arrays import nearest
-from .base import Ranking, Selector
+from .base import PoolTexts, Ranking, Selector
 from .checks import check_fraction, check_greater, check_order, check_positive_int
 
 if TYPE_CHECKING:
@@ -157,8 +157,9 @@ def checked_thresholds(thresholds: Mapping[Any, float]) -> dict[int, float]:
 
 def fit_adaptive(selector: AdaptiveSelector, index: "DemoIndex") -> dict[str, Any]:
     """Bandwidth and thresholds per level: for every k up to the fit depth against the kernel's own answers, or
-    (fit_on="lm") for k = the fit depth against the LM's answers with 1, 2, 4, ... k. Candidate thresholds come from
-    the shape queries (the kernel's answers); Learn-then-Test on the disjoint calibration queries picks one."""
+    (fit_on="lm") for k = 1, 2, 4, ... and the fit depth against the LM's answers at those levels. Candidate
+    thresholds come from the shape queries (the kernel's answers); Learn-then-Test on the disjoint calibration
+    queries picks one."""
     shape, calibration = neighbourhoods(selector, index)
     n_labels, depth = calibration.n_labels, calibration.cosines.shape[1]
     bandwidth = selector.bandwidth or fit_bandwidth(shape.cosines, shape.labels, shape.gold, n_labels, selector.prior)
@@ -250,7 +251,7 @@ class Neighbourhoods:
     n_labels: int
 
 
-def fit_rows(selector: AdaptiveSelector, pool: Any) -> tuple[np.ndarray, np.ndarray]:
+def fit_rows(selector: AdaptiveSelector, pool: PoolTexts) -> tuple[np.ndarray, np.ndarray]:
     """Pool rows drawn with the seed among the whole texts: the shape queries and the calibration queries,
     disjoint (calibration first, at most half of them)."""
     drawn = whole_rows(pool, np.random.default_rng(selector.seed).permutation(len(pool)),
@@ -259,7 +260,7 @@ def fit_rows(selector: AdaptiveSelector, pool: Any) -> tuple[np.ndarray, np.ndar
     return drawn[n_calibration:], drawn[:n_calibration]
 
 
-def whole_rows(pool: Any, rows: np.ndarray, wanted: int) -> np.ndarray:
+def whole_rows(pool: PoolTexts, rows: np.ndarray, wanted: int) -> np.ndarray:
     """The first `wanted` of the rows whose text no other pool text holds. SST-2's train split holds every
     sentence's parse-tree phrases; a phrase is no stand-in for the sentences a run is asked about."""
     kept = []
@@ -295,7 +296,7 @@ def neighbourhoods(selector: AdaptiveSelector, index: "DemoIndex") -> tuple[Neig
                  for rows in (shape_rows, calibration_rows))
 
 
-def neighbours_of(index: "DemoIndex", pool: Any, rows: np.ndarray, excluded: list[set[int]], depth: int,
+def neighbours_of(index: "DemoIndex", pool: PoolTexts, rows: np.ndarray, excluded: list[set[int]], depth: int,
                   label_of: dict[int, int], n_labels: int) -> Neighbourhoods:
     """The depth nearest pool examples of each row's text but its excluded ids."""
     found_ids, cosines = nearest(index, index.embeddings(pool.ids[rows]), depth, excluded)  # (n, depth) each
