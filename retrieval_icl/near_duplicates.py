@@ -179,6 +179,11 @@ class NearDuplicates:
         """The pool rows that are near-duplicates of `text`, ascending."""
         return list(self._cached(text))
 
+    def holders(self, text: str) -> list[int]:
+        """The rows among `rows(text)` whose normalised text is longer and holds the query's: it is their phrase."""
+        norm, t = normalise(text), self._built()
+        return [r for r in self.rows(text) if t.norm[r] != norm and f" {norm} " in f" {t.norm[r]} "]
+
     def _built(self) -> _Tables:
         if self._tables is None:
             with self._lock:

@@ -169,3 +169,10 @@ def test_the_option_checks_its_value_and_travels_from_a_config():
     assert SelectorConfig(name="knn", params={"exclude_near_duplicates": True}).exclude_near_duplicates is True
     with pytest.raises(ValueError, match="exclude_near_duplicates is False but its params give True"):
         SelectorConfig(name="knn", exclude_near_duplicates=False, params={"exclude_near_duplicates": True})
+
+
+def test_holders_are_the_longer_texts_a_query_is_a_phrase_of():
+    pool = NearDuplicates(["a good movie", "A GOOD movie!", "good", "a good movie indeed", "a bad day"])
+    assert pool.holders("a good movie") == [3]  # not itself, its case variant, nor the phrase inside it
+    assert pool.holders("good") == [0, 1, 3]
+    assert pool.holders("a good movie indeed") == [] and pool.holders("a bad day") == []

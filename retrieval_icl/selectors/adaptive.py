@@ -32,7 +32,6 @@ import numpy as np
 
 from .. import risk_control
 from ..errors import RiclError
-from ..near_duplicates import normalise
 from ..surrogate import KernelSurrogate
 from .arrays import nearest
 from .base import PoolTexts, Ranking, Selector
@@ -265,9 +264,7 @@ def whole_rows(pool: PoolTexts, rows: np.ndarray, wanted: int) -> np.ndarray:
     sentence's parse-tree phrases; a phrase is no stand-in for the sentences a run is asked about."""
     kept = []
     for row in rows:
-        text = normalise(pool.texts[row])
-        holders = (normalise(pool.texts[r]) for r in pool.duplicates.rows(pool.texts[row]))
-        if not any(h != text and f" {text} " in f" {h} " for h in holders):
+        if not pool.duplicates.holders(pool.texts[row]):
             kept.append(int(row))
             if len(kept) == wanted:
                 break
