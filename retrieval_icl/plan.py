@@ -146,13 +146,15 @@ def fill_prompts(plan: RunPlan, config: CompareConfig, inputs: Inputs, index: De
                  builder: PromptBuilder, budget: int | None = None) -> RunPlan:
     """The plan's prompts (and content-free prompts when calibrating), demo labels and encoder similarities.
 
-    `budget` keeps each query's most relevant demonstrations that fit that many prompt tokens (PromptBuilder.build).
+    `budget` keeps each query's most relevant demonstrations that fit that many prompt tokens (PromptBuilder.build); a
+    query with no room for one gets none (its record says n_demos 0) rather than ending the run.
     `index` is the pool under the experiment's sentence encoder and `query_vectors` (Q, d) the queries under it:
     every record's encoder_similarities come from them, whatever kernel the selector used (its own similarities
     stay in demo_scores, named by demo_score_kind).
     """
     reserve = max(len(c) for c in plan.continuations)
-    plan.prompts = [builder.build(demos(index, s), q.texts, s.scores, reserve, budget=budget)
+    plan.prompts = [builder.build(demos(index, s), q.texts, s.scores, reserve, budget=budget,
+                                  none_fit_ok=True)
                     for q, s in zip(inputs.queries, plan.selections)]
     plan.demo_labels = [[index.example(i).label for i in p.demo_ids] for p in plan.prompts]
     plan.encoder_similarities = [[round(float(v), 6) for v in index.embeddings(p.demo_ids) @ e] if p.demo_ids else []

@@ -76,22 +76,23 @@ class PromptBuilder:
         return "".join(parts), x_chars, y_chars, (pos, pos + len(q))
 
     def build(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float] | None = None,
-              reserve: int = 0, budget: int | None = None) -> Prompt:
+              reserve: int = 0, budget: int | None = None, none_fit_ok: bool = False) -> Prompt:
         """The prompt with every demonstration when it fits: at most `budget` tokens (when given) and `reserve` tokens
-        left of max_tokens (when set). Otherwise the demonstrations kept greedily (see `_greedy`)."""
+        left of max_tokens (when set). Otherwise the demonstrations kept greedily (see `_greedy`). A budget with no
+        room for any demonstration is an error, or, with `none_fit_ok`, the prompt without demonstrations."""
         if self.tokenizer is None:
             raise RiclError("PromptBuilder needs a tokenizer to build token ids; pass tokenizer=")
         check_budget(budget)
         full = self._tokenise(demos, query_texts)
         if self._fits(len(full.token_ids), reserve, budget):
             return full  # the common path: one tokenisation
-        return self._greedy(demos, query_texts, scores, reserve, budget, full)
+        return self._greedy(demos, query_texts, scores, reserve, budget, full, none_fit_ok)
 
     def _fits(self, n: int, reserve: int, budget: int | None) -> bool:
         return (budget is None or n <= budget) and (self.max_tokens is None or n + reserve <= self.max_tokens)
 
     def _greedy(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float] | None,
-                reserve: int, budget: int | None, full: Prompt) -> Prompt:
+                reserve: int, budget: int | None, full: Prompt, none_fit_ok: bool = False) -> Prompt:
         """Try the demonstrations most relevant first (highest score; without scores, later ones, which sit nearer the
         query; ties go to the later one) and keep each that still fits beside the ones kept; kept ones keep their prompt
         order, `dropped_ids` lists the others least relevant first.
@@ -117,7 +118,7 @@ class PromptBuilder:
             kept = self._kept(order, lambda chosen: self._count([demos[j] for j in chosen], query_texts), reserve,
                               budget)
             prompt = self._tokenise([demos[j] for j in kept], query_texts)
-        if budget is not None and not kept:
+        if budget is not None and not kept and not none_fit_ok:
             shortest = min((self._count([d], query_texts) for d in demos), default=None)
             raise RiclError(self._no_room(budget, reserve, len(bare.token_ids), shortest))
         prompt.n_demos_requested = len(demos)

@@ -181,6 +181,8 @@ def test_a_budget_below_one_demonstration_is_one_clear_error(tokenizer):
                                     f"demonstrations takes {bare} tokens and the shortest with one demonstration "
                                     f"{shortest}")
     assert builder.build(demos, ("what a ride",), budget=shortest).demo_ids == [1]
+    none = builder.build(demos, ("what a ride",), scores=[0.9, 0.2], budget=shortest - 1, none_fit_ok=True)
+    assert (none.demo_ids, none.dropped_ids, len(none.token_ids)) == ([], [1, 0], bare)
     for bad in (0, -3, True, 2.5, "40"):
         with pytest.raises(RiclError, match="max_tokens must be a positive integer"):
             builder.build(demos, ("what a ride",), budget=bad)

@@ -158,12 +158,13 @@ def test_a_failed_write_keeps_the_previous_results_whole(tmp_path, tokenizer, mo
 def test_selectors_with_their_own_k_a_token_budget_and_adaptive_state_reported(tmp_path, tokenizer):
     selectors = [SelectorConfig(name="knn", k=2, label="knn-k2"), SelectorConfig(name="knn", k=6, label="knn-k6"),
                  SelectorConfig(name="knn", k=6, max_tokens=60, label="budget-60"),
+                 SelectorConfig(name="knn", k=6, max_tokens=1, label="budget-1"),
                  SelectorConfig(name="adaptive", k=6, params={"n_fit": 30, "fit_depth": 8, "fit_on": "kernel"},
                                 label="adaptive-k6")]
     rows, _, out = run_compare(config(tmp_path, k_values=[3, 4], selectors=selectors, capture_attention=False),
                                scorer=VoteScorer(tokenizer))
     assert [r["run"] for r in rows] == ["knn-k2-k2-seed0", "knn-k6-k6-seed0", "budget-60-k6-seed0",
-                                        "adaptive-k6-k6-seed0"]  # each runs once, at its own k
+                                        "budget-1-k6-seed0", "adaptive-k6-k6-seed0"]  # each runs once, at its own k
     by_run: dict[str, list[dict]] = {}
     for r in read_records(out):
         by_run.setdefault(r["selector"], []).append(r)
@@ -175,6 +176,9 @@ def test_selectors_with_their_own_k_a_token_budget_and_adaptive_state_reported(t
         assert set(b["demo_ids"]) <= set(f["demo_ids"]) and set(b["dropped_ids"]) == set(f["demo_ids"]) - set(
             b["demo_ids"])
         assert [i for i in f["demo_ids"] if i in b["demo_ids"]] == b["demo_ids"]  # kept ones keep their order
+    for none, f in zip(by_run["budget-1"], full):  # no room for any: each query runs without demonstrations
+        assert none["demo_ids"] == [] and sorted(none["dropped_ids"]) == sorted(f["demo_ids"])
+        assert none["prompt_tokens"] < min(b["prompt_tokens"] for b in budget) and none["prediction"] in (0, 1)
     assert all(1 <= len(r["demo_ids"]) <= 6 and r["k"] == 6 for r in by_run["adaptive-k6"])
     fits = json.loads((out / "run_info.json").read_text())["selector_fits"]
     assert list(fits) == ["adaptive-k6-k6-seed0"] and fits["adaptive-k6-k6-seed0"]["n_fit_queries"] == 20  # half of 40
