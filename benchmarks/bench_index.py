@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from common import DATA, ROOT, interleave, peak_delta_mb, print_machine, print_table, timing_rows
 
-from retrieval_icl.encoders import Encoder
+from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex, default_nlist
 from retrieval_icl.models import cpu_bfloat16_flags
 from retrieval_icl.onnx_encoder import OnnxSentenceModel
-from retrieval_icl.tasks import Example
+from retrieval_icl.sentence_encoder import Encoder
 
 DIM = 384
 

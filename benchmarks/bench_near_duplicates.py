@@ -21,8 +21,9 @@ from collections import Counter
 import numpy as np
 from common import DATA, peak_delta_mb, print_machine
 
+from retrieval_icl.examples import Example
 from retrieval_icl.near_duplicates import NearDuplicates, normalise, shares_most
-from retrieval_icl.tasks import Example, load_examples, load_task
+from retrieval_icl.tasks import load_examples, load_task
 
 
 def trigram_set(norm: str) -> set[tuple[str, ...]]:

@@ -70,8 +70,8 @@ class Outcome:
 def build_default_index(directory: Path, backend: str) -> None:
     """SST-2 validation (872 examples) with the packaged encoder on `backend`; embeddings cached after the first
     run."""
-    from retrieval_icl.encoders import Encoder
     from retrieval_icl.index import DemoIndex
+    from retrieval_icl.sentence_encoder import Encoder
     from retrieval_icl.tasks import load_examples, load_task
 
     task = load_task("sst2")

@@ -41,8 +41,8 @@ SERVE = ("import os, sys\nfrom retrieval_icl.service import serve, SERVED_STRATE
 
 def build_index(directory: Path, n: int) -> None:
     """A seeded n of SST-2's train phrases, embedded with the packaged encoder (cached after the first run)."""
-    from retrieval_icl.encoders import Encoder
     from retrieval_icl.index import DemoIndex
+    from retrieval_icl.sentence_encoder import Encoder
     from retrieval_icl.tasks import load_examples, load_task
 
     task = load_task("sst2")

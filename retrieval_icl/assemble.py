@@ -10,13 +10,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from .attention_summary import demo_attention_profile, demo_attention_summary, span_attention_mass
+from .examples import Example
 from .plan import RunPlan
 from .prompts import Prompt
 from .record import AttentionDigest, RunRecord
 from .scoring import LabelScores, calibrate
-from .selectors import Selection
+from .selectors.base import Selection
 from .stats import bootstrap_ci, mcnemar
-from .tasks import Example
 
 
 @dataclass

@@ -98,8 +98,8 @@ def index_build(
 ) -> None:
     """Embed a dataset split and save a FAISS index of it (atomic: an existing index is never half-replaced)."""
     from .atomic_dir import check_replaceable
-    from .encoders import DEFAULT_ENCODER, check_backend
     from .index import MANIFEST_FILE
+    from .sentence_encoder import DEFAULT_ENCODER, check_backend
     from .task_index import build_task_index
 
     check_backend(encoder_backend)
@@ -144,7 +144,7 @@ def index_fit(
     """Fit a selector on queries drawn from the index's own pool and save the fit with the index."""
     from .index import DemoIndex
     from .plan import with_index_lm
-    from .selectors import make_selector
+    from .selectors.base import make_selector
 
     demo_index = DemoIndex.load(directory, encoder=_index_encoder(directory, encoder))
     fitted = with_index_lm(make_selector(selector, **_key_values(param or [])), demo_index, model).fit(demo_index)
@@ -158,7 +158,7 @@ def index_fit(
 
 def _strategies() -> str:
     """Every registered selector with the first line of its docstring, for `ricl select --help`."""
-    from .selectors import SELECTORS
+    from .selectors.base import SELECTORS
 
     lines = [f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}" for name, cls in sorted(SELECTORS.items())]
     return "Strategies (--selector):\n\n" + "\n\n".join(lines)

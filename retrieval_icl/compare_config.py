@@ -9,14 +9,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .encoders import DEFAULT_ENCODER, check_encoder_backend
+from .encoders import check_encoder_backend
 from .errors import RiclError
+from .examples import Example, fingerprint, sample_examples
 from .index import DemoIndex
 from .models import DEFAULT_MODEL
 from .perturb import perturb_examples
-from .selectors import make_selector
+from .selectors.base import make_selector
+from .sentence_encoder import DEFAULT_ENCODER
 from .task_index import load_or_build_index
-from .tasks import Example, TaskSpec, fingerprint, load_examples, load_task, sample_examples, task_from_columns
+from .tasks import TaskSpec, load_examples, load_task, task_from_columns
 from .yaml_config import read_yaml, validation_message
 
 DEFAULT_MARGIN = 0.03  # the equivalence / non-inferiority margin in accuracy when a config declares none

@@ -26,14 +26,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .encoders import Encoder
 from .errors import NotFittedYetError, RiclError
+from .examples import Example
 from .index import DemoIndex
 from .models import DEFAULT_MODEL
 from .prompt_budget import PromptBudget
 from .prompts import check_budget
-from .selectors import SELECTORS, Selector, make_selector
-from .tasks import Example
+from .selectors.base import SELECTORS, Selector, make_selector
+from .sentence_encoder import Encoder
 
 Query = str | Mapping[str, str]
 log = logging.getLogger(__name__)

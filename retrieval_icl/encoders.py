@@ -9,20 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import RiclError
-from .sentence_encoder import (
-    BACKENDS,
-    DEFAULT_ENCODER,
-    LM_PREFIX,
-    EmbeddingCache,
-    Encoder,
-    canonical_name,
-    check_backend,
-    default_cache_dir,
-    packaged_encoder_path,
-)
-
-__all__ = ["BACKENDS", "DEFAULT_ENCODER", "LM_PREFIX", "EmbeddingCache", "Encoder", "canonical_name",
-           "check_backend", "check_encoder_backend", "default_cache_dir", "make_encoder", "manifest_encoder"]
+from .sentence_encoder import LM_PREFIX, Encoder, check_backend, packaged_encoder_path
 
 
 def check_encoder_backend(name: str, backend: str) -> None:

@@ -26,10 +26,10 @@ from .compare_config import (
     load_inputs,
 )
 from .errors import RiclError
+from .examples import fingerprint
 from .index import DemoIndex
 from .plan import plan_compare, score_requests
 from .scoring import Scorer
-from .tasks import fingerprint
 
 log = logging.getLogger(__name__)
 RUN_INFO = "run_info.json"  # every results directory has it: the mark that --overwrite may replace it

@@ -15,10 +15,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from . import __version__
 from .atomic_dir import atomic_directory, recover, write_text
-from .encoders import Encoder, manifest_encoder
+from .encoders import manifest_encoder
 from .errors import RiclError, StaleIndexError
+from .examples import Example, fingerprint
 from .faiss_support import faiss  # the one import of faiss: a missing build gets an install hint
-from .tasks import Example, fingerprint
+from .sentence_encoder import Encoder
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
 INDEX_FILE, EXAMPLES_FILE, MANIFEST_FILE = "index.faiss", "examples.jsonl", "manifest.json"

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Callable, Sequence
 
 from .errors import RiclError
-from .tasks import Example
+from .examples import Example
 
 # Real but rare English words: substituting them moves text away from what a model saw often in pretraining.
 RARE_WORDS = ("abecedarian", "borborygmus", "callipygian", "defenestrate", "erinaceous",

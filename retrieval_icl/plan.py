@@ -13,13 +13,12 @@ from typing import Sequence
 import numpy as np
 
 from .compare_config import CompareConfig, Inputs, SelectorConfig
+from .examples import Example
 from .index import DemoIndex
 from .prompt_budget import index_task
 from .prompts import Prompt, PromptBuilder
 from .scoring import Scorer, ScoreRequest, log_normalise
-from .selectors import Selection, make_selector
-from .selectors.base import LabelProbs, Selector
-from .tasks import Example
+from .selectors.base import LabelProbs, Selection, Selector, make_selector
 
 CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
 

@@ -7,9 +7,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
+from .examples import Example
 from .models import DEFAULT_MODEL, load_tokenizer_and_config
 from .prompts import Prompt, PromptBuilder
-from .tasks import Example, TaskSpec, known_tasks, load_task, task_from_columns
+from .tasks import TaskSpec, known_tasks, load_task, task_from_columns
 
 
 class PromptBudget:

@@ -8,7 +8,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import RiclError
-from .tasks import Example, TaskSpec
+from .examples import Example
+from .tasks import TaskSpec
 
 Span = tuple[int, int]  # [start, end) in tokens (or characters, before tokenisation)
 

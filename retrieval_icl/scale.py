@@ -36,11 +36,12 @@ from typing import Any
 
 import numpy as np
 
-from .encoders import DEFAULT_ENCODER, make_encoder
+from .encoders import make_encoder
 from .errors import RiclError
 from .models import load_tokenizer_and_config
 from .runner import LMRunner
 from .scoring import LabelScores, ScoreRequest
+from .sentence_encoder import DEFAULT_ENCODER
 
 
 def connect_ray(address: str | None = None) -> None:

@@ -43,11 +43,11 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .demo_selector import DemoSelector, SelectedExample
 from .docs_page import add_docs
-from .encoders import Encoder
 from .errors import NotFittedYetError, RiclError, StaleIndexError
 from .models import DEFAULT_MODEL
 from .request_batcher import RequestBatcher, grouped
-from .selectors import SELECTORS
+from .selectors.base import SELECTORS
+from .sentence_encoder import Encoder
 
 log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"

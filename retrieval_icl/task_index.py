@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic_dir import recover
-from .encoders import DEFAULT_ENCODER, LM_PREFIX, make_encoder
+from .encoders import make_encoder
 from .errors import RiclError
+from .examples import Example, fingerprint
 from .index import DemoIndex
-from .tasks import Example, TaskSpec, fingerprint
+from .sentence_encoder import DEFAULT_ENCODER, LM_PREFIX
+from .tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 

@@ -3,18 +3,15 @@ or by name or save_to_disk folder without a task), or local JSONL/CSV/Parquet fi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import random
 import reprlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import RiclError
+from .examples import Example
 from .readers import READERS
 from .yaml_config import check_file, read_yaml, validation_message
 
@@ -22,20 +19,6 @@ log = logging.getLogger(__name__)
 
 # Inside the package, so an installed (not editable) copy finds the built-in tasks too.
 TASKS_DIR = Path(__file__).resolve().parent / "task_configs"
-
-
-@dataclass(frozen=True)
-class Example:
-    """One labelled input: `texts` holds the task's text fields in order (one or two)."""
-
-    id: int
-    texts: tuple[str, ...]
-    label: int
-
-    @property
-    def text(self) -> str:
-        """The text an encoder embeds: the fields joined by a newline."""
-        return "\n".join(self.texts)
 
 
 class PromptTemplate(BaseModel):
@@ -304,21 +287,3 @@ def load_examples(task: TaskSpec, split: str, data_dir: str | Path | None = None
     if not data_dir.is_dir():
         raise RiclError(f"{data_dir}: data dir does not exist")
     return read_examples_file(_local_file(task, split, data_dir), task)
-
-
-def sample_examples(examples: Sequence[Example], n: int | None, seed: int) -> list[Example]:
-    """A seeded subset of n examples in their original order (all of them when n is None or too large)."""
-    if n is None or n >= len(examples):
-        return list(examples)
-    if n <= 0:
-        raise RiclError(f"n must be a positive integer, got {n}")
-    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
-    return [examples[i] for i in keep]
-
-
-def fingerprint(examples: Sequence[Example]) -> str:
-    """A short hash of the examples' ids, texts and labels: two pools with the same fingerprint are the same."""
-    h = hashlib.sha256()
-    for ex in examples:
-        h.update(json.dumps([ex.id, ex.texts, ex.label]).encode())
-    return h.hexdigest()[:16]

@@ -6,8 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from retrieval_icl.encoders import Encoder
-from retrieval_icl.sentence_encoder import PROBE
+from retrieval_icl.sentence_encoder import PROBE, Encoder
 
 
 class CountingModel:

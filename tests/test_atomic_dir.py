@@ -152,8 +152,8 @@ selector.add_examples([{"fields": "never acknowledged", "label": 1}], save=True)
 
 
 def small_index(tmp_path: Path) -> Path:
-    from retrieval_icl.encoders import Encoder
     from retrieval_icl.index import DemoIndex
+    from retrieval_icl.sentence_encoder import Encoder
     from retrieval_icl.tasks import load_examples, load_task
 
     task = load_task("sst2")
@@ -193,9 +193,9 @@ def test_stale_temporary_folders_go_but_a_live_writers_stay(tmp_path):
 
 def test_two_writers_of_one_index_lose_no_acknowledged_add(tmp_path):
     from retrieval_icl.demo_selector import DemoSelector
-    from retrieval_icl.encoders import Encoder
     from retrieval_icl.errors import StaleIndexError
     from retrieval_icl.index import DemoIndex
+    from retrieval_icl.sentence_encoder import Encoder
 
     index = small_index(tmp_path)
     first, second = (DemoSelector.load(index, encoder=Encoder(cache_dir=tmp_path / "emb")) for _ in range(2))

@@ -14,12 +14,13 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from retrieval_icl.demo_selector import DemoSelector, SelectedExample
-from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.models import load_tokenizer_and_config
 from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.tasks import Example, load_task
+from retrieval_icl.sentence_encoder import Encoder
+from retrieval_icl.tasks import load_task
 
 pytestmark = pytest.mark.lm  # loads the packaged tokenizers (no weights once the models are converted)
 

@@ -110,7 +110,7 @@ def test_validate_accepts_the_shipped_configs():
 
 
 def test_select_help_lists_every_registered_strategy():
-    from retrieval_icl.selectors import SELECTORS
+    from retrieval_icl.selectors.base import SELECTORS
 
     result = ricl("select", "--help")
     assert result.exit_code == 0

@@ -9,11 +9,11 @@ import pytest
 from counting_encoder import counting_encoder
 
 from retrieval_icl.demo_selector import DemoSelector, SelectedExample
-from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.models import DEFAULT_MODEL
-from retrieval_icl.selectors import KNNSelector
+from retrieval_icl.selectors.knn import KNNSelector
+from retrieval_icl.sentence_encoder import Encoder
 from retrieval_icl.tasks import load_examples, load_task
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -244,7 +244,7 @@ def test_two_field_budgets_count_with_a_named_tokenizer(rte_dir, encoder):
 @pytest.fixture
 def gated_strategy():
     """A registered knn whose fit waits for `gate` once `hold` is set: an add's refit can be held in mid-fit."""
-    from retrieval_icl.selectors import SELECTORS
+    from retrieval_icl.selectors.base import SELECTORS
 
     hold, gate, in_fit = threading.Event(), threading.Event(), threading.Event()
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.onnx_encoder import OnnxSentenceModel, onnx_cache_root
-from retrieval_icl.tasks import Example
+from retrieval_icl.sentence_encoder import Encoder
 
 SST2 = Path(__file__).resolve().parent / "data" / "sst2" / "train.jsonl"  # 40 hand-made reviews
 TEXTS = [json.loads(line)["sentence"] for line in SST2.read_text().splitlines()]

@@ -10,10 +10,10 @@ import pytest
 
 from retrieval_icl import atomic_dir
 from retrieval_icl import index as index_mod
-from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.index import INDEX_TYPES, DemoIndex, IndexManifest
-from retrieval_icl.tasks import Example
+from retrieval_icl.sentence_encoder import Encoder
 
 DIM = 16
 

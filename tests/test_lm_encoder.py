@@ -6,10 +6,10 @@ import torch
 
 from retrieval_icl.encoders import make_encoder
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.lm_encoder import LMEncoder
-from retrieval_icl.selectors import KNNSelector
-from retrieval_icl.tasks import Example
+from retrieval_icl.selectors.knn import KNNSelector
 
 TEXTS = ["a gorgeous, witty film", "dull and far too long", "the stock market fell sharply today",
          "shares dropped on wall street", "a warm and funny movie"]

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from retrieval_icl.compare_config import SelectorConfig
-from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.near_duplicates import NearDuplicates, is_near_duplicate, normalise
-from retrieval_icl.selectors import make_selector
-from retrieval_icl.selectors.base import PoolTexts
-from retrieval_icl.tasks import Example, load_examples, load_task
+from retrieval_icl.selectors.base import PoolTexts, make_selector
+from retrieval_icl.sentence_encoder import Encoder
+from retrieval_icl.tasks import load_examples, load_task
 
 DATA = Path(__file__).resolve().parent / "data"
 QUERY = "a good movie with a great cast"

@@ -1,8 +1,9 @@
 import pytest
 
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.tasks import Example, load_task
+from retrieval_icl.tasks import load_task
 
 pytestmark = pytest.mark.lm
 

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 ray = pytest.importorskip("ray")
 
 from retrieval_icl.cli import app  # noqa: E402
-from retrieval_icl.encoders import Encoder  # noqa: E402
 from retrieval_icl.errors import RiclError  # noqa: E402
 from retrieval_icl.index import DemoIndex  # noqa: E402
 from retrieval_icl.prompts import PromptBuilder  # noqa: E402
 from retrieval_icl.scale import embed_distributed, score_distributed  # noqa: E402
+from retrieval_icl.sentence_encoder import Encoder  # noqa: E402
 from retrieval_icl.task_index import build_task_index  # noqa: E402
 from retrieval_icl.tasks import load_examples, load_task  # noqa: E402
 

@@ -7,13 +7,13 @@ import pytest
 from standin import TINY_DATA, VoteScorer, tiny_tokenizer
 
 from retrieval_icl.compare_config import CompareConfig, SelectorConfig
-from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.experiment import run_compare
 from retrieval_icl.index import DemoIndex
-from retrieval_icl.selectors import MDLSelector, make_selector
-from retrieval_icl.selectors.mdl import label_entropy
-from retrieval_icl.tasks import Example
+from retrieval_icl.selectors.base import make_selector
+from retrieval_icl.selectors.mdl import MDLSelector, label_entropy
+from retrieval_icl.sentence_encoder import Encoder
 
 D = 8
 

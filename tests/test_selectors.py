@@ -8,21 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex
-from retrieval_icl.selectors import (
-    SELECTORS,
-    KNNSelector,
-    RandomSelector,
-    SimilarityBandSelector,
-    best_first,
-    cosines,
-    first_kept,
-    make_selector,
-    mmr_order,
-    nearest,
-)
+from retrieval_icl.selectors.arrays import best_first, cosines, first_kept, mmr_order, nearest
+from retrieval_icl.selectors.band import SimilarityBandSelector
+from retrieval_icl.selectors.base import SELECTORS, make_selector
 from retrieval_icl.selectors.checks import (
     check_count,
     check_fraction,
@@ -31,7 +22,10 @@ from retrieval_icl.selectors.checks import (
     check_order,
     check_positive_int,
 )
-from retrieval_icl.tasks import Example, load_examples, load_task
+from retrieval_icl.selectors.knn import KNNSelector
+from retrieval_icl.selectors.random import RandomSelector
+from retrieval_icl.sentence_encoder import Encoder
+from retrieval_icl.tasks import load_examples, load_task
 
 DATA = Path(__file__).resolve().parent / "data"
 FITS_STATE = {"adaptive", "balanced", "bm25", "kmeans", "votek"}  # fit computes state from the pool

@@ -7,20 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex
-from retrieval_icl.selectors import (
-    BalancedSelector,
-    BM25Selector,
-    KMeansSelector,
-    KNNSelector,
-    MMRSelector,
-    VoteKSelector,
-    make_selector,
-)
-from retrieval_icl.selectors.mmr import mmr_order
-from retrieval_icl.tasks import Example, load_examples, load_task
+from retrieval_icl.selectors.arrays import mmr_order
+from retrieval_icl.selectors.balanced import BalancedSelector
+from retrieval_icl.selectors.base import make_selector
+from retrieval_icl.selectors.bm25 import BM25Selector
+from retrieval_icl.selectors.knn import KNNSelector
+from retrieval_icl.selectors.mmr import MMRSelector
+from retrieval_icl.selectors.representative import KMeansSelector, VoteKSelector
+from retrieval_icl.sentence_encoder import Encoder
+from retrieval_icl.tasks import load_examples, load_task
 
 DATA = Path(__file__).resolve().parent / "data"
 TOPICS = {

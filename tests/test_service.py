@@ -19,9 +19,9 @@ from fastapi import FastAPI
 
 from retrieval_icl.demo_selector import DemoSelector
 from retrieval_icl.docs_page import add_docs
-from retrieval_icl.encoders import Encoder
 from retrieval_icl.errors import RiclError
 from retrieval_icl.index import DemoIndex
+from retrieval_icl.sentence_encoder import Encoder
 from retrieval_icl.service import Limits, create_app
 from retrieval_icl.tasks import load_examples, load_task
 

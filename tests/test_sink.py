@@ -12,8 +12,9 @@ from retrieval_icl.analysis.attention import span_max_weights
 from retrieval_icl.analysis.votes import argmax_breaking_ties, class_votes
 from retrieval_icl.attention_summary import demo_attention_summary, span_attention_mass
 from retrieval_icl.capture import capture_attention
+from retrieval_icl.examples import Example
 from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.tasks import Example, load_task
+from retrieval_icl.tasks import load_task
 
 pytestmark = pytest.mark.lm
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

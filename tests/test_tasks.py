@@ -4,15 +4,8 @@ from pathlib import Path
 import pytest
 
 from retrieval_icl.errors import RiclError
-from retrieval_icl.tasks import (
-    fingerprint,
-    known_tasks,
-    load_examples,
-    load_task,
-    read_examples_file,
-    sample_examples,
-    task_from_columns,
-)
+from retrieval_icl.examples import fingerprint, sample_examples
+from retrieval_icl.tasks import known_tasks, load_examples, load_task, read_examples_file, task_from_columns
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, Union
 import numpy as np
 
 from ..errors import RiclError
+from ..examples import Example
 from ..near_duplicates import NearDuplicates
-from ..tasks import Example
 from .checks import ORDERS, check_fresh, check_k, check_positive_int
 
 if TYPE_CHECKING:

@@ -9,8 +9,6 @@ from .arrays import dpp_greedy, nearest_candidates
 from .base import Ranking, Selector
 from .checks import check_greater, check_order, check_positive_int
 
-__all__ = ["DPPSelector", "dpp_greedy"]
-
 
 class DPPSelector(Selector):
     """Greedy MAP of a DPP over the `fetch_k` nearest neighbours (at least k).

@@ -8,8 +8,6 @@ from .arrays import mmr_order, nearest_candidates
 from .base import Ranking, Selector
 from .checks import check_fraction, check_order, check_positive_int
 
-__all__ = ["MMRSelector", "mmr_order"]
-
 
 class MMRSelector(Selector):
     """Greedy MMR over the `fetch_k` nearest neighbours: lambda_mult=1 is knn, 0 is most diverse.
