@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import RiclError
+from .models import one_cpu_thread
 
 CAPTURE_IMPLEMENTATION = "ricl_capture"
 
@@ -108,22 +109,6 @@ def _capture_attention_forward(
         with one_cpu_thread(query.device):
             capture.record(module, query, key, attention_mask, scaling, kwargs)
     return out
-
-
-@contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """Run tiny tensor ops on one CPU thread (no-op elsewhere): split over several threads, each op waits at an
-    OpenMP barrier, which costs milliseconds per op when the cores are shared with other processes. Used for the
-    row recomputation here (~15 ops per layer) and the runner's one-token label passes; big ops keep every thread."""
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _register() -> None:

@@ -30,7 +30,7 @@ from .errors import NotFittedYetError, RiclError
 from .examples import Example
 from .index import DemoIndex
 from .models import DEFAULT_MODEL
-from .prompt_budget import PromptBudget
+from .prompt_budget import PromptBudget, index_text_fields
 from .prompts import check_budget
 from .selectors.base import SELECTORS, Selector, make_selector
 from .sentence_encoder import Encoder
@@ -95,7 +95,7 @@ class DemoSelector:
     @cached_property
     def text_fields(self) -> list[str]:
         """Names of the text fields: the manifest's, else the task's, else text / text1, text2, ..."""
-        return resolve_text_fields(self.index)
+        return index_text_fields(self.index)
 
     @cached_property
     def label_names(self) -> list[str] | None:
@@ -326,21 +326,6 @@ def _yielding_thread() -> None:
     thread id's nice value to that thread alone, and the threads it starts (OpenMP, BLAS) inherit it."""
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or not allowed: the fit runs at normal priority
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-
-
-def resolve_text_fields(index: DemoIndex) -> list[str]:
-    """The names of an index's text fields: recorded at build, else its built-in task's, else generic names."""
-    from .tasks import known_tasks, load_task
-
-    manifest = index.manifest
-    n_texts = len(next(iter(index.examples)).texts)
-    if manifest.text_fields and len(manifest.text_fields) == n_texts:
-        return list(manifest.text_fields)
-    if manifest.task in known_tasks():
-        fields = load_task(manifest.task).text_fields
-        if len(fields) == n_texts:
-            return fields
-    return ["text"] if n_texts == 1 else [f"text{i + 1}" for i in range(n_texts)]
 
 
 def _checked_text(text: Any, what: str) -> str:

@@ -18,16 +18,14 @@ from .atomic_dir import atomic_directory, check_replaceable, claimed
 from .compare_config import (
     ColumnsConfig,
     CompareConfig,
-    Inputs,
     PoolConfig,
     SelectorConfig,
-    get_index,
     load_compare_config,
-    load_inputs,
 )
 from .errors import RiclError
 from .examples import fingerprint
 from .index import DemoIndex
+from .inputs import Inputs, get_index, load_inputs
 from .plan import plan_compare, score_requests
 from .scoring import Scorer
 

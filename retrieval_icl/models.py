@@ -12,11 +12,14 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cache_dirs import cache_dir
 from .errors import RiclError
 
 if TYPE_CHECKING:  # torch is imported where a model is loaded, so naming a model costs nothing
@@ -87,13 +90,6 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
-def cache_root() -> Path:
-    """Folder of converted models: `$RICL_CACHE_DIR/models`, else `~/.cache/retrieval_icl/models`."""
-    base = os.environ.get("RICL_CACHE_DIR")
-    root = Path(base) if base else Path.home() / ".cache" / "retrieval_icl"
-    return root / "models"
-
-
 def packaged_gguf(name: str) -> Path:
     """Path of a packaged model's .gguf file; RiclError says how to install the package if it is missing."""
     spec = PACKAGED_MODELS[name]
@@ -138,7 +134,7 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
 
 def converted_dir(gguf: Path) -> Path:
     """Cached safetensors folder for a GGUF file, converting it first if needed (atomic: temp dir, then rename)."""
-    target = cache_root() / f"{gguf.stem}-{file_digest(gguf)}"  # by content: a new file at the same path misses
+    target = cache_dir("models") / f"{gguf.stem}-{file_digest(gguf)}"  # by content: a new file at the same path misses
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -294,3 +290,22 @@ def context_length(config: Any, tokenizer: Any) -> int:
     if not limit:
         raise RiclError("the model config gives no context length (max_position_embeddings or n_positions).")
     return int(limit)
+
+
+@contextmanager
+def one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Run tiny tensor ops on one CPU thread (no-op elsewhere): split over several threads, each op waits at an
+    OpenMP barrier, which costs milliseconds per op when the cores are shared with other processes. Used for the
+    row recomputation in capture.py (~15 ops per layer) and the runner's one-token label passes; big ops keep every
+    thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

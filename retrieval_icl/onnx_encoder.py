@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from .atomic_dir import atomic_directory
 from .batching import batch_bounds
+from .cache_dirs import cache_dir
 from .errors import RiclError
 
 if TYPE_CHECKING:
@@ -31,12 +31,6 @@ log = logging.getLogger(__name__)
 _OPSET = 17
 # A batch's fixed cost (one ONNX Runtime call, Python around it) in padded tokens' worth of compute, for batch_bounds.
 _BATCH_OVERHEAD_TOKENS = 8
-
-
-def onnx_cache_root() -> Path:
-    """Folder of exported encoders: `$RICL_CACHE_DIR/onnx`, else `~/.cache/retrieval_icl/onnx`."""
-    base = os.environ.get("RICL_CACHE_DIR")
-    return (Path(base) if base else Path.home() / ".cache" / "retrieval_icl") / "onnx"
 
 
 def _require_runtime() -> None:
@@ -128,7 +122,7 @@ def export_dir(source: str, fingerprint: str = "") -> Path:
     stamp = [source, fingerprint, torch.__version__, onnxruntime.__version__, _OPSET]
     stamp += [(str(p.relative_to(source)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     key = hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]
-    return onnx_cache_root() / f"{Path(source).name}-{key}"
+    return cache_dir("onnx") / f"{Path(source).name}-{key}"
 
 
 def export(st: "SentenceTransformer", source: str, fingerprint: str = "") -> Path:

@@ -12,10 +12,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .compare_config import CompareConfig, Inputs, SelectorConfig
+from .compare_config import CompareConfig, SelectorConfig
 from .examples import Example
 from .index import DemoIndex
-from .prompt_budget import index_task
+from .inputs import Inputs
+from .prompt_budget import index_task, index_text_fields
 from .prompts import Prompt, PromptBuilder
 from .scoring import Scorer, ScoreRequest, log_normalise
 from .selectors.base import LabelProbs, Selection, Selector, make_selector
@@ -127,7 +128,7 @@ def index_label_probs(index: DemoIndex, scorer: Scorer) -> LabelProbs:
     """Label probabilities under `scorer` of prompts rendered as `ricl compare` renders them for the index's own task
     (default label format), for a fit that asks the LM outside a comparison (`ricl index fit --model`)."""
     m = index.manifest
-    task = index_task(m.task, m.text_fields, m.label_names, max(ex.label for ex in index.examples) + 1)
+    task = index_task(m.task, index_text_fields(index), m.label_names, max(ex.label for ex in index.examples) + 1)
     builder = PromptBuilder(task, "default", scorer.tokenizer, max_tokens=scorer.context_length)
     continuations = scorer.label_continuations(builder.label_words, task.template.label_prefix)
     builder.check_label_tokens(continuations)

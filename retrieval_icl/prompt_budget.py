@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .examples import Example
+from .index import DemoIndex
 from .models import DEFAULT_MODEL, load_tokenizer_and_config
 from .prompts import Prompt, PromptBuilder
 from .tasks import TaskSpec, known_tasks, load_task, task_from_columns
@@ -45,11 +46,25 @@ class PromptBudget:
         return PromptBuilder(task, self.label_format, self.loaded_tokenizer())
 
 
+def index_text_fields(index: DemoIndex) -> list[str]:
+    """The names of an index's text fields: recorded at build, else its built-in task's, else generic names."""
+    manifest = index.manifest
+    n_texts = len(next(iter(index.examples)).texts)
+    if manifest.text_fields and len(manifest.text_fields) == n_texts:
+        return list(manifest.text_fields)
+    if manifest.task in known_tasks():
+        fields = load_task(manifest.task).text_fields
+        if len(fields) == n_texts:
+            return fields
+    return ["text"] if n_texts == 1 else [f"text{i + 1}" for i in range(n_texts)]
+
+
 def index_task(task: str | None, text_fields: Sequence[str], label_names: Sequence[str] | None,
                n_labels: int) -> TaskSpec:
     """The task that renders an index's examples (label ids below `n_labels`): `task` when it is a built-in task or
     an existing YAML file with as many text fields and enough labels, else one made from the columns, whose label
-    words are `label_names` or, without names, the ids as strings."""
+    words are `label_names` or, without names, the ids as strings. The one rule for which task renders an index: the
+    application API (PromptBudget) and `ricl compare`'s LM fit (plan.index_label_probs) both call it."""
     names = tuple(label_names) if label_names else tuple(str(i) for i in range(max(2, n_labels)))
     return _index_task(task, tuple(text_fields), names, n_labels)
 

@@ -13,9 +13,8 @@ from tqdm.auto import tqdm
 
 from .batching import BatchLimits, device_limits
 from .capture import capture_attention as _capture_attention
-from .capture import one_cpu_thread
 from .errors import RiclError
-from .models import DEFAULT_MODEL, LoadedModel, load_causal_lm
+from .models import DEFAULT_MODEL, LoadedModel, load_causal_lm, one_cpu_thread
 from .scoring import LabelScores, Scorer
 
 log = logging.getLogger(__name__)

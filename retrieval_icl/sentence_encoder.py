@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sqlite3
 import time
 from contextlib import closing
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
+from . import cache_dirs
 from .errors import RiclError
 from .onnx_encoder import OnnxSentenceModel
 
@@ -41,12 +41,6 @@ def check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise RiclError(f"unknown encoder backend {backend!r}; expected one of {list(BACKENDS)}")
     return backend
-
-
-def default_cache_dir() -> Path:
-    """Where embeddings are cached: $RICL_CACHE_DIR/embeddings, else ~/.cache/retrieval_icl/embeddings."""
-    root = os.environ.get("RICL_CACHE_DIR")
-    return Path(root) / "embeddings" if root else Path.home() / ".cache" / "retrieval_icl" / "embeddings"
 
 
 def canonical_name(model: str | Path) -> str:
@@ -159,7 +153,7 @@ class Encoder:
         self.model = str(model)
         self.batch_size = batch_size
         self.device = device
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_dirs.cache_dir("embeddings")
         self.use_cache = use_cache
         self.backend = backend
         self._model: SentenceTransformer | None = loaded_model  # given: used as is, `model` only names it

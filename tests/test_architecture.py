@@ -94,7 +94,7 @@ def test_torch_free_modules_do_not_import_torch(module):
 
 
 def test_opening_and_searching_an_index_imports_no_torch(tmp_path):
-    build = ("import numpy as np\nfrom retrieval_icl.encoders import Encoder\n"
+    build = ("import numpy as np\nfrom retrieval_icl.sentence_encoder import Encoder\n"
              "from retrieval_icl.index import DemoIndex\n"
              "from retrieval_icl.examples import Example\n"
              "examples = [Example(i, (f'text {i}',), i % 2) for i in range(6)]\n"
@@ -127,4 +127,5 @@ def private_attribute_writes(path: Path) -> list[str]:
 def test_no_test_sets_a_private_attribute():
     tests = [p for p in sorted(Path(__file__).parent.glob("*.py")) if p.name != Path(__file__).name]
     assert [hit for p in tests for hit in private_attribute_writes(p)] == []
+
 

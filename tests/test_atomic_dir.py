@@ -140,7 +140,7 @@ import os, sys
 from pathlib import Path
 from retrieval_icl import atomic_dir
 from retrieval_icl.demo_selector import DemoSelector
-from retrieval_icl.encoders import Encoder
+from retrieval_icl.sentence_encoder import Encoder
 selector = DemoSelector.load(Path(sys.argv[1]), encoder=Encoder(cache_dir=Path(sys.argv[2])))
 rename = os.rename
 def first_rename_then_die(src, dst):

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from retrieval_icl.cache_dirs import cache_dir
 from retrieval_icl.errors import RiclError
 from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex
-from retrieval_icl.onnx_encoder import OnnxSentenceModel, onnx_cache_root
+from retrieval_icl.onnx_encoder import OnnxSentenceModel
 from retrieval_icl.sentence_encoder import Encoder
 
 SST2 = Path(__file__).resolve().parent / "data" / "sst2" / "train.jsonl"  # 40 hand-made reviews
@@ -50,7 +51,7 @@ def test_the_export_is_made_once_and_reused(cache):
     stamp = first.path.stat().st_mtime_ns
     again = Encoder("all-MiniLM-L6-v2", backend="onnx", use_cache=False).load().loaded_model
     assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
-    assert first.path.parent.parent == onnx_cache_root() == cache / "onnx"
+    assert first.path.parent.parent == cache_dir("onnx") == cache / "onnx"
     assert [p.name for p in first.path.parent.iterdir()] == ["model.onnx"]  # no temp files left behind
 
 

@@ -13,7 +13,7 @@ from retrieval_icl.encoders import make_encoder
 from retrieval_icl.errors import RiclError
 from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex
-from retrieval_icl.sentence_encoder import DEFAULT_ENCODER, PROBE, EmbeddingCache, Encoder, default_cache_dir
+from retrieval_icl.sentence_encoder import DEFAULT_ENCODER, PROBE, EmbeddingCache, Encoder
 
 SST2 = Path(__file__).resolve().parent / "data" / "sst2" / "train.jsonl"  # 40 hand-made reviews
 
@@ -42,7 +42,6 @@ def test_constructor_only_stores_params(monkeypatch, tmp_path):
     monkeypatch.setenv("RICL_CACHE_DIR", str(tmp_path))
     enc = Encoder()
     assert not enc.loaded and enc.name == DEFAULT_ENCODER and enc.cache_dir == tmp_path / "embeddings"
-    assert default_cache_dir() == tmp_path / "embeddings"
     with pytest.raises(RiclError, match="batch_size must be a positive integer, got 0"):
         Encoder(batch_size=0)
     with pytest.raises(RiclError, match="not loaded"):
@@ -158,7 +157,8 @@ def test_compare_indexes_are_kept_apart_by_backend(tmp_path, monkeypatch):
     """An index saved under index_root with one backend is never reused by a config asking for another."""
     from typing import get_args
 
-    from retrieval_icl.compare_config import CompareConfig, get_index, load_pool, resolve_task
+    from retrieval_icl.compare_config import CompareConfig
+    from retrieval_icl.inputs import get_index, load_pool, resolve_task
     from retrieval_icl.sentence_encoder import BACKENDS
 
     assert get_args(CompareConfig.model_fields["encoder_backend"].annotation) == BACKENDS

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from retrieval_icl import models
+from retrieval_icl.cache_dirs import cache_dir
 from retrieval_icl.errors import RiclError
 from retrieval_icl.models import (
     DEFAULT_MODEL,
     PACKAGED_MODELS,
-    cache_root,
     context_length,
     converted_dir,
     cuda_auto_dtype,
@@ -62,9 +62,11 @@ def test_context_length_caps_with_sane_tokenizer_limit():
         context_length(SimpleNamespace(), SimpleNamespace(model_max_length=1e30))
 
 
-def test_cache_dir_follows_env(monkeypatch, tmp_path):
+def test_every_cache_follows_env(monkeypatch, tmp_path):
     monkeypatch.setenv("RICL_CACHE_DIR", str(tmp_path))
-    assert cache_root() == tmp_path / "models"
+    assert [cache_dir(k) for k in ("models", "onnx")] == [tmp_path / "models", tmp_path / "onnx"]
+    monkeypatch.delenv("RICL_CACHE_DIR")
+    assert cache_dir("models") == Path.home() / ".cache" / "retrieval_icl" / "models"
 
 
 def test_conversion_is_atomic(monkeypatch, tmp_path):
@@ -126,6 +128,6 @@ def test_second_load_comes_from_cache(smollm2):
     again = load_causal_lm(DEFAULT_MODEL, device="cpu", dtype="float32")
     elapsed = time.perf_counter() - started
     folder = converted_dir(models.packaged_gguf(DEFAULT_MODEL))
-    assert (folder / "model.safetensors").is_file() and folder.parent == cache_root()
+    assert (folder / "model.safetensors").is_file() and folder.parent == cache_dir("models")
     assert elapsed < 5.0, f"cached load took {elapsed:.1f} s"
     assert again.n_layers == smollm2.n_layers
