@@ -66,7 +66,7 @@ def prompts_for(task_name: str, runner: LMRunner, n: int, k: int, seed: int) -> 
     task = load_task(task_name)
     pool = load_examples(task, task.pool_split, DATA)
     queries = sample_examples(load_examples(task, task.query_split, DATA), n, seed)
-    builder = PromptBuilder(task, "default", runner.tokenizer, max_tokens=runner.context_length)
+    builder = PromptBuilder(task, "default", runner.tokenizer, context_length=runner.context_length)
     rng = np.random.default_rng(seed)
     prompts = [builder.build([pool[i] for i in rng.choice(len(pool), k, replace=False)], q.texts).token_ids
                for q in queries]

@@ -67,7 +67,7 @@ def build_prompts(runner: LMRunner, n_queries: int, k: int, label_format: str, s
     task = load_task("agnews")
     pool = load_examples(task, "train", DATA)
     queries = sample_examples(load_examples(task, "test", DATA), n_queries, seed)
-    builder = PromptBuilder(task, label_format, runner.tokenizer, max_tokens=runner.context_length)
+    builder = PromptBuilder(task, label_format, runner.tokenizer, context_length=runner.context_length)
     rng = np.random.default_rng(seed)
     demos: list[list[Example]] = [[pool[i] for i in rng.choice(len(pool), k, replace=False)] for _ in queries]
     prompts = [builder.build(d, q.texts).token_ids for d, q in zip(demos, queries)]

@@ -155,8 +155,8 @@ class DemoSelector:
             return self.index.loaded_encoder().encode(texts)
 
     def _within_budget(self, query: Query, chosen: list[SelectedExample], max_tokens: int) -> list[SelectedExample]:
-        """Those of `chosen` that PromptBudget.fit keeps within max_tokens, in prompt order (the lock is held)."""
-        prompt = self.prompt_budget.fit(self._demos(chosen), self.query_fields(query), [c.score for c in chosen],
+        """Those of `chosen` that PromptBudget.trim keeps within max_tokens, in prompt order (the lock is held)."""
+        prompt = self.prompt_budget.trim(self._demos(chosen), self.query_fields(query), [c.score for c in chosen],
                                         max_tokens)
         kept = set(prompt.demo_ids)
         return [c for c in chosen if c.id in kept]

@@ -77,8 +77,8 @@ def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, 
     """Every pool x k x (selector, seed) x label format, in a fixed order; `indexes` holds one {encoder: index} per
     pool. Each selection is made once and written under every label format. Selectors that use the LM (mdl scores
     its candidates, adaptive with fit_on=lm fits its thresholds) get it here: the only model use in planning."""
-    max_tokens = min(config.max_prompt_tokens or scorer.context_length, scorer.context_length)
-    builders = [PromptBuilder(inputs.task, fmt, scorer.tokenizer, max_tokens=max_tokens) for fmt in config.formats]
+    context = min(config.max_prompt_tokens or scorer.context_length, scorer.context_length)
+    builders = [PromptBuilder(inputs.task, fmt, scorer.tokenizer, context_length=context) for fmt in config.formats]
     continuations = [label_tokens(builder, inputs, scorer) for builder in builders]
     query_vectors = indexes[0][config.encoder].encoder.encode([q.text for q in inputs.queries])  # (Q, d) unit rows
     plans: list[RunPlan] = []
@@ -129,7 +129,7 @@ def index_label_probs(index: DemoIndex, scorer: Scorer) -> LabelProbs:
     (default label format), for a fit that asks the LM outside a comparison (`ricl index fit --model`)."""
     m = index.manifest
     task = index_task(m.task, index_text_fields(index), m.label_names, max(ex.label for ex in index.examples) + 1)
-    builder = PromptBuilder(task, "default", scorer.tokenizer, max_tokens=scorer.context_length)
+    builder = PromptBuilder(task, "default", scorer.tokenizer, context_length=scorer.context_length)
     continuations = scorer.label_continuations(builder.label_words, task.template.label_prefix)
     builder.check_label_tokens(continuations)
     return lm_label_probs(builder, continuations, scorer, index)

@@ -31,7 +31,7 @@ class PromptBudget:
             self._loaded = load_tokenizer_and_config(self.tokenizer).tokenizer
         return self._loaded
 
-    def fit(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float],
+    def trim(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float],
             max_tokens: int) -> Prompt:
         """The prompt of the demonstrations (in prompt order) that fit `max_tokens`, most relevant (score) first."""
         return self._builder(demos).build(demos, query_texts, scores, budget=max_tokens)

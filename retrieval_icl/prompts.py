@@ -45,13 +45,14 @@ class Prompt:
 class PromptBuilder:
     """Writes `instruction`, then each demo as `input<sep>output<label_prefix><label>`, then the query without label."""
 
-    def __init__(self, task: TaskSpec, label_format: str = "default", tokenizer=None, max_tokens: int | None = None):
+    def __init__(self, task: TaskSpec, label_format: str = "default", tokenizer=None,
+                 context_length: int | None = None):
         self.task = task
         self.template = task.template
         self.label_format = label_format
         self.label_words = task.label_words(label_format)
         self.tokenizer = tokenizer
-        self.max_tokens = max_tokens
+        self.context_length = context_length
 
     def render_input(self, texts: Sequence[str]) -> str:
         return self.template.input.format(**dict(zip(self.task.text_fields, texts)))
@@ -79,7 +80,7 @@ class PromptBuilder:
     def build(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float] | None = None,
               reserve: int = 0, budget: int | None = None, none_fit_ok: bool = False) -> Prompt:
         """The prompt with every demonstration when it fits: at most `budget` tokens (when given) and `reserve` tokens
-        left of max_tokens (when set). Otherwise the demonstrations kept greedily (see `_greedy`). A budget with no
+        left of context_length (when set). Otherwise the demonstrations kept greedily (see `_greedy`). A budget with no
         room for any demonstration is an error, or, with `none_fit_ok`, the prompt without demonstrations."""
         if self.tokenizer is None:
             raise RiclError("PromptBuilder needs a tokenizer to build token ids; pass tokenizer=")
@@ -90,7 +91,8 @@ class PromptBuilder:
         return self._greedy(demos, query_texts, scores, reserve, budget, full, none_fit_ok)
 
     def _fits(self, n: int, reserve: int, budget: int | None) -> bool:
-        return (budget is None or n <= budget) and (self.max_tokens is None or n + reserve <= self.max_tokens)
+        within_context = self.context_length is None or n + reserve <= self.context_length
+        return (budget is None or n <= budget) and within_context
 
     def _greedy(self, demos: Sequence[Example], query_texts: Sequence[str], scores: Sequence[float] | None,
                 reserve: int, budget: int | None, full: Prompt, none_fit_ok: bool = False) -> Prompt:
@@ -102,9 +104,9 @@ class PromptBuilder:
         prompt, and the kept ones' prompt is tokenised once to confirm the count: three tokenizer calls, not one per
         candidate. Otherwise (or when the confirmed count differs from the sum) every candidate is tried exactly."""
         bare = self._tokenise([], query_texts)
-        if self.max_tokens is not None and len(bare.token_ids) + reserve > self.max_tokens:
+        if self.context_length is not None and len(bare.token_ids) + reserve > self.context_length:
             raise RiclError(f"the query alone needs {len(bare.token_ids) + reserve} tokens, more than the "
-                            f"model's context of {self.max_tokens}")
+                            f"model's context of {self.context_length}")
         sims = list(scores) if scores is not None else list(range(len(demos)))
         order = sorted(range(len(demos)), key=lambda i: (sims[i], i), reverse=True)
         kept, prompt = None, None
@@ -150,9 +152,9 @@ class PromptBuilder:
                    f"takes {bare} tokens")
         if shortest is not None:
             message += f" and the shortest with one demonstration {shortest}"
-        if self.max_tokens is not None and self.max_tokens - reserve < budget:
-            message += (f" (the model's context of {self.max_tokens} tokens, {reserve} kept for the label, "
-                        f"allows {self.max_tokens - reserve})")
+        if self.context_length is not None and self.context_length - reserve < budget:
+            message += (f" (the model's context of {self.context_length} tokens, {reserve} kept for the label, "
+                        f"allows {self.context_length - reserve})")
         return message
 
     def check_label_tokens(self, continuations: Sequence[Sequence[int]]) -> None:

@@ -11,7 +11,7 @@ from retrieval_icl.analysis.attention import reconstruct_run
 from retrieval_icl.analysis.kernel import KernelRegression, head_kernel_predictions
 from retrieval_icl.attention_summary import PRE_LABEL
 from retrieval_icl.errors import RiclError
-from retrieval_icl.surrogate import KernelSurrogate
+from retrieval_icl.kernel_surrogate import KernelSurrogate
 
 
 def test_kernel_with_bandwidth_to_zero_returns_the_nearest_neighbours_label():

@@ -129,3 +129,4 @@ def test_no_test_sets_a_private_attribute():
     assert [hit for p in tests for hit in private_attribute_writes(p)] == []
 
 
+

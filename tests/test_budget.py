@@ -140,7 +140,7 @@ def test_build_keeps_exactly_what_the_greedy_rule_keeps(tokenizer, pool, query, 
     contexts = st.sampled_from(range(max(1, bare - 2), full + 8))  # a few too short for the query alone
     context = data.draw(contexts if budget is None else st.none() | contexts, "context")
     limit = min(budget or 10**9, context - reserve if context is not None else 10**9)
-    builder = PromptBuilder(load_task("sst2"), tokenizer=tokenizer, max_tokens=context)
+    builder = PromptBuilder(load_task("sst2"), tokenizer=tokenizer, context_length=context)
     try:
         prompt = builder.build(demos, (query,), scores, reserve=reserve, budget=budget)
     except RiclError as error:
@@ -191,7 +191,7 @@ def test_a_budget_below_one_demonstration_is_one_clear_error(tokenizer):
 
 def test_a_budget_tighter_than_the_context_says_what_the_context_allows(tokenizer):
     demos = [Example(0, ("a gorgeous, witty film",), 1)]
-    builder = PromptBuilder(load_task("sst2"), tokenizer=tokenizer, max_tokens=14)
+    builder = PromptBuilder(load_task("sst2"), tokenizer=tokenizer, context_length=14)
     with pytest.raises(RiclError, match=r"max_tokens=40 leaves no room .* \(the model's context of 14 tokens, 2 kept "
                                         r"for the label, allows 12\)"):
         builder.build(demos, ("fun",), reserve=2, budget=40)

@@ -86,12 +86,12 @@ def test_two_field_task_spans_cover_both_fields(tokenizer):
 def test_long_prompts_drop_the_least_similar_demonstrations_first(tokenizer):
     builder = PromptBuilder(load_task("sst2"), tokenizer=tokenizer)
     full = builder.build(DEMOS, ("what a ride",))
-    builder.max_tokens = len(full.token_ids) - 1
+    builder.context_length = len(full.token_ids) - 1
     cut = builder.build(DEMOS, ("what a ride",), scores=[0.9, 0.1, 0.5])
     assert cut.demo_ids == [10, 12] and cut.dropped_ids == [11]
     assert cut.n_demos_requested == 3 and cut.n_demos_used == 2
-    assert len(cut.token_ids) <= builder.max_tokens
-    builder.max_tokens = 12
+    assert len(cut.token_ids) <= builder.context_length
+    builder.context_length = 12
     with pytest.raises(RiclError, match="the query alone needs"):
         builder.build(DEMOS, ("what a ride " * 10,), scores=[0.9, 0.1, 0.5])
 
@@ -99,6 +99,6 @@ def test_long_prompts_drop_the_least_similar_demonstrations_first(tokenizer):
 def test_reserve_leaves_room_for_the_label(tokenizer):
     builder = PromptBuilder(load_task("sst2"), tokenizer=tokenizer)
     full = builder.build(DEMOS, ("what a ride",))
-    builder.max_tokens = len(full.token_ids)
+    builder.context_length = len(full.token_ids)
     assert builder.build(DEMOS, ("what a ride",), reserve=0).n_demos_used == 3
     assert builder.build(DEMOS, ("what a ride",), reserve=2).n_demos_used == 2

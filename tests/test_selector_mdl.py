@@ -113,7 +113,7 @@ def test_with_a_real_lm_mdl_keeps_the_least_uncertain_of_its_samples(tmp_path, m
     runner = request.getfixturevalue(f"{model}_runner")
     task = load_task("sst2")
     index = DemoIndex(Encoder(cache_dir=tmp_path)).build(load_examples(task, "train", TINY_DATA)[:16])
-    builder = PromptBuilder(task, "default", runner.tokenizer, max_tokens=runner.context_length)
+    builder = PromptBuilder(task, "default", runner.tokenizer, context_length=runner.context_length)
     continuations = runner.label_continuations(builder.label_words, task.template.label_prefix)
     batched = lm_label_probs(builder, continuations, runner, index)
     seen: list[list[int]] = []

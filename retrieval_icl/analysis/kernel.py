@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from ..attention_summary import PRE_LABEL
+from ..kernel_surrogate import KernelSurrogate
 from ..paper import PAPER_MODEL, TABLE2, table2_reference
-from ..surrogate import KernelSurrogate
 from .attention import MAX_PLACES, demo_weights, max_places
 from .controls import (
     BASELINES,

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..surrogate import KernelSurrogate
+from ..kernel_surrogate import KernelSurrogate
 from .attention import selection_split
 from .kernel import cell
 from .records import Results, load_results

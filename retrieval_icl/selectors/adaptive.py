@@ -32,7 +32,7 @@ import numpy as np
 
 from .. import risk_control
 from ..errors import RiclError
-from ..surrogate import KernelSurrogate
+from ..kernel_surrogate import KernelSurrogate
 from .arrays import nearest
 from .base import PoolTexts, Ranking, Selector
 from .checks import check_fraction, check_greater, check_order, check_positive_int
