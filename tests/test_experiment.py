@@ -11,18 +11,18 @@ import numpy as np
 import pytest
 import yaml
 from safetensors.numpy import load_file
+from shared_data import SHARED_DATA
 
 from retrieval_icl.experiment import CompareConfig
 
-pytestmark = pytest.mark.lm
+pytestmark = [pytest.mark.lm, pytest.mark.shared_data]
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, smollm2):  # smollm2: the model is converted into the cache once per session
     tmp = tmp_path_factory.mktemp("compare")
-    config = {"task": "sst2", "data_dir": str(DATA), "pool_size": 400, "n_queries": 60, "k": 4,
+    config = {"task": "sst2", "data_dir": str(SHARED_DATA), "pool_size": 400, "n_queries": 60, "k": 4,
               "index_root": str(tmp / "index"), "output_dir": str(tmp / "out"), "batch_size": 8}
     path = tmp / "exp.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -123,8 +123,8 @@ def test_calibrated_run_records_both_predictions_and_reconstruction_uses_the_raw
     from retrieval_icl.analysis.attention import reconstruct_run
     from retrieval_icl.experiment import run_compare
 
-    config = CompareConfig(task="sst2", data_dir=str(DATA), pool_size=150, n_queries=16, k=2, calibrate=True,
-                           selectors=[{"name": "random"}], index_root=str(tmp_path / "idx"),
+    config = CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=150, n_queries=16, k=2,
+                           calibrate=True, selectors=[{"name": "random"}], index_root=str(tmp_path / "idx"),
                            output_dir=str(tmp_path / "out"))
     _, _, out = run_compare(config)
     results = load_results(out)
