@@ -1,9 +1,22 @@
-"""Shared fixtures. Models: the packaged SmolLM2 and Gemma 3 (each loaded once per session) and a tiny random GPT-J."""
+"""Shared fixtures. Models: the packaged SmolLM2 and Gemma 3 (each loaded once per session) and a tiny random GPT-J.
+Tests marked `shared_data` are skipped where the benchmark datasets (`shared_data.SHARED_DATA`) are absent."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from shared_data import SHARED_DATA
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every test marked `shared_data`, naming the missing folder, where ../shared/data is not there."""
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=f"shared_data: no benchmark datasets at {SHARED_DATA} (../shared/data beside the "
+                                   "repository)")
+    for item in items:
+        if item.get_closest_marker("shared_data") is not None:
+            item.add_marker(skip)
 
 
 def packaged_cpu_runner(name: str):

@@ -130,3 +130,4 @@ def test_no_test_sets_a_private_attribute():
 
 
 
+

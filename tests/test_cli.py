@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from retrieval_icl.cli import app
 from retrieval_icl.tasks import TASKS_DIR
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY = Path(__file__).resolve().parent / "data"  # 40 hand-made SST-2 train lines
 runner = CliRunner()
 
 
@@ -50,7 +50,7 @@ def test_index_build_info_and_select_work_on_a_users_file(small_index):
 
 def test_existing_index_is_not_overwritten_without_the_flag(small_index):
     before = (small_index / "manifest.json").read_text()
-    result = ricl("index", "build", "--task", "sst2", "--data-dir", DATA, "--out", small_index)
+    result = ricl("index", "build", "--task", "sst2", "--data-dir", TINY, "--out", small_index)
     assert_one_line_error(result, "exists; pass --overwrite")
     assert (small_index / "manifest.json").read_text() == before
 
@@ -183,9 +183,6 @@ def test_compare_summary_stays_readable_at_80_columns():
     console = Console(width=80, record=True, color_system=None)
     print_summary([{k: v for k, v in rows[0].items() if "attention" not in k}], [], console)
     assert "label attn" not in console.export_text() and "nan" not in console.export_text()
-
-
-TINY = Path(__file__).resolve().parent / "data"  # 40 hand-made SST-2 train lines
 
 
 @pytest.mark.parametrize("backend", ["bfloat16", "onnx"])

@@ -2,11 +2,11 @@
 
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 from counting_encoder import counting_encoder
+from shared_data import SHARED_DATA
 
 from retrieval_icl.demo_selector import DemoSelector, SelectedExample
 from retrieval_icl.errors import RiclError
@@ -16,7 +16,7 @@ from retrieval_icl.selectors.knn import KNNSelector
 from retrieval_icl.sentence_encoder import Encoder
 from retrieval_icl.tasks import load_examples, load_task
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+pytestmark = pytest.mark.shared_data  # every index here is built from SST-2 or RTE validation rows
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def encoder(tmp_path_factory):
 
 def save_task_index(encoder, directory, task_name, split, n, text_fields=True):
     task = load_task(task_name)
-    examples = load_examples(task, split, DATA)[:n]
+    examples = load_examples(task, split, SHARED_DATA)[:n]
     index = DemoIndex(encoder).build(examples, task=task.name, label_names=task.label_names,
                                      text_fields=task.text_fields if text_fields else None)
     index.save(directory)
@@ -137,7 +137,7 @@ def test_bad_queries_are_refused(rte_dir, encoder):
 def test_text_fields_fall_back_to_task_then_generic(encoder, tmp_path):
     save_task_index(encoder, tmp_path / "a", "sst2", "validation", 5, text_fields=False)
     assert DemoSelector.load(tmp_path / "a", encoder=encoder).text_fields == ["sentence"]
-    examples = load_examples(load_task("rte"), "validation", DATA)[:5]
+    examples = load_examples(load_task("rte"), "validation", SHARED_DATA)[:5]
     DemoIndex(encoder).build(examples).save(tmp_path / "b")
     assert DemoSelector.load(tmp_path / "b", encoder=encoder).text_fields == ["text1", "text2"]
 

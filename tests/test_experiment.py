@@ -5,24 +5,26 @@ import csv
 import json
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 from safetensors.numpy import load_file
+from shared_data import SHARED_DATA
 
 from retrieval_icl.experiment import CompareConfig
+from retrieval_icl.faiss_support import faiss_distributions
 
-pytestmark = pytest.mark.lm
+pytestmark = [pytest.mark.lm, pytest.mark.shared_data]
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, smollm2):  # smollm2: the model is converted into the cache once per session
     tmp = tmp_path_factory.mktemp("compare")
-    config = {"task": "sst2", "data_dir": str(DATA), "pool_size": 400, "n_queries": 60, "k": 4,
+    config = {"task": "sst2", "data_dir": str(SHARED_DATA), "pool_size": 400, "n_queries": 60, "k": 4,
               "index_root": str(tmp / "index"), "output_dir": str(tmp / "out"), "batch_size": 8}
     path = tmp / "exp.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -103,7 +105,11 @@ def test_resolved_config_and_versions_are_saved(results):
     saved = CompareConfig(**{k: v for k, v in yaml.safe_load((out / "config.yaml").read_text()).items()})
     assert saved.pool_split == "train" and saved.query_split == "validation" and saved.k == 4
     info = json.loads((out / "run_info.json").read_text())
-    assert {"torch", "transformers", "faiss-cpu"} <= set(info["versions"]) and info["n_queries"] == 60
+    assert {"torch", "transformers"} <= set(info["versions"]) and info["n_queries"] == 60
+    # the installed FAISS build and no other: faiss-cpu, or faiss-gpu after `scripts/install.sh --gpu`
+    builds = faiss_distributions()
+    assert len(builds) == 1 and {name for name in info["versions"] if name.startswith("faiss")} == set(builds)
+    assert info["versions"][builds[0]] == metadata.version(builds[0])
     assert info["pools"]["in_distribution"]["size"] == 400
     # what the weights ran in, though config says auto, and the batch limits they scored with
     assert info["model"] == {"device": "cpu", "dtype": "float32", "batch_rows": 8, "batch_tokens": None}
@@ -123,8 +129,8 @@ def test_calibrated_run_records_both_predictions_and_reconstruction_uses_the_raw
     from retrieval_icl.analysis.attention import reconstruct_run
     from retrieval_icl.experiment import run_compare
 
-    config = CompareConfig(task="sst2", data_dir=str(DATA), pool_size=150, n_queries=16, k=2, calibrate=True,
-                           selectors=[{"name": "random"}], index_root=str(tmp_path / "idx"),
+    config = CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=150, n_queries=16, k=2,
+                           calibrate=True, selectors=[{"name": "random"}], index_root=str(tmp_path / "idx"),
                            output_dir=str(tmp_path / "out"))
     _, _, out = run_compare(config)
     results = load_results(out)

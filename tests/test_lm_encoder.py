@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from shared_data import SHARED_DATA
 
 from retrieval_icl.encoders import make_encoder
 from retrieval_icl.errors import RiclError
@@ -56,14 +57,14 @@ def test_lm_kernel_index_saves_loads_and_retrieves(smollm2, tmp_path):
 
 
 @pytest.mark.lm
+@pytest.mark.shared_data
 def test_compare_runs_an_lm_kernel_selector_on_its_own_index(smollm2, tmp_path):
     import json
-    from pathlib import Path
 
     from retrieval_icl.experiment import CompareConfig, SelectorConfig, run_compare
 
-    data = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    config = CompareConfig(task="sst2", data_dir=str(data), pool_size=120, n_queries=8, k=4, capture_attention=False,
+    config = CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=120, n_queries=8, k=4,
+                           capture_attention=False,
                            selectors=[SelectorConfig(name="knn"),
                                       SelectorConfig(name="knn", label="lm-knn", encoder="lm:smollm2-135m:layer=15")],
                            index_root=str(tmp_path / "idx"), output_dir=str(tmp_path / "out"))

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from shared_data import SHARED_DATA
+from standin import TINY_DATA  # hand-made, 40 train reviews
 from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray  # every test here runs beside the module's local Ray instance
 
 from retrieval_icl.cli import app  # noqa: E402
 from retrieval_icl.errors import RiclError  # noqa: E402
@@ -21,8 +23,6 @@ from retrieval_icl.sentence_encoder import Encoder  # noqa: E402
 from retrieval_icl.task_index import build_task_index  # noqa: E402
 from retrieval_icl.tasks import load_examples, load_task  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TINY_DATA = Path(__file__).resolve().parent / "data"  # hand-made, 40 train reviews
 WORKERS = 2
 cli = CliRunner()
 
@@ -40,9 +40,10 @@ def local_ray():
 @pytest.fixture(scope="module")
 def sst2():
     task = load_task("sst2")
-    return task, load_examples(task, "validation", DATA)
+    return task, load_examples(task, "validation", SHARED_DATA)
 
 
+@pytest.mark.shared_data
 def test_embeddings_index_and_searches_equal_single_process(sst2, tmp_path):
     task, examples = sst2
     pool, queries = examples[:150], [ex.text for ex in examples[150:170]]
@@ -66,6 +67,7 @@ def test_bad_worker_count_is_refused():
 
 
 @pytest.mark.lm
+@pytest.mark.shared_data
 def test_label_log_probs_and_attention_equal_runner(sst2, smollm2_runner):
     task, examples = sst2
     builder = PromptBuilder(task, "default", smollm2_runner.tokenizer)
@@ -93,11 +95,12 @@ def test_cli_index_build_on_ray_equals_local(tmp_path):
 
 
 @pytest.mark.lm
+@pytest.mark.shared_data
 def test_cli_compare_on_ray_writes_the_same_records(tmp_path, smollm2):
     from retrieval_icl.experiment import CompareConfig, run_compare
 
     def config(name: str) -> CompareConfig:
-        return CompareConfig(task="sst2", data_dir=str(DATA), pool_size=80, n_queries=6, k=2, batch_size=4,
+        return CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=80, n_queries=6, k=2, batch_size=4,
                              device="cpu", dtype="float32", index_root=str(tmp_path / f"index-{name}"),
                              output_dir=str(tmp_path / name), selectors=[{"name": "random"}, {"name": "knn"}])
 

@@ -1,10 +1,9 @@
 """The attention sink: the preamble (BOS) belongs to no demonstration, so no kernel weight can inherit it."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from shared_data import SHARED_DATA
 from standin import byte_level_tokenizer
 from test_capture import eager_rows
 
@@ -17,7 +16,6 @@ from retrieval_icl.prompts import PromptBuilder
 from retrieval_icl.tasks import load_task
 
 pytestmark = pytest.mark.lm
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEMOS = [Example(1, ("a gorgeous, witty film",), 1), Example(2, ("dull and far too long",), 0),
          Example(3, ("I loved every minute",), 1)]
 
@@ -44,13 +42,14 @@ def random_run(tmp_path_factory, smollm2):
     from retrieval_icl.experiment import CompareConfig, run_compare
 
     tmp = tmp_path_factory.mktemp("sink")
-    config = CompareConfig(task="sst2", data_dir=str(DATA), pool_size=400, n_queries=24, k=8,
+    config = CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=400, n_queries=24, k=8,
                            selectors=[{"name": "random"}], index_root=str(tmp / "idx"), output_dir=str(tmp / "out"))
     _, _, out = run_compare(config)
     results = load_results(out)
     return results, results.summaries("random-seed0")
 
 
+@pytest.mark.shared_data
 def test_demo_1_input_mass_is_like_the_other_demos(random_run):
     results, summaries = random_run
     x_mass = np.mean([s[..., 0].mean(axis=(0, 1)) for s in summaries], axis=0)  # (8,) per prompt position
@@ -59,6 +58,7 @@ def test_demo_1_input_mass_is_like_the_other_demos(random_run):
     assert sink > x_mass.max()  # the sink is still there, on the preamble, outside every demonstration
 
 
+@pytest.mark.shared_data
 def test_few_heads_vote_demo_1s_label_on_almost_every_query(random_run):
     results, summaries = random_run
     labels = [r["demo_labels"] for r in results.records]

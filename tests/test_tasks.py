@@ -1,31 +1,32 @@
 import json
-from pathlib import Path
 
 import pytest
+from shared_data import SHARED_DATA
+from standin import TINY_DATA
 
 from retrieval_icl.errors import RiclError
 from retrieval_icl.examples import fingerprint, sample_examples
 from retrieval_icl.tasks import known_tasks, load_examples, load_task, read_examples_file, task_from_columns
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name", ["sst2", "agnews", "trec", "rte", "mnli"])
 def test_required_tasks_load_from_local_data(name):
     task = load_task(name)
-    pool = load_examples(task, task.pool_split, DATA)
-    queries = load_examples(task, task.query_split, DATA)
+    pool = load_examples(task, task.pool_split, SHARED_DATA)
+    queries = load_examples(task, task.query_split, SHARED_DATA)
     assert len(pool) > 1000 and len(queries) >= 277
     assert all(len(ex.texts) == len(task.text_fields) for ex in pool[:50])
     assert {ex.label for ex in queries} == set(range(len(task.label_names)))
 
 
+@pytest.mark.shared_data
 def test_sst2_matches_the_official_sizes_and_labels():
     task = load_task("sst2")
-    assert len(load_examples(task, "train", DATA)) == 67349
-    val = load_examples(task, "validation", DATA)
+    assert len(load_examples(task, "train", SHARED_DATA)) == 67349
+    val = load_examples(task, "validation", SHARED_DATA)
     assert len(val) == 872
-    first = json.loads((DATA / "sst2" / "validation.jsonl").read_text().splitlines()[0])
+    first = json.loads((SHARED_DATA / "sst2" / "validation.jsonl").read_text().splitlines()[0])
     assert val[0].texts == (first["sentence"].strip(),) and val[0].label == first["label"]
 
 
@@ -36,12 +37,13 @@ def test_every_task_file_is_valid_and_includes_the_base_template():
         assert task.label_words("default")
 
 
+@pytest.mark.shared_data
 def test_trec_uses_coarse_label_and_agnews_maps_train_to_the_sample():
     trec = load_task("trec")
     assert trec.label_field == "coarse_label"
-    assert len(load_examples(trec, "train", DATA)) == 5452
+    assert len(load_examples(trec, "train", SHARED_DATA)) == 5452
     agnews = load_task("agnews")
-    assert len(load_examples(agnews, "train", DATA)) == 10001
+    assert len(load_examples(agnews, "train", SHARED_DATA)) == 10001
 
 
 def test_unknown_task_lists_known_ones():
@@ -95,7 +97,7 @@ def test_missing_file_and_missing_split_are_named(tmp_path):
     with pytest.raises(RiclError, match="no such file"):
         read_examples_file(tmp_path / "x.jsonl", task)
     with pytest.raises(RiclError, match="no split 'dev' for task sst2"):
-        load_examples(task, "dev", DATA)
+        load_examples(task, "dev", TINY_DATA)
 
 
 def test_task_yaml_errors_name_the_field(tmp_path):
@@ -106,9 +108,10 @@ def test_task_yaml_errors_name_the_field(tmp_path):
         load_task(bad)
 
 
+@pytest.mark.shared_data
 def test_sampling_is_seeded_and_fingerprint_changes_with_content():
     task = load_task("sst2")
-    val = load_examples(task, "validation", DATA)
+    val = load_examples(task, "validation", SHARED_DATA)
     a, b = sample_examples(val, 50, 1), sample_examples(val, 50, 1)
     assert a == b and a != sample_examples(val, 50, 2)
     assert [e.id for e in a] == sorted(e.id for e in a)
