@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import RiclError
 from .experiment import CompareConfig, load_compare_config
+from .results_dir import RECORDS, REPORT_MD
 from .yaml_config import read_yaml, validation_message
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def run_study(path: str | Path, overwrite: bool = False) -> list[Path]:
     directories = []
     for config in study_configs(path):
         directory = Path(config.output_dir)
-        if overwrite or not (directory / "records.jsonl").is_file():
+        if overwrite or not (directory / RECORDS).is_file():
             log.info("study: running %s", directory)
             run_compare(config, overwrite=True)
         else:
@@ -99,5 +100,5 @@ def run_study(path: str | Path, overwrite: bool = False) -> list[Path]:
         write_report(directory)
         directories.append(directory)
     if not study.table2:
-        return [d / "report.md" for d in directories]
+        return [d / REPORT_MD for d in directories]
     return write_cross_run_report(directories, study.output_root, study.bandwidth, **split)

@@ -6,7 +6,7 @@ import pytest
 
 from retrieval_icl.analysis import load_results, write_report
 from retrieval_icl.analysis.registry import names
-from retrieval_icl.analysis.report import Section, save_analysis, table_markdown
+from retrieval_icl.analysis.report import Section, save_analysis
 from retrieval_icl.errors import RiclError
 
 
@@ -25,9 +25,3 @@ def test_report_follows_the_registry_order_whatever_was_saved_first(perfect):
     positions = [text.index(f"## Title {n}\n") for n in names()]
     assert positions == sorted(positions) and "Title unregistered" not in text
     assert "| a |\n|---|\n| 0.500 |\n" in text
-
-
-def test_table_cells_have_three_decimals_and_a_dash_for_missing_values():
-    rows = [{"a": 0.12345, "b": None}, {"b": float("nan"), "c": 2}]
-    assert table_markdown(rows) == "| a | b | c |\n|---|---|---|\n| 0.123 | – | – |\n| – | – | 2 |\n"
-    assert table_markdown([]) == ""

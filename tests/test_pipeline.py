@@ -138,7 +138,7 @@ def test_mcnemar_pairs_seeded_runs_by_seed():
 
 
 def test_a_failed_write_keeps_the_previous_results_whole(tmp_path, tokenizer, monkeypatch):
-    import retrieval_icl.experiment as experiment
+    import retrieval_icl.results_dir as results_dir
 
     cfg = config(tmp_path, selectors=[SelectorConfig(name="knn")], capture_attention=False)
     _, _, out = run_compare(cfg, scorer=VoteScorer(tokenizer))
@@ -148,7 +148,7 @@ def test_a_failed_write_keeps_the_previous_results_whole(tmp_path, tokenizer, mo
         (tmp / "records.jsonl").write_text("partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(experiment, "write_files", half_written)
+    monkeypatch.setattr(results_dir, "write_files", half_written)
     with pytest.raises(OSError, match="disk full"):
         run_compare(cfg, overwrite=True, scorer=VoteScorer(tokenizer))
     assert (out / "records.jsonl").read_bytes() == before

@@ -11,8 +11,9 @@ import numpy as np
 from ..attention_summary import PRE_LABEL, PROFILE_REGIONS, X_MASS, X_MAX, Y_MASS, Y_MAX
 from ..errors import RiclError
 from ..paper import best_head_sentence
+from ..results_dir import write_csv
 from .records import Results, most_common
-from .report import Section, new_figure, save_analysis, save_figure, write_csv, write_json
+from .report import Section, new_figure, save_analysis, save_figure, write_json
 from .votes import argmax_breaking_ties, class_votes, rate, raw_predictions
 
 MASS_PARTS = ("preamble (BOS, the sink)", "demo inputs x_i", "'Output:' token before y_i", "demo labels y_i",

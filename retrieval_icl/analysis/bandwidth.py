@@ -13,10 +13,11 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as st
 
+from ..results_dir import write_csv
 from ..stats import bootstrap_ci
 from .attention import demo_weights, reconstruct_run
 from .records import Results, group_by
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .report import Section, new_figure, save_analysis, save_figure
 from .votes import normalise, rate
 
 

@@ -16,10 +16,10 @@ import numpy as np
 
 from ..errors import RiclError
 from ..paper import PAPER_MODEL, TABLE2_METRICS, table2_reference
+from ..results_dir import markdown_table, write_csv
 from .controls import N_NULL, N_SPLITS
 from .kernel import CONTROL_ROWS, EXTRA_ROWS, TABLE2_ROWS, cell, run_groups, table2_column
 from .records import Results, load_results
-from .report import table_markdown, write_csv
 
 HEAD_ROWS = ("seeds", "best_head", "best_head_depth", "chosen_layers")
 
@@ -155,11 +155,11 @@ def write_cross_run_report(directories: Sequence[str | Path], out: str | Path, b
             "best_head: the head chosen most often; best_head_depth: the mean chosen layer / (layers - 1). The "
             f"paper's rows are {PAPER_MODEL}, Table 2 (a different model and protocol details; read them as a "
             "reference, not a target).\n\nSources:\n\n" + "".join(f"- `{d}`\n" for d in directories) + "\n"
-            + table_markdown(layout_rows(entries)))
+            + markdown_table(layout_rows(entries)))
     if any("verdict" in e for e in entries):
-        text += "\n\n## What the controls say\n\n" + table_markdown(verdict_rows(entries))
+        text += "\n\n## What the controls say\n\n" + markdown_table(verdict_rows(entries))
         text += ("\n\n## Layer of the best head over the splits, per model\n\nSplits that chose each layer, "
-                 "summed over the model's tasks and selectors.\n\n" + table_markdown(depth_rows(entries)))
+                 "summed over the model's tasks and selectors.\n\n" + markdown_table(depth_rows(entries)))
     written = [out / "table2.md", out / "table2.csv"]
     written[0].write_text(text)
     write_csv(written[1], long_rows(entries))

@@ -9,10 +9,11 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import RiclError
+from ..results_dir import write_csv
 from ..stats import mcnemar
 from .bandwidth import mean_similarity
 from .records import Results, group_by
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .report import Section, new_figure, save_analysis, save_figure
 from .votes import rate
 
 REPRESENTATIVE = ("kmeans", "votek")

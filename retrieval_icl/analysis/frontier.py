@@ -20,10 +20,11 @@ import numpy as np
 
 from ..compare_config import DEFAULT_MARGIN
 from ..errors import RiclError
+from ..results_dir import write_csv
 from ..stats import holm, non_inferiority, paired_bootstrap_ci, resolvable_margin, tost
 from .distribution import paired
 from .records import Results, most_common
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .report import Section, new_figure, save_analysis, save_figure
 from .votes import rate
 
 ALPHA = 0.05

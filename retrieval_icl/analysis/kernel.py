@@ -25,6 +25,7 @@ import numpy as np
 
 from ..attention_summary import PRE_LABEL
 from ..paper import PAPER_MODEL, TABLE2, table2_reference
+from ..results_dir import write_csv
 from ..surrogate import KernelSurrogate
 from .attention import MAX_PLACES, demo_weights, max_places
 from .controls import (
@@ -37,7 +38,7 @@ from .controls import (
     padded,
 )
 from .records import Results, most_common
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .report import Section, new_figure, save_analysis, save_figure
 from .votes import argmax_breaking_ties, class_votes, normalise, rate, raw_predictions
 
 TABLE2_ROWS = ("icl_accuracy", "reconstruction_agreement", "reconstructed_accuracy", "encoder_kernel_accuracy",

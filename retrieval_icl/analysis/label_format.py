@@ -13,10 +13,11 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import RiclError
+from ..results_dir import write_csv
 from ..stats import mcnemar
 from .attention import reconstruct_run
 from .records import Results, group_by
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .report import Section, new_figure, save_analysis, save_figure
 from .votes import rate
 
 METRICS = (("accuracy", "accuracy"), ("label_attention", "attention mass on label tokens"),

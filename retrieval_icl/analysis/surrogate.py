@@ -20,11 +20,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..results_dir import write_csv
 from ..surrogate import KernelSurrogate
 from .attention import selection_split
 from .kernel import cell
 from .records import Results, load_results
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .report import Section, new_figure, save_analysis, save_figure
 from .votes import argmax_breaking_ties, rate, raw_predictions
 
 ECE_BINS = 10
