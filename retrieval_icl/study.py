@@ -21,7 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from .errors import RiclError
 from .experiment import CompareConfig, load_compare_config
-from .results_dir import RECORDS, REPORT_MD
+from .results_dir import RECORDS, REPORT_MD, load_results
 from .yaml_config import read_yaml, validation_message
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def study_configs(path: str | Path) -> list[CompareConfig]:
 
 def run_study(path: str | Path, overwrite: bool = False) -> list[Path]:
     """Run the missing comparisons, analyse each directory, write the reports; returns the files of the last step."""
-    from .analysis import load_results, run_all, write_report
+    from .analysis import run_all, write_report
     from .analysis.crossrun import write_cross_run_report
     from .experiment import run_compare
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval_icl.analysis import load_results, write_report
+from retrieval_icl.analysis import write_report
 from retrieval_icl.analysis.registry import names
 from retrieval_icl.analysis.report import Section, save_analysis
 from retrieval_icl.errors import RiclError
+from retrieval_icl.results_dir import load_results
 
 
 def test_report_without_analyses_is_an_error(perfect):

@@ -17,7 +17,7 @@ from ..results_dir import ANALYSIS
 from .registry import ANALYSES, OPTION_NAMES, Analysis, Options, names
 
 if TYPE_CHECKING:
-    from .records import Results
+    from ..results_dir import Results
 
 analyze_app = typer.Typer(help="Analyse a `ricl compare` results directory (no model needed); files go to "
                           "RESULTS_DIR/analysis/.", no_args_is_help=True)
@@ -46,7 +46,7 @@ OPTIONS = {"runs": (Optional[list[str]], RUNS), "bandwidth": (float, BANDWIDTH),
 
 def _load(results_dir: Path) -> Results:
     """The results directory, loaded and checked."""
-    from .records import load_results
+    from ..results_dir import load_results
 
     return load_results(results_dir)
 

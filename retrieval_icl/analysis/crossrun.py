@@ -16,10 +16,9 @@ import numpy as np
 
 from ..errors import RiclError
 from ..paper import PAPER_MODEL, TABLE2_METRICS, table2_reference
-from ..results_dir import markdown_table, write_csv
+from ..results_dir import Results, load_results, markdown_table, write_csv
 from .controls import N_NULL, N_SPLITS
 from .kernel import CONTROL_ROWS, EXTRA_ROWS, TABLE2_ROWS, cell, run_groups, table2_column
-from .records import Results, load_results
 
 HEAD_ROWS = ("seeds", "best_head", "best_head_depth", "chosen_layers")
 
@@ -34,9 +33,9 @@ def run_columns(results: Results, bandwidth: float, selection_fraction: float, s
         column, controls = table2_column(results, members, bandwidth, selection_fraction, selection_n, seed, n_splits,
                                          n_null)
         first = results.runs([members[0]])[members[0]][0]
-        entry = {"model": model, "task": results.task, "selector": first["selector"], "run": name,
+        entry = {"model": model, "task": results.task, "selector": first.selector, "run": name,
                  "metrics": column, "directory": str(results.directory),
-                 "seeds": "+".join(str(results.runs([m])[m][0]["seed"]) for m in members)}
+                 "seeds": "+".join(str(results.runs([m])[m][0].seed) for m in members)}
         if controls is not None:
             layers, names = controls.shape_[0], controls.head_names()
             head, count = Counter(names).most_common(1)[0]
