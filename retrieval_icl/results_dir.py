@@ -257,8 +257,10 @@ class Results:
         spec = self._task_spec()
         return list(spec.label_names) if spec else [str(i) for i in range(self.n_labels)]
 
-    def label_words(self, label_format: str) -> list[str] | None:
-        """The words a label format writes for the label ids, or None when the task cannot be loaded."""
+    def label_words_from_task_spec(self, label_format: str) -> list[str] | None:
+        """The words the task's spec (its YAML, loaded now: the records do not hold them) gives a label format, per
+        label id; None when the task or the format is not found. TaskSpec.label_words is the verbalizer itself, which
+        refuses an unknown format."""
         spec = self._task_spec()
         if spec is None or label_format not in spec.label_formats:
             return None

@@ -51,7 +51,9 @@ def test_an_existing_directory_is_refused_unless_overwritten_and_ours(tmp_path):
 def test_loader_reads_records_config_and_attention(perfect):
     results = load_results(perfect)
     assert len(results.records) == 40 and list(results.runs()) == ["knn-seed0"] and results.n_labels == 2
-    assert results.label_names() == ["negative", "positive"] and results.label_words("swapped") == WORDS["swapped"]
+    assert results.label_names() == ["negative", "positive"]
+    assert results.label_words_from_task_spec("swapped") == WORDS["swapped"]
+    assert results.label_words_from_task_spec("no-such-format") is None
     assert (results.summaries("knn-seed0")[0].shape == (L, H, 4, 5) and
             results.profiles("knn-seed0")[0].shape == (L, 4, 24))
 

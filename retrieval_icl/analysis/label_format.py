@@ -81,15 +81,15 @@ def format_rows(results: Results, key: tuple, runs: dict[str, str], selection_fr
     """One row per label format of a group, compared with the default format (or the group's first)."""
     ref_format = "default" if "default" in runs else next(iter(runs))
     by_run = results.runs(runs.values())
+    ref_words = results.label_words_from_task_spec(ref_format)
     rows = []
     for fmt, run in runs.items():
-        cmp = compare_formats(by_run[runs[ref_format]], by_run[run], results.label_words(ref_format),
-                              results.label_words(fmt))
+        words = results.label_words_from_task_spec(fmt)
+        cmp = compare_formats(by_run[runs[ref_format]], by_run[run], ref_words, words)
         agreement = float("nan")
         if results.has_attention(run):
             agreement = reconstruct_run(results, run, selection_fraction, selection_n,
                                         seed).heldout_["agreement"]["value"]
-        words = results.label_words(fmt)
         rows.append({"group": "-".join(str(k) for k in key), "label_format": fmt, "words": "/".join(words or []),
                      "n": cmp["n"], "accuracy": cmp["accuracy"]["value"], "ci_low": cmp["accuracy"]["ci_low"],
                      "ci_high": cmp["accuracy"]["ci_high"], "label_attention": label_attention(by_run[run]),
