@@ -11,16 +11,7 @@ from typing import Any, Callable
 
 from .assemble import Run, assemble_runs, summarise
 from .atomic_dir import claimed
-from .compare_config import (
-    ColumnsConfig,
-    CompareConfig,
-    Inputs,
-    PoolConfig,
-    SelectorConfig,
-    get_index,
-    load_compare_config,
-    load_inputs,
-)
+from .compare_config import CompareConfig, Inputs, get_index, load_inputs
 from .errors import RiclError
 from .index import DemoIndex
 from .plan import plan_compare, score_requests
@@ -28,9 +19,6 @@ from .results_dir import check_output_dir, write_results
 from .scoring import Scorer
 
 log = logging.getLogger(__name__)
-
-__all__ = ["ColumnsConfig", "CompareConfig", "PoolConfig", "SelectorConfig", "load_compare_config", "run_compare"]
-
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

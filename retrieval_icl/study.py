@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from .compare_config import CompareConfig, load_compare_config
 from .errors import RiclError
-from .experiment import CompareConfig, load_compare_config
 from .results_dir import RECORDS, REPORT_MD, load_results
 from .yaml_config import read_yaml, validation_message
 

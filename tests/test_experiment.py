@@ -12,7 +12,7 @@ import pytest
 import yaml
 from safetensors.numpy import load_file
 
-from retrieval_icl.experiment import CompareConfig
+from retrieval_icl.compare_config import CompareConfig
 
 pytestmark = pytest.mark.lm
 ROOT = Path(__file__).resolve().parents[1]

@@ -60,7 +60,8 @@ def test_compare_runs_an_lm_kernel_selector_on_its_own_index(smollm2, tmp_path):
     import json
     from pathlib import Path
 
-    from retrieval_icl.experiment import CompareConfig, SelectorConfig, run_compare
+    from retrieval_icl.compare_config import CompareConfig, SelectorConfig
+    from retrieval_icl.experiment import run_compare
 
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data"
     config = CompareConfig(task="sst2", data_dir=str(data), pool_size=120, n_queries=8, k=4, capture_attention=False,

@@ -39,7 +39,8 @@ def test_a_planted_sink_leaves_demo_1s_kernel_weight_unchanged(smollm2):
 @pytest.fixture(scope="module")
 def random_run(tmp_path_factory, smollm2):
     """24 SST-2 validation queries, 8 random demonstrations each, attention captured, on the packaged SmolLM2."""
-    from retrieval_icl.experiment import CompareConfig, run_compare
+    from retrieval_icl.compare_config import CompareConfig
+    from retrieval_icl.experiment import run_compare
     from retrieval_icl.results_dir import load_results
 
     tmp = tmp_path_factory.mktemp("sink")
