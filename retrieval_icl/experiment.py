@@ -1,5 +1,6 @@
-"""`ricl compare`: selectors compared on one task. Load the inputs and indexes, then plan (plan.py), score (any
-Scorer), assemble (assemble.py), and write the results directory atomically."""
+"""`ricl compare`: selectors compared on one task, the flow only. Load the inputs and indexes, then plan (plan.py),
+score (any Scorer), assemble (assemble.py), and hand the runs to results_dir.py, which writes the results directory
+atomically."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .results_dir import check_output_dir, write_results
 from .scoring import Scorer
 
 log = logging.getLogger(__name__)
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
