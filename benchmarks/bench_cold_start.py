@@ -30,7 +30,8 @@ from statistics import median
 import yaml
 from common import DATA, ROOT, print_machine, print_table
 
-from retrieval_icl.analysis.records import load_results
+from retrieval_icl.record import RunRecord
+from retrieval_icl.results_dir import load_results
 
 CONFIG = ROOT / "configs" / "experiments" / "sst2_knn_vs_random.yaml"
 DEFAULT_CONTENDERS = ["torch=encoder_backend:torch", "onnx=encoder_backend:onnx"]
@@ -67,13 +68,13 @@ def run_cold(name: str, overrides: dict, n_queries: int | None, scratch: Path) -
     return {"name": name, "wall": wall, "info": info, "records": load_results(work / "results").records}
 
 
-def accuracy(records: list[dict], selector: str) -> float:
-    mine = [r["correct"] for r in records if r["selector"] == selector]
+def accuracy(records: list[RunRecord], selector: str) -> float:
+    mine = [r.correct for r in records if r.selector == selector]
     return sum(mine) / len(mine)
 
 
-def knn_selections(records: list[dict]) -> dict[int, list[int]]:
-    return {r["query_id"]: r["demo_ids"] for r in records if r["selector"] == "knn"}
+def knn_selections(records: list[RunRecord]) -> dict[int, list[int]]:
+    return {r.query_id: r.demo_ids for r in records if r.selector == "knn"}
 
 
 def run_row(run: dict) -> dict:

@@ -34,7 +34,8 @@ from common import DATA, ROOT, print_machine, print_table
 import retrieval_icl.assemble as assemble_module
 import retrieval_icl.experiment as experiment
 from retrieval_icl.capture import AttentionCapture
-from retrieval_icl.experiment import load_compare_config, run_compare
+from retrieval_icl.compare_config import load_compare_config
+from retrieval_icl.experiment import run_compare
 from retrieval_icl.prompts import PromptBuilder
 from retrieval_icl.runner import LMRunner
 from retrieval_icl.selectors.base import Selector

@@ -236,11 +236,11 @@ def compare(
     ray_gpus: float = typer.Option(0, help="With --ray-workers: GPUs per model replica (1 on a GPU cluster)."),
 ) -> None:
     """Run selectors on the same queries; write records, resolved config, versions and a summary with CIs."""
-    from .experiment import load_compare_config, run_compare
+    from .compare_config import load_compare_config
+    from .experiment import run_compare, run_compare_distributed
 
     cfg = load_compare_config(config, n_queries=n_queries, output_dir=output_dir)
     if ray_workers is not None:
-        from .experiment import run_compare_distributed
         from .scale import connect_ray
 
         connect_ray(ray_address)
@@ -294,7 +294,7 @@ def study(
 @friendly_errors
 def validate(path: Path = typer.Argument(..., help="An experiment, study or task YAML.")) -> None:
     """Check a config file without running anything."""
-    from .experiment import load_compare_config
+    from .compare_config import load_compare_config
     from .study import study_configs
     from .tasks import load_task
     from .yaml_config import read_yaml

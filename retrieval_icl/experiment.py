@@ -1,117 +1,26 @@
-"""`ricl compare`: selectors compared on one task. Load the inputs and indexes, then plan (plan.py), score (any
-Scorer), assemble (assemble.py), and write the results directory atomically."""
+"""`ricl compare`: selectors compared on one task, the flow only. Load the inputs and indexes, then plan (plan.py),
+score (any Scorer), assemble (assemble.py), and hand the runs to results_dir.py, which writes the results directory
+atomically."""
 
 from __future__ import annotations
 
-import json
 import logging
 import resource
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from .assemble import Run, assemble_runs, summarise
-from .atomic_dir import atomic_directory, check_replaceable, claimed
-from .compare_config import (
-    ColumnsConfig,
-    CompareConfig,
-    PoolConfig,
-    SelectorConfig,
-    load_compare_config,
-)
+from .atomic_dir import claimed
+from .compare_config import CompareConfig
 from .errors import RiclError
-from .examples import fingerprint
 from .index import DemoIndex
 from .inputs import Inputs, get_index, load_inputs
 from .plan import plan_compare, score_requests
+from .results_dir import check_output_dir, write_results
 from .scoring import Scorer
 
 log = logging.getLogger(__name__)
-RUN_INFO = "run_info.json"  # every results directory has it: the mark that --overwrite may replace it
-
-__all__ = ["ColumnsConfig", "CompareConfig", "PoolConfig", "SelectorConfig", "load_compare_config", "run_compare"]
-
-
-def package_versions() -> dict[str, str]:
-    names = ["retrieval-icl", "torch", "transformers", "sentence-transformers", "faiss-cpu", "faiss-gpu", "numpy",
-             "scipy", "datasets"]  # one of the two faiss builds is installed (the cpu or gpu extra)
-    found = {}
-    for name in names:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return found
-
-
-def markdown_table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    cols = list(rows[0])
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    import csv
-
-    with path.open("w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-
-
-def write_results(output_dir: Path, config: CompareConfig, inputs: Inputs, runs: list[Run], info: dict,
-                  rows: list[dict], tests: list[dict]) -> None:
-    """Write every file into a temporary sibling, then swap it in: a failed run leaves nothing half-written and
-    the previous results whole."""
-    with atomic_directory(output_dir, marker=RUN_INFO) as tmp:
-        write_files(tmp, config, inputs, runs, info, rows, tests)
-
-
-def write_files(tmp: Path, config: CompareConfig, inputs: Inputs, runs: list[Run], info: dict, rows: list[dict],
-                tests: list[dict]) -> None:
-    """Every file of a results directory, written into `tmp`."""
-    from safetensors.numpy import save_file
-
-    (tmp / "attention").mkdir()
-    with (tmp / "records.jsonl").open("w") as f:
-        for run in runs:
-            for record in run.records:
-                f.write(record.to_json() + "\n")
-    for run in runs:
-        if run.attention:
-            save_file(run.attention, str(tmp / "attention" / f"{run.name}.safetensors"))
-    resolved = config.model_dump() | {"pool_split": inputs.pool_split, "query_split": inputs.query_split}
-    (tmp / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    pools = {p.config.name: {"task": p.task_name, "split": p.split, "size": len(p.examples),
-                             "fingerprint": fingerprint(p.examples)} for p in inputs.pools}
-    info = info | {"versions": package_versions(), "pools": pools, "query_fingerprint": fingerprint(inputs.queries),
-                   "n_queries": len(inputs.queries)}
-    (tmp / RUN_INFO).write_text(json.dumps(info, indent=2))
-    write_csv(tmp / "summary.csv", rows)
-    write_csv(tmp / "mcnemar.csv", tests)
-    (tmp / "summary.md").write_text(summary_markdown(config, inputs, rows, tests, info))
-
-
-def summary_markdown(config: CompareConfig, inputs: Inputs, rows: list[dict], tests: list[dict], info: dict) -> str:
-    head = (f"# {inputs.task.name}: {', '.join(s.run_label for s in config.selectors)} "
-            f"(k={', '.join(map(str, config.ks))})\n\n"
-            f"Model `{config.model}`, encoder `{config.encoder}`, pools "
-            f"{', '.join(f'{p.config.name} ({p.task_name} {p.split}, {len(p.examples)})' for p in inputs.pools)}, "
-            f"queries {inputs.query_split} ({len(inputs.queries)}), label formats {config.formats}, "
-            f"calibrated: {config.calibrate}. Wall time {info['wall_seconds']:.0f} s, "
-            f"peak memory {info['peak_rss_mb']:.0f} MB.\n\n")
-    body = "## Accuracy (95% bootstrap CI)\n\n" + markdown_table(rows)
-    if tests:
-        body += "\n## Paired McNemar tests (exact)\n\n" + markdown_table(tests)
-    return head + body
 
 
 def peak_rss_mb() -> float:
@@ -125,7 +34,8 @@ def run_compare(config: CompareConfig, overwrite: bool = False, scorer: Scorer |
     `warm(inputs)` runs before the indexes are built (Ray fills the embedding cache there); `info` goes into
     run_info.json.
     """
-    output_dir = check_output_dir(config, overwrite)
+    output_dir = Path(config.output_dir)
+    check_output_dir(output_dir, overwrite)
     with claimed(output_dir):  # held until the results are swapped in: a second run to the directory is refused
         return compare_into(output_dir, config, scorer, warm, **info)
 
@@ -174,16 +84,6 @@ def model_info(runner: Any, capture: bool) -> dict[str, Any]:
     limits = runner.batch_limits(capture)
     return {"device": str(weight.device), "dtype": str(weight.dtype).removeprefix("torch."),
             "batch_rows": limits.rows, "batch_tokens": limits.tokens}
-
-
-def check_output_dir(config: CompareConfig, overwrite: bool) -> Path:
-    """The results directory, refused when it exists and overwrite is off, and (overwrite on) when it is not one
-    this project wrote."""
-    output_dir = Path(config.output_dir)
-    if output_dir.exists() and not overwrite:
-        raise RiclError(f"{output_dir} exists; pass --overwrite or choose another output_dir")
-    check_replaceable(output_dir, RUN_INFO)
-    return output_dir
 
 
 def prepare_inputs(config: CompareConfig) -> Inputs:

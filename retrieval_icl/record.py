@@ -1,7 +1,8 @@
 """RunRecord: the line `ricl compare` writes per run and query in records.jsonl, and every reader checks (no torch).
 
-The writer builds one RunRecord per scored query and dumps it (`to_json`); the analyses read records.jsonl back
-through `RunRecord.check`, so both sides share this one declaration of the fields, their types and invariants.
+The writer builds one RunRecord per scored query and dumps it (`to_json`); the reader (results_dir.load_results)
+turns each records.jsonl line back into one through `RunRecord.check`, so both sides share this one declaration of
+the fields, their types and invariants, and the analyses read its attributes.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class RunRecord(BaseModel):
         return json.dumps(self.model_dump(exclude_none=True))
 
     @classmethod
-    def check(cls, row: Any, where: str) -> dict:
-        """`row` (a parsed records.jsonl line) checked against the schema; returned as read. `where` is file:line."""
+    def check(cls, row: Any, where: str) -> "RunRecord":
+        """`row` (a parsed records.jsonl line) checked against the schema and returned as a RunRecord; an error
+        names `where` (file:line)."""
         if not isinstance(row, dict):
             raise RiclError(f"{where}: expected a JSON object, got {type(row).__name__}")
         missing = [name for name, f in cls.model_fields.items() if f.is_required() and name not in row]
@@ -96,9 +98,8 @@ class RunRecord(BaseModel):
             raise RiclError(f"{where}: missing keys {missing}; expected a record written by `ricl compare` (records "
                             "from before the preamble span and raw predictions were recorded: rerun `ricl compare`)")
         try:
-            cls.model_validate(row)
+            return cls.model_validate(row)
         except ValidationError as e:
             first = e.errors()[0]
             field = ".".join(str(p) for p in first["loc"]) or "record"
             raise RiclError(f"{where}: {field}: {first['msg']}") from None
-        return row

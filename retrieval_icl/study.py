@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from .compare_config import CompareConfig, load_compare_config
 from .errors import RiclError
-from .experiment import CompareConfig, load_compare_config
+from .results_dir import RECORDS, REPORT_MD, load_results
 from .yaml_config import read_yaml, validation_message
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def study_configs(path: str | Path) -> list[CompareConfig]:
 
 def run_study(path: str | Path, overwrite: bool = False) -> list[Path]:
     """Run the missing comparisons, analyse each directory, write the reports; returns the files of the last step."""
-    from .analysis import load_results, run_all, write_report
+    from .analysis import run_all, write_report
     from .analysis.crossrun import write_cross_run_report
     from .experiment import run_compare
 
@@ -90,7 +91,7 @@ def run_study(path: str | Path, overwrite: bool = False) -> list[Path]:
     directories = []
     for config in study_configs(path):
         directory = Path(config.output_dir)
-        if overwrite or not (directory / "records.jsonl").is_file():
+        if overwrite or not (directory / RECORDS).is_file():
             log.info("study: running %s", directory)
             run_compare(config, overwrite=True)
         else:
@@ -99,5 +100,5 @@ def run_study(path: str | Path, overwrite: bool = False) -> list[Path]:
         write_report(directory)
         directories.append(directory)
     if not study.table2:
-        return [d / "report.md" for d in directories]
+        return [d / REPORT_MD for d in directories]
     return write_cross_run_report(directories, study.output_root, study.bandwidth, **split)

@@ -16,6 +16,8 @@ import numpy as np
 import yaml
 from safetensors.numpy import save_file
 
+from retrieval_icl.record import RunRecord
+
 L, H, BEST = 3, 4, (1, 2)  # the synthetic model: 3 layers x 4 heads; head (1, 2) attends to the predicted label's demos
 WORDS = {"default": ["negative", "positive"], "swapped": ["positive", "negative"], "symbols": ["A", "B"]}
 
@@ -53,6 +55,14 @@ def make_record(run: str, qid: int, gold: int, prediction: int, demo_labels: lis
                    "attention": {"preamble_mass": 0.1, "x_mass": [0.02] * n,
                                  "y_mass": [0.05 if fields.get("label_format", "default") == "default" else 0.03] * n}
                    } | fields
+
+
+def run_record(demo_labels: list[int], similarities: list[float], qid: int = 0, gold: int = 0, prediction: int = 0,
+               **fields) -> RunRecord:
+    """A checked RunRecord shaped by make_record, for the analyses' functions that take records rather than a
+    directory."""
+    return RunRecord.model_validate(make_record("knn-seed0", qid, gold, prediction, demo_labels, similarities,
+                                                **fields))
 
 
 def write_dir(directory: Path, recs: list[dict], config: dict, with_attention: bool = True, seed: int = 0) -> Path:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from handmade_results import BEST, H, L, doctest_failures, profile, summary
 
-from retrieval_icl.analysis import attention, load_results
+from retrieval_icl.analysis import attention
 from retrieval_icl.analysis.attention import (
     AttentionMap,
     HeadReconstruction,
@@ -18,6 +18,7 @@ from retrieval_icl.analysis.attention import (
 from retrieval_icl.analysis.votes import argmax_breaking_ties, class_votes
 from retrieval_icl.attention_summary import PRE_LABEL, X_MASS, X_MAX, Y_MAX
 from retrieval_icl.errors import RiclError
+from retrieval_icl.results_dir import load_results
 
 
 def test_attention_all_on_one_label_reconstructs_that_label():

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from handmade_results import doctest_failures
 
-from retrieval_icl.analysis import bandwidth, load_results
+from retrieval_icl.analysis import bandwidth
 from retrieval_icl.analysis.bandwidth import BinnedAccuracy, analyze_bandwidth, condition_rows, entropy
+from retrieval_icl.results_dir import load_results
 
 
 def test_binned_accuracy_rises_with_similarity_when_correctness_does():

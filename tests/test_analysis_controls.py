@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from handmade_results import doctest_failures
+from handmade_results import doctest_failures, run_record
 
 from retrieval_icl.analysis import controls
 from retrieval_icl.analysis.controls import ReconstructionControls, baseline_predictions, kappa, shuffled_labels
@@ -28,8 +28,7 @@ def planted_kernel(seed: int = 0):
     lm = np.array([np.bincount(y, w, minlength=2).argmax() for y, w in zip(labels, kernel)])
     weights = noise(rng)
     weights[:, 1, 0] = kernel / kernel.sum(1, keepdims=True)
-    records = [{"demo_labels": y.tolist(), "encoder_similarities": s.tolist(), "label_log_probs": [0.0, 0.0]}
-               for y, s in zip(labels, sims)]
+    records = [run_record(y.tolist(), s.tolist(), label_log_probs=[0.0, 0.0]) for y, s in zip(labels, sims)]
     return weights, labels, lm, records
 
 
@@ -40,7 +39,7 @@ def test_a_head_copying_the_last_demo_does_not_beat_the_last_demo_baseline():
     weights[:, 0, 2] = 0.0
     weights[:, 0, 2, -1] = 1.0  # head (0, 2) reads the last demonstration only; the LM copies its label
     lm = labels[:, -1]
-    records = [{"demo_labels": y.tolist(), "encoder_similarities": rng.random(D).tolist()} for y in labels]
+    records = [run_record(y.tolist(), rng.random(D).tolist()) for y in labels]
     c = ReconstructionControls(n_splits=10, n_null=50).fit(weights, labels, lm, rng.integers(0, 2, Q),
                                                            baselines=baseline_predictions(records, 2), n_labels=2)
     assert c.head_names() == ["L0H2"] * 10
@@ -127,18 +126,17 @@ def test_a_query_under_two_seeds_falls_on_one_side_of_every_split():
 
 
 def test_baselines_by_hand():
-    records = [{"demo_labels": [0, 1, 1], "encoder_similarities": [0.9, 0.1, 0.2], "label_log_probs": [-1.0, -0.5],
-                "calibrated_log_probs": [-0.2, -1.7]},
-               {"demo_labels": [2, 0], "encoder_similarities": [0.1, 0.3], "label_log_probs": [-0.1, -3.0],
-                "calibrated_log_probs": [-1.0, -0.5]},
-               {"demo_labels": [], "encoder_similarities": [], "label_log_probs": [-1.0, -1.0],
-                "calibrated_log_probs": [-1.0, -1.0]}]
+    records = [run_record([0, 1, 1], [0.9, 0.1, 0.2], label_log_probs=[-1.0, -0.5, -3.0],
+                          calibrated_log_probs=[-0.2, -1.7, -1.0]),
+               run_record([2, 0], [0.1, 0.3], label_log_probs=[-0.1, -3.0, -3.0],
+                          calibrated_log_probs=[-1.0, -0.5, -1.0]),
+               run_record([], [], label_log_probs=[-1.0, -1.0, -1.0], calibrated_log_probs=[-1.0, -1.0, -1.0])]
     found = {k: v.tolist() for k, v in baseline_predictions(records, 3).items()}
     assert found["majority"][:1] == [1] and found["majority"][1] in (0, 2) and found["majority"][2] == -1
     assert found["last_demo"] == [1, 0, -1] and found["first_demo"] == [0, 2, -1]
     assert found["nearest_demo"] == [0, 0, -1]
-    assert found["lm_prior"][:2] == [1, 0]  # content-free log-probs = raw - calibrated: [-0.8, 1.2], [0.9, -2.5]
-    del records[0]["calibrated_log_probs"]
+    assert found["lm_prior"][:2] == [1, 0]  # content-free = raw - calibrated: [-0.8, 1.2, -2.0], [0.9, -2.5, -2.0]
+    records[0] = records[0].model_copy(update={"calibrated_log_probs": None})
     assert "lm_prior" not in baseline_predictions(records, 3)
 
 

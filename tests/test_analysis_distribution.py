@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from handmade_results import doctest_failures
 
-from retrieval_icl.analysis import distribution, load_results
+from retrieval_icl.analysis import distribution
 from retrieval_icl.analysis.distribution import analyze_distribution
 from retrieval_icl.errors import RiclError
+from retrieval_icl.results_dir import load_results
 
 
 def test_shifted_pool_and_representative_selection_are_compared_by_query(study):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from handmade_results import SELECTORS, WORDS, doctest_failures, make_record, queries, write_dir
+from handmade_results import SELECTORS, WORDS, doctest_failures, make_record, queries, run_record, write_dir
 
-from retrieval_icl.analysis import label_format, load_results
+from retrieval_icl.analysis import label_format
 from retrieval_icl.analysis.label_format import analyze_label_format, compare_formats
 from retrieval_icl.errors import RiclError
+from retrieval_icl.results_dir import load_results
 
 
 def test_swapped_labels_invert_a_perfect_predictor(tmp_path):
@@ -31,7 +32,7 @@ def test_label_format_needs_several_formats(perfect):
 
 
 def test_compare_formats_leaves_same_word_undefined_without_shared_words():
-    ref = [{"query_id": 0, "prediction": 1, "gold": 1, "correct": True, "demo_ids": [1]}]
+    ref = [run_record([1], [0.5], gold=1, prediction=1)]
     out = compare_formats(ref, ref, WORDS["default"], WORDS["symbols"])
     assert np.isnan(out["same_word_as_reference"]) and out["agreement_with_reference"] == 1.0
 

@@ -13,12 +13,13 @@ import typer
 from handmade_results import BEST, doctest_failures
 from typer.testing import CliRunner
 
-from retrieval_icl.analysis import applicable, load_results, registry, run_all, write_report
+from retrieval_icl.analysis import applicable, registry, run_all, write_report
 from retrieval_icl.analysis.attention import analyze_reconstruction
 from retrieval_icl.analysis.cli import OPTIONS, analyze_app
 from retrieval_icl.analysis.registry import ANALYSES, OPTION_NAMES, Analysis, Options, get, names
 from retrieval_icl.cli import app
 from retrieval_icl.errors import RiclError
+from retrieval_icl.results_dir import load_results
 
 NO_ATTENTION = "no attention captured (capture_attention: false)"
 

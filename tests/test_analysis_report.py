@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from retrieval_icl.analysis import load_results, write_report
+from retrieval_icl.analysis import write_report
 from retrieval_icl.analysis.registry import names
-from retrieval_icl.analysis.report import Section, save_analysis, table_markdown
+from retrieval_icl.analysis.report import Section, save_analysis
 from retrieval_icl.errors import RiclError
+from retrieval_icl.results_dir import load_results
 
 
 def test_report_without_analyses_is_an_error(perfect):
@@ -25,9 +26,3 @@ def test_report_follows_the_registry_order_whatever_was_saved_first(perfect):
     positions = [text.index(f"## Title {n}\n") for n in names()]
     assert positions == sorted(positions) and "Title unregistered" not in text
     assert "| a |\n|---|\n| 0.500 |\n" in text
-
-
-def test_table_cells_have_three_decimals_and_a_dash_for_missing_values():
-    rows = [{"a": 0.12345, "b": None}, {"b": float("nan"), "c": 2}]
-    assert table_markdown(rows) == "| a | b | c |\n|---|---|---|\n| 0.123 | – | – |\n| – | – | 2 |\n"
-    assert table_markdown([]) == ""

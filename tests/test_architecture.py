@@ -85,7 +85,7 @@ def test_no_module_is_over_400_lines():
     assert long == {}
 
 
-@pytest.mark.parametrize("module", ["retrieval_icl.index", "retrieval_icl.record", "retrieval_icl.analysis.records",
+@pytest.mark.parametrize("module", ["retrieval_icl.index", "retrieval_icl.record", "retrieval_icl.results_dir",
                                     "retrieval_icl.plan", "retrieval_icl.assemble", "retrieval_icl.scoring"])
 def test_torch_free_modules_do_not_import_torch(module):
     code = f"import sys, {module}\nassert 'torch' not in sys.modules, '{module} imported torch'"
@@ -131,3 +131,50 @@ def test_no_test_sets_a_private_attribute():
 
 
 
+
+
+def defined_names(path: Path) -> set[str]:
+    """Names a module binds itself at top level (def, class, assignment), not names it imports."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.If, ast.Try)):  # names bound under a guard (faiss_support's one `import faiss`)
+            names |= {n.name for n in ast.walk(node) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            names |= {(a.asname or a.name) for n in ast.walk(node) if isinstance(n, ast.Import) for a in n.names}
+            names |= {t.id for n in ast.walk(node) if isinstance(n, ast.Assign) for t in n.targets
+                      if isinstance(t, ast.Name)}
+    return names
+
+
+def imports_through_another_module(path: Path, name: str) -> list[str]:
+    """`from M import N` lines in `path` where N is neither defined in package module M nor one of its submodules."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom) or not node.module:
+            continue
+        base = package
+        for _ in range(node.level - 1):
+            base = base.rpartition(".")[0]
+        target = f"{base}.{node.module}" if node.level else node.module
+        if target not in MODULES:
+            continue
+        defined = defined_names(MODULES[target])
+        found += [f"{path.relative_to(ROOT)}:{node.lineno}: {a.name} from {target}" for a in node.names
+                  if a.name not in defined and f"{target}.{a.name}" not in MODULES]
+    return found
+
+
+def test_every_name_is_imported_from_the_module_that_defines_it():
+    """One import path per name: no re-export, in the package, its tests, benchmarks and scripts."""
+    files = [*MODULES.values(), *sorted((ROOT / "tests").rglob("*.py")), *sorted((ROOT / "benchmarks").rglob("*.py")),
+             *sorted((ROOT / "scripts").rglob("*.py"))]
+    found = []
+    for path in files:
+        inside = path.is_relative_to(PACKAGE)
+        found += imports_through_another_module(path, module_name(path) if inside else "tests.x")
+    assert found == []

@@ -14,7 +14,7 @@ import yaml
 from safetensors.numpy import load_file
 from shared_data import SHARED_DATA
 
-from retrieval_icl.experiment import CompareConfig
+from retrieval_icl.compare_config import CompareConfig
 from retrieval_icl.faiss_support import faiss_distributions
 
 pytestmark = [pytest.mark.lm, pytest.mark.shared_data]
@@ -125,9 +125,9 @@ def test_rerun_refuses_to_overwrite_and_reuses_the_index(results):
 
 
 def test_calibrated_run_records_both_predictions_and_reconstruction_uses_the_raw_one(tmp_path, smollm2):
-    from retrieval_icl.analysis import load_results
     from retrieval_icl.analysis.attention import reconstruct_run
     from retrieval_icl.experiment import run_compare
+    from retrieval_icl.results_dir import load_results
 
     config = CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=150, n_queries=16, k=2,
                            calibrate=True, selectors=[{"name": "random"}], index_root=str(tmp_path / "idx"),
@@ -135,10 +135,10 @@ def test_calibrated_run_records_both_predictions_and_reconstruction_uses_the_raw
     _, _, out = run_compare(config)
     results = load_results(out)
     records = results.records
-    raw = np.array([int(np.argmax(r["label_log_probs"])) for r in records])
-    assert [r["raw_prediction"] for r in records] == raw.tolist()
-    assert [r["prediction"] for r in records] == [int(np.argmax(r["calibrated_log_probs"])) for r in records]
-    assert all(r["raw_correct"] == (r["raw_prediction"] == r["gold"]) for r in records)
-    assert any(r["prediction"] != r["raw_prediction"] for r in records)  # calibration moved at least one
+    raw = np.array([int(np.argmax(r.label_log_probs)) for r in records])
+    assert [r.raw_prediction for r in records] == raw.tolist()
+    assert [r.prediction for r in records] == [int(np.argmax(r.calibrated_log_probs)) for r in records]
+    assert all(r.raw_correct == (r.raw_prediction == r.gold) for r in records)
+    assert any(r.prediction != r.raw_prediction for r in records)  # calibration moved at least one
     rec = reconstruct_run(results, "random-seed0", selection_n=8)
     assert np.array_equal(rec.agreement_, (rec.reconstructed_ == raw[:, None, None]).mean(0))

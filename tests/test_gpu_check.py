@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from retrieval_icl.experiment import load_compare_config
+from retrieval_icl.compare_config import load_compare_config
 from retrieval_icl.faiss_support import faiss_build
 
 ROOT = Path(__file__).resolve().parents[1]

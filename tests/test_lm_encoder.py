@@ -61,7 +61,8 @@ def test_lm_kernel_index_saves_loads_and_retrieves(smollm2, tmp_path):
 def test_compare_runs_an_lm_kernel_selector_on_its_own_index(smollm2, tmp_path):
     import json
 
-    from retrieval_icl.experiment import CompareConfig, SelectorConfig, run_compare
+    from retrieval_icl.compare_config import CompareConfig, SelectorConfig
+    from retrieval_icl.experiment import run_compare
 
     config = CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=120, n_queries=8, k=4,
                            capture_attention=False,

@@ -11,12 +11,12 @@ import pytest
 from safetensors.numpy import load_file
 from standin import TINY_DATA, VoteScorer, tiny_tokenizer
 
-from retrieval_icl.analysis import load_results
 from retrieval_icl.assemble import Run, summarise
 from retrieval_icl.compare_config import CompareConfig, PoolConfig, SelectorConfig
 from retrieval_icl.experiment import build_indexes, prepare_inputs, run_compare
 from retrieval_icl.plan import plan_compare, score_requests
 from retrieval_icl.record import RunRecord
+from retrieval_icl.results_dir import load_results
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,7 @@ def test_mcnemar_pairs_seeded_runs_by_seed():
 
 
 def test_a_failed_write_keeps_the_previous_results_whole(tmp_path, tokenizer, monkeypatch):
-    import retrieval_icl.experiment as experiment
+    import retrieval_icl.results_dir as results_dir
 
     cfg = config(tmp_path, selectors=[SelectorConfig(name="knn")], capture_attention=False)
     _, _, out = run_compare(cfg, scorer=VoteScorer(tokenizer))
@@ -148,7 +148,7 @@ def test_a_failed_write_keeps_the_previous_results_whole(tmp_path, tokenizer, mo
         (tmp / "records.jsonl").write_text("partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(experiment, "write_files", half_written)
+    monkeypatch.setattr(results_dir, "write_files", half_written)
     with pytest.raises(OSError, match="disk full"):
         run_compare(cfg, overwrite=True, scorer=VoteScorer(tokenizer))
     assert (out / "records.jsonl").read_bytes() == before

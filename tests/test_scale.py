@@ -97,7 +97,8 @@ def test_cli_index_build_on_ray_equals_local(tmp_path):
 @pytest.mark.lm
 @pytest.mark.shared_data
 def test_cli_compare_on_ray_writes_the_same_records(tmp_path, smollm2):
-    from retrieval_icl.experiment import CompareConfig, run_compare
+    from retrieval_icl.compare_config import CompareConfig
+    from retrieval_icl.experiment import run_compare
 
     def config(name: str) -> CompareConfig:
         return CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=80, n_queries=6, k=2, batch_size=4,

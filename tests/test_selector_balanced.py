@@ -8,11 +8,12 @@ from selector_pools import topic_index
 from standin import TINY_DATA
 
 from retrieval_icl.errors import RiclError
+from retrieval_icl.examples import Example
 from retrieval_icl.index import DemoIndex
 from retrieval_icl.selectors.balanced import BalancedSelector
 from retrieval_icl.selectors.base import make_selector
 from retrieval_icl.sentence_encoder import Encoder
-from retrieval_icl.tasks import Example, load_examples, load_task
+from retrieval_icl.tasks import load_examples, load_task
 
 
 @pytest.fixture(scope="module")

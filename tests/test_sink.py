@@ -38,8 +38,9 @@ def test_a_planted_sink_leaves_demo_1s_kernel_weight_unchanged(smollm2):
 @pytest.fixture(scope="module")
 def random_run(tmp_path_factory, smollm2):
     """24 SST-2 validation queries, 8 random demonstrations each, attention captured, on the packaged SmolLM2."""
-    from retrieval_icl.analysis import load_results
-    from retrieval_icl.experiment import CompareConfig, run_compare
+    from retrieval_icl.compare_config import CompareConfig
+    from retrieval_icl.experiment import run_compare
+    from retrieval_icl.results_dir import load_results
 
     tmp = tmp_path_factory.mktemp("sink")
     config = CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=400, n_queries=24, k=8,
@@ -54,14 +55,14 @@ def test_demo_1_input_mass_is_like_the_other_demos(random_run):
     results, summaries = random_run
     x_mass = np.mean([s[..., 0].mean(axis=(0, 1)) for s in summaries], axis=0)  # (8,) per prompt position
     assert x_mass[0] < 2 * x_mass[1:].mean(), x_mass
-    sink = np.mean([r["attention"]["preamble_mass"] for r in results.records])
+    sink = np.mean([r.attention.preamble_mass for r in results.records])
     assert sink > x_mass.max()  # the sink is still there, on the preamble, outside every demonstration
 
 
 @pytest.mark.shared_data
 def test_few_heads_vote_demo_1s_label_on_almost_every_query(random_run):
     results, summaries = random_run
-    labels = [r["demo_labels"] for r in results.records]
+    labels = [r.demo_labels for r in results.records]
     votes = class_votes([span_max_weights(s) for s in summaries], labels, results.n_labels)  # (Q, L, H, C)
     predicted, _ = argmax_breaking_ties(votes)
     first = np.array([lab[0] for lab in labels])[:, None, None]

@@ -2,16 +2,17 @@
 surrogate, bandwidth, label format, demonstration distribution, the accuracy / prompt-token frontier, and the report
 that gathers them.
 
-    from retrieval_icl.analysis import load_results, run_all, write_report
+    from retrieval_icl.analysis import run_all, write_report
+    from retrieval_icl.results_dir import load_results
     results = load_results("results/sst2_reconstruction")
     run_all(results)                      # every analysis the records allow, files in results/.../analysis/
     write_report(results.directory)       # report.md + report.html
 
-Modules: registry.py (each analysis declared once: name, command, when it applies, how it runs), records.py (load
-and check a results directory), attention.py (Figure 2 map, HeadReconstruction), kernel.py (KernelRegression,
-Table 2), controls.py (baselines, repeated splits, permutation null), surrogate.py (KernelSurrogate against the LM;
-fit_surrogate), bandwidth.py, label_format.py, distribution.py, frontier.py (accuracy against prompt tokens),
-report.py, cli.py.
+The records come from results_dir.py (`load_results`: one checked RunRecord per line of records.jsonl). Modules:
+registry.py (each analysis declared once: name, command, when it applies, how it runs), attention.py (Figure 2 map,
+HeadReconstruction), kernel.py (KernelRegression, Table 2), controls.py (baselines, repeated splits, permutation
+null), surrogate.py (KernelSurrogate against the LM; fit_surrogate), bandwidth.py, label_format.py, distribution.py,
+frontier.py (accuracy against prompt tokens), votes.py (label votes, rates, tallies), report.py, cli.py.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from ..results_dir import Results
 from . import report
-from .records import Results, load_results
 from .registry import ANALYSES, Options, names
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Results", "Options", "load_results", "applicable", "run_all", "run_analyses", "write_report"]
+__all__ = ["applicable", "run_all", "run_analyses", "write_report"]
 
 
 def applicable(results: Results, runs: Sequence[str] | None = None) -> dict[str, str | None]:

@@ -11,9 +11,9 @@ import numpy as np
 from ..attention_summary import PRE_LABEL, PROFILE_REGIONS, X_MASS, X_MAX, Y_MASS, Y_MAX
 from ..errors import RiclError
 from ..paper import best_head_sentence
-from .records import Results, most_common
-from .report import Section, new_figure, save_analysis, save_figure, write_csv, write_json
-from .votes import argmax_breaking_ties, class_votes, rate, raw_predictions
+from ..results_dir import Results, write_csv
+from .report import Section, new_figure, save_analysis, save_figure, write_json
+from .votes import argmax_breaking_ties, class_votes, most_common, rate, raw_predictions
 
 MASS_PARTS = ("preamble (BOS, the sink)", "demo inputs x_i", "'Output:' token before y_i", "demo labels y_i",
               "elsewhere (separators, query)")
@@ -169,9 +169,9 @@ def reconstruct_run(results: Results, run: str, selection_fraction: float = 0.7,
     `weight` is one of WEIGHT_KINDS."""
     records = results.runs([run])[run]
     weights = [demo_weights(s, weight) for s in results.summaries(run)]  # each (L, H, D)
-    votes = class_votes(weights, [r["demo_labels"] for r in records], results.n_labels)  # (Q, L, H, C)
+    votes = class_votes(weights, [r.demo_labels for r in records], results.n_labels)  # (Q, L, H, C)
     return HeadReconstruction(selection_fraction, selection_n, seed).fit(
-        votes, raw_predictions(records), [r["gold"] for r in records], [r["query_id"] for r in records])
+        votes, raw_predictions(records), [r.gold for r in records], [r.query_id for r in records])
 
 
 def plot_attention_map(am: AttentionMap, title: str):
@@ -290,7 +290,7 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
              "heldout_accuracy": float(rec.heldout_accuracy_[layer, h]), "ties": int(rec.ties_[layer, h])}
             for layer in range(L) for h in range(H)])
         figure = save_figure(plot_heads(rec, run), out / f"{stem}.png")
-        first = [r["demo_labels"][0] for r in results.runs([run])[run]]
+        first = [r.demo_labels[0] for r in results.runs([run])[run]]
         ablation = reconstruct_run(results, run, selection_fraction, selection_n, seed, weight="span_max")
         places = np.mean([max_places(s)[ablation.best_head_] for s in results.summaries(run)], axis=0)  # (3,)
         rows.append(reconstruction_row(run, rec, results.preambles(run)) |

@@ -13,11 +13,12 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as st
 
+from ..record import RunRecord
+from ..results_dir import Results, write_csv
 from ..stats import bootstrap_ci
 from .attention import demo_weights, reconstruct_run
-from .records import Results, group_by
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
-from .votes import normalise, rate
+from .report import Section, new_figure, save_analysis, save_figure
+from .votes import group_by, normalise, rate
 
 
 class BinnedAccuracy:
@@ -57,10 +58,10 @@ class BinnedAccuracy:
                 for b in range(self.n_bins) if self.counts_[b]]
 
 
-def mean_similarity(record: dict) -> float:
+def mean_similarity(record: RunRecord) -> float:
     """The mean cosine of the record's demonstrations to its query under the experiment's sentence encoder, the same
     for every selector (NaN with no demonstrations)."""
-    sims = record["encoder_similarities"]
+    sims = record.encoder_similarities
     return float(np.mean(sims)) if sims else float("nan")
 
 
@@ -70,19 +71,19 @@ def describe(spec: dict) -> str:
     return f"{spec['name']}({params})" if params else spec["name"]
 
 
-def main_records(results: Results) -> list[dict]:
+def main_records(results: Results) -> list[RunRecord]:
     """Records under the experiment's first label format and first pool."""
     main = set(results.main_runs())
-    return [r for r in results.records if r["run"] in main]
+    return [r for r in results.records if r.run in main]
 
 
 def condition_rows(results: Results) -> list[dict]:
     """Accuracy with CI and mean similarity per (selector, k), seeds pooled, ordered by k then similarity."""
     specs, rows = results.selector_specs(), []
-    for (label, k), recs in group_by(main_records(results), lambda r: (r["selector"], r["k"])).items():
-        correct = np.array([r["correct"] for r in recs])
+    for (label, k), recs in group_by(main_records(results), lambda r: (r.selector, r.k)).items():
+        correct = np.array([r.correct for r in recs])
         rows.append({"selector": label, "description": describe(specs[label]), "k": k,
-                     "seeds": len({r["seed"] for r in recs}), "n": len(recs),
+                     "seeds": len({r.seed for r in recs}), "n": len(recs),
                      **{("accuracy" if key == "value" else key): v for key, v in rate(correct).items()},
                      "mean_similarity": float(np.nanmean([mean_similarity(r) for r in recs]))})
     return sorted(rows, key=lambda r: (r["k"], -r["mean_similarity"]))
@@ -91,9 +92,9 @@ def condition_rows(results: Results) -> list[dict]:
 def random_bins(results: Results, n_bins: int) -> dict[int, BinnedAccuracy]:
     """For the random selectors' records at each k: accuracy binned by the mean similarity of the drawn demos."""
     random_labels = {label for label, spec in results.selector_specs().items() if spec["name"] == "random"}
-    recs = [r for r in main_records(results) if r["selector"] in random_labels and r["encoder_similarities"]]
-    return {k: BinnedAccuracy(n_bins).fit([mean_similarity(r) for r in group], [r["correct"] for r in group])
-            for k, group in sorted(group_by(recs, lambda r: r["k"]).items()) if len(group) >= n_bins}
+    recs = [r for r in main_records(results) if r.selector in random_labels and r.encoder_similarities]
+    return {k: BinnedAccuracy(n_bins).fit([mean_similarity(r) for r in group], [r.correct for r in group])
+            for k, group in sorted(group_by(recs, lambda r: r.k).items()) if len(group) >= n_bins}
 
 
 def entropy(weights: np.ndarray) -> float:
@@ -116,7 +117,7 @@ def entropy_rows(results: Results, selection_fraction: float, selection_n: int |
         held = ~rec.selection_
         records = [r for r, h in zip(results.runs([run])[run], held) if h]
         ent = np.array([entropy(demo_weights(s)[layer, head]) for s, h in zip(results.summaries(run), held) if h])
-        correct = np.array([r["raw_prediction"] == r["gold"] for r in records])  # the model the attention explains
+        correct = np.array([r.raw_prediction == r.gold for r in records])  # the model the attention explains
         sims = np.array([mean_similarity(r) for r in records])
         p = st.mannwhitneyu(ent[correct], ent[~correct]).pvalue if 0 < correct.sum() < correct.size else np.nan
         rho = st.spearmanr(ent, sims).statistic if ent.std() > 0 and np.nanstd(sims) > 0 else np.nan

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import typer
 
 from ..cli_errors import friendly_errors
+from ..results_dir import ANALYSIS
 from .registry import ANALYSES, OPTION_NAMES, Analysis, Options, names
 
 if TYPE_CHECKING:
-    from .records import Results
+    from ..results_dir import Results
 
 analyze_app = typer.Typer(help="Analyse a `ricl compare` results directory (no model needed); files go to "
                           "RESULTS_DIR/analysis/.", no_args_is_help=True)
@@ -45,7 +46,7 @@ OPTIONS = {"runs": (Optional[list[str]], RUNS), "bandwidth": (float, BANDWIDTH),
 
 def _load(results_dir: Path) -> Results:
     """The results directory, loaded and checked."""
-    from .records import load_results
+    from ..results_dir import load_results
 
     return load_results(results_dir)
 
@@ -115,7 +116,7 @@ def report(results_dirs: list[Path] = typer.Argument(..., help="A results direct
             typer.echo(f"wrote {path}")
         return
     results_dir = results_dirs[0]
-    folder = results_dir / "analysis"
+    folder = results_dir / ANALYSIS
     if analyze and not any((folder / f"{n}.json").exists() for n in names()):
         run_all(_load(results_dir), bandwidth=bandwidth, selection_fraction=selection_fraction,
                 selection_n=selection_n, seed=seed, n_splits=n_splits, n_null=n_null)

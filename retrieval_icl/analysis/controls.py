@@ -27,6 +27,7 @@ import numpy as np
 from sklearn.metrics import cohen_kappa_score
 
 from ..errors import RiclError
+from ..record import RunRecord
 from ..stats import cluster_bootstrap_means
 from .attention import selection_split
 from .votes import argmax_breaking_ties
@@ -35,22 +36,21 @@ BASELINES = ("majority", "last_demo", "first_demo", "nearest_demo", "lm_prior")
 N_SPLITS, N_NULL = 20, 200
 
 
-def baseline_predictions(records: Sequence[dict], n_labels: int, seed: int = 0) -> dict[str, np.ndarray]:
+def baseline_predictions(records: Sequence[RunRecord], n_labels: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Each baseline's label per record, (queries,); -1 where a record shows no demonstration. lm_prior only when
     every record was calibrated: argmax of the content-free log-probs, label_log_probs - calibrated_log_probs up to a
     constant."""
-    labels = [np.asarray(r["demo_labels"], dtype=np.int64) for r in records]
+    labels = [np.asarray(r.demo_labels, dtype=np.int64) for r in records]
     counts = np.stack([np.bincount(y, minlength=n_labels) for y in labels]).astype(np.float64)  # (Q, C)
     majority, _ = argmax_breaking_ties(counts, seed)
     empty = np.array([y.size == 0 for y in labels])
     out = {"majority": np.where(empty, -1, majority),
            "last_demo": np.array([y[-1] if y.size else -1 for y in labels]),
            "first_demo": np.array([y[0] if y.size else -1 for y in labels]),
-           "nearest_demo": np.array([y[int(np.argmax(r["encoder_similarities"]))] if y.size else -1
+           "nearest_demo": np.array([y[int(np.argmax(r.encoder_similarities))] if y.size else -1
                                      for y, r in zip(labels, records)])}
-    if all(r.get("calibrated_log_probs") is not None for r in records):
-        prior = np.array([r["label_log_probs"] for r in records]) - np.array([r["calibrated_log_probs"]
-                                                                               for r in records])
+    if all(r.calibrated_log_probs is not None for r in records):
+        prior = np.array([r.label_log_probs for r in records]) - np.array([r.calibrated_log_probs for r in records])
         out["lm_prior"] = prior.argmax(1)
     return out
 

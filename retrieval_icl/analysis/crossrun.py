@@ -16,10 +16,9 @@ import numpy as np
 
 from ..errors import RiclError
 from ..paper import PAPER_MODEL, TABLE2_METRICS, table2_reference
+from ..results_dir import Results, load_results, markdown_table, write_csv
 from .controls import N_NULL, N_SPLITS
 from .kernel import CONTROL_ROWS, EXTRA_ROWS, TABLE2_ROWS, cell, run_groups, table2_column
-from .records import Results, load_results
-from .report import table_markdown, write_csv
 
 HEAD_ROWS = ("seeds", "best_head", "best_head_depth", "chosen_layers")
 
@@ -34,9 +33,9 @@ def run_columns(results: Results, bandwidth: float, selection_fraction: float, s
         column, controls = table2_column(results, members, bandwidth, selection_fraction, selection_n, seed, n_splits,
                                          n_null)
         first = results.runs([members[0]])[members[0]][0]
-        entry = {"model": model, "task": results.task, "selector": first["selector"], "run": name,
+        entry = {"model": model, "task": results.task, "selector": first.selector, "run": name,
                  "metrics": column, "directory": str(results.directory),
-                 "seeds": "+".join(str(results.runs([m])[m][0]["seed"]) for m in members)}
+                 "seeds": "+".join(str(results.runs([m])[m][0].seed) for m in members)}
         if controls is not None:
             layers, names = controls.shape_[0], controls.head_names()
             head, count = Counter(names).most_common(1)[0]
@@ -155,11 +154,11 @@ def write_cross_run_report(directories: Sequence[str | Path], out: str | Path, b
             "best_head: the head chosen most often; best_head_depth: the mean chosen layer / (layers - 1). The "
             f"paper's rows are {PAPER_MODEL}, Table 2 (a different model and protocol details; read them as a "
             "reference, not a target).\n\nSources:\n\n" + "".join(f"- `{d}`\n" for d in directories) + "\n"
-            + table_markdown(layout_rows(entries)))
+            + markdown_table(layout_rows(entries)))
     if any("verdict" in e for e in entries):
-        text += "\n\n## What the controls say\n\n" + table_markdown(verdict_rows(entries))
+        text += "\n\n## What the controls say\n\n" + markdown_table(verdict_rows(entries))
         text += ("\n\n## Layer of the best head over the splits, per model\n\nSplits that chose each layer, "
-                 "summed over the model's tasks and selectors.\n\n" + table_markdown(depth_rows(entries)))
+                 "summed over the model's tasks and selectors.\n\n" + markdown_table(depth_rows(entries)))
     written = [out / "table2.md", out / "table2.csv"]
     written[0].write_text(text)
     write_csv(written[1], long_rows(entries))

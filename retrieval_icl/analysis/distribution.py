@@ -9,23 +9,24 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import RiclError
+from ..record import RunRecord
+from ..results_dir import Results, write_csv
 from ..stats import mcnemar
 from .bandwidth import mean_similarity
-from .records import Results, group_by
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
-from .votes import rate
+from .report import Section, new_figure, save_analysis, save_figure
+from .votes import group_by, rate
 
 REPRESENTATIVE = ("kmeans", "votek")
 
 
-def paired(a: Sequence[dict], b: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+def paired(a: Sequence[RunRecord], b: Sequence[RunRecord]) -> tuple[np.ndarray, np.ndarray]:
     """Correctness of two runs on the queries they share, paired by query id: two (shared,) bool arrays."""
-    by_id = {r["query_id"]: r["correct"] for r in b}
-    shared = [r for r in a if r["query_id"] in by_id]
-    return np.array([r["correct"] for r in shared], bool), np.array([by_id[r["query_id"]] for r in shared], bool)
+    by_id = {r.query_id: r.correct for r in b}
+    shared = [r for r in a if r.query_id in by_id]
+    return np.array([r.correct for r in shared], bool), np.array([by_id[r.query_id] for r in shared], bool)
 
 
-def versus(a: Sequence[dict], b: Sequence[dict]) -> dict:
+def versus(a: Sequence[RunRecord], b: Sequence[RunRecord]) -> dict:
     """Accuracy difference a - b on the queries both ran and the exact McNemar p-value."""
     x, y = paired(a, b)
     if not x.size:
@@ -47,12 +48,12 @@ def pool_description(results: Results, pool: str) -> str:
     return pool
 
 
-def run_row(results: Results, records: list[dict]) -> dict:
+def run_row(results: Results, records: list[RunRecord]) -> dict:
     """Accuracy (CI) and mean similarity of one run."""
-    r0, acc = records[0], rate(np.array([r["correct"] for r in records]))
-    return {"run": r0["run"], "selector": r0["selector"], "pool": r0["pool"],
-            "pool_made_from": pool_description(results, r0["pool"]), "k": r0["k"], "label_format": r0["label_format"],
-            "seed": r0["seed"], "n": len(records), "accuracy": acc["value"], "ci_low": acc["ci_low"],
+    r0, acc = records[0], rate(np.array([r.correct for r in records]))
+    return {"run": r0.run, "selector": r0.selector, "pool": r0.pool,
+            "pool_made_from": pool_description(results, r0.pool), "k": r0.k, "label_format": r0.label_format,
+            "seed": r0.seed, "n": len(records), "accuracy": acc["value"], "ci_low": acc["ci_low"],
             "ci_high": acc["ci_high"], "mean_similarity": float(np.nanmean([mean_similarity(r) for r in records]))}
 
 
@@ -60,11 +61,10 @@ def pool_rows(results: Results) -> list[dict]:
     """Every run, with its accuracy difference and McNemar p against the same selector on the reference pool."""
     reference = results.pool_order()[0]
     by_run = results.runs()
-    same = group_by(by_run.values(), lambda recs: (recs[0]["selector"], recs[0]["seed"], recs[0]["k"],
-                                                   recs[0]["label_format"]))
+    same = group_by(by_run.values(), lambda recs: (recs[0].selector, recs[0].seed, recs[0].k, recs[0].label_format))
     rows = []
     for runs in same.values():
-        ref = next((recs for recs in runs if recs[0]["pool"] == reference), None)
+        ref = next((recs for recs in runs if recs[0].pool == reference), None)
         for recs in runs:
             vs = versus(recs, ref) if ref is not None and recs is not ref else {}
             rows.append(run_row(results, recs) | {f"{k}_vs_{reference}": v for k, v in vs.items()})
@@ -76,14 +76,14 @@ def representative_rows(results: Results) -> list[dict]:
     it)."""
     specs = results.selector_specs()
     runs = list(results.runs().values())
-    cond = lambda recs: (recs[0]["pool"], recs[0]["k"], recs[0]["label_format"])  # noqa: E731
+    cond = lambda recs: (recs[0].pool, recs[0].k, recs[0].label_format)  # noqa: E731
     rows = []
-    for recs in (r for r in runs if specs[r[0]["selector"]]["name"] in REPRESENTATIVE):
-        randoms = [b for b in runs if specs[b[0]["selector"]]["name"] == "random" and cond(b) == cond(recs)]
-        base = next((b for b in randoms if b[0]["seed"] == recs[0]["seed"]), randoms[0] if randoms else None)
+    for recs in (r for r in runs if specs[r[0].selector]["name"] in REPRESENTATIVE):
+        randoms = [b for b in runs if specs[b[0].selector]["name"] == "random" and cond(b) == cond(recs)]
+        base = next((b for b in randoms if b[0].seed == recs[0].seed), randoms[0] if randoms else None)
         if base is not None:
             mine, other = run_row(results, recs), run_row(results, base)
-            rows.append({"run": recs[0]["run"], "versus": base[0]["run"], "pool": recs[0]["pool"], "k": recs[0]["k"],
+            rows.append({"run": recs[0].run, "versus": base[0].run, "pool": recs[0].pool, "k": recs[0].k,
                          **{key: mine[key] for key in ("accuracy", "ci_low", "ci_high")},
                          "random_accuracy": other["accuracy"], "random_ci_low": other["ci_low"],
                          "random_ci_high": other["ci_high"],

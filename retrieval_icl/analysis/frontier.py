@@ -20,11 +20,12 @@ import numpy as np
 
 from ..compare_config import DEFAULT_MARGIN
 from ..errors import RiclError
+from ..record import RunRecord
+from ..results_dir import Results, write_csv
 from ..stats import holm, non_inferiority, paired_bootstrap_ci, resolvable_margin, tost
 from .distribution import paired
-from .records import Results, most_common
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
-from .votes import rate
+from .report import Section, new_figure, save_analysis, save_figure
+from .votes import most_common, rate
 
 ALPHA = 0.05
 DEFAULT_REFERENCE = "knn-k8"  # the selector label looked for first; then selector "knn" with k = 8
@@ -34,7 +35,7 @@ def default_reference(results: Results) -> str | None:
     """The first run (main runs first) whose selector label is knn-k8, else one labelled knn with k = 8, else None."""
     by_run = results.runs()
     order = list(dict.fromkeys([*results.main_runs(), *by_run]))
-    for wanted in (lambda r: r["selector"] == DEFAULT_REFERENCE, lambda r: r["selector"] == "knn" and r["k"] == 8):
+    for wanted in (lambda r: r.selector == DEFAULT_REFERENCE, lambda r: r.selector == "knn" and r.k == 8):
         found = [run for run in order if wanted(by_run[run][0])]
         if found:
             return found[0]
@@ -51,10 +52,10 @@ def choose_reference(results: Results, reference: str | None) -> str | None:
     return reference
 
 
-def demos_used(record: dict) -> int:
+def demos_used(record: RunRecord) -> int:
     """Demonstrations that made it into the prompt (n_demos_used; else the ids recorded)."""
-    used = record.get("n_demos_used")
-    return len(record["demo_ids"]) if used is None else int(used)
+    used = record.n_demos_used
+    return len(record.demo_ids) if used is None else int(used)
 
 
 def family(selector: str) -> str:
@@ -62,12 +63,12 @@ def family(selector: str) -> str:
     return re.split(r"-k\d", selector, maxsplit=1)[0]
 
 
-def run_row(run: str, records: Sequence[dict], seed: int) -> dict:
+def run_row(run: str, records: Sequence[RunRecord], seed: int) -> dict:
     """Accuracy with CI, prompt tokens and demonstrations of one run."""
-    tokens = np.array([r["prompt_tokens"] for r in records], dtype=np.float64)
-    acc = rate(np.array([r["correct"] for r in records]), seed)
-    selector = str(most_common(r["selector"] for r in records))
-    return {"run": run, "selector": selector, "family": family(selector), "k": most_common(r["k"] for r in records),
+    tokens = np.array([r.prompt_tokens for r in records], dtype=np.float64)
+    acc = rate(np.array([r.correct for r in records]), seed)
+    selector = str(most_common(r.selector for r in records))
+    return {"run": run, "selector": selector, "family": family(selector), "k": most_common(r.k for r in records),
             "n": len(records), "accuracy": acc["value"], "ci_low": acc["ci_low"], "ci_high": acc["ci_high"],
             "mean_tokens": float(tokens.mean()), "median_tokens": float(np.median(tokens)),
             "mean_demos": float(np.mean([demos_used(r) for r in records]))}
@@ -83,7 +84,7 @@ def declared_margin(results: Results) -> tuple[float, bool]:
     return float(margin), True
 
 
-def versus(row: dict, records: Sequence[dict], ref_row: dict, ref_records: Sequence[dict], margin: float,
+def versus(row: dict, records: Sequence[RunRecord], ref_row: dict, ref_records: Sequence[RunRecord], margin: float,
            seed: int) -> dict:
     """A run against the reference on the queries both ran (by query id): the difference with its paired bootstrap
     CI, the unadjusted non-inferiority and TOST p-values at `margin`, and the margin the queries can resolve."""

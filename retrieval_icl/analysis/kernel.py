@@ -26,6 +26,8 @@ import numpy as np
 from ..attention_summary import PRE_LABEL
 from ..kernel_surrogate import KernelSurrogate
 from ..paper import PAPER_MODEL, TABLE2, table2_reference
+from ..record import RunRecord
+from ..results_dir import Results, write_csv
 from .attention import MAX_PLACES, demo_weights, max_places
 from .controls import (
     BASELINES,
@@ -36,9 +38,8 @@ from .controls import (
     head_predictions,
     padded,
 )
-from .records import Results, most_common
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
-from .votes import argmax_breaking_ties, class_votes, normalise, rate, raw_predictions
+from .report import Section, new_figure, save_analysis, save_figure
+from .votes import argmax_breaking_ties, class_votes, most_common, normalise, rate, raw_predictions
 
 TABLE2_ROWS = ("icl_accuracy", "reconstruction_agreement", "reconstructed_accuracy", "encoder_kernel_accuracy",
                "head_kernel_accuracy")
@@ -90,28 +91,28 @@ def run_groups(results: Results, runs: Sequence[str] | None = None) -> dict[str,
     groups: dict[tuple, list[str]] = {}
     for run, recs in results.runs(runs or results.main_runs()).items():
         r = recs[0]
-        groups.setdefault((r["selector"], r["k"], r["label_format"], r["pool"]), []).append(run)
+        groups.setdefault((r.selector, r.k, r.label_format, r.pool), []).append(run)
     named = {}
     for members in groups.values():
-        seeds = "+".join(str(results.runs([m])[m][0]["seed"]) for m in members)
+        seeds = "+".join(str(results.runs([m])[m][0].seed) for m in members)
         named[members[0] if len(members) == 1 else f"{re.sub(r'-seed[0-9]+$', '', members[0])}-seeds{seeds}"] = members
     return named
 
 
-def group_records(results: Results, runs: Sequence[str]) -> list[dict]:
+def group_records(results: Results, runs: Sequence[str]) -> list[RunRecord]:
     """The records of several runs, run after run."""
     return [r for recs in results.runs(runs).values() for r in recs]
 
 
-def encoder_hits(records: list[dict], n_labels: int, bandwidth: float) -> dict[str, np.ndarray]:
+def encoder_hits(records: list[RunRecord], n_labels: int, bandwidth: float) -> dict[str, np.ndarray]:
     """Per record, 0/1: the encoder kernel's accuracy and agreement, and the calibrated accuracy when calibrated."""
-    gold, raw = np.array([r["gold"] for r in records]), raw_predictions(records)
-    encoder = KernelRegression(bandwidth).fit([r["encoder_similarities"] for r in records],
-                                              [r["demo_labels"] for r in records], n_labels)
+    gold, raw = np.array([r.gold for r in records]), raw_predictions(records)
+    encoder = KernelRegression(bandwidth).fit([r.encoder_similarities for r in records],
+                                              [r.demo_labels for r in records], n_labels)
     hits = {"encoder_kernel_accuracy": encoder.predictions_ == gold,
             "encoder_kernel_agreement": encoder.predictions_ == raw}
-    if any(r.get("calibrated_log_probs") is not None for r in records):
-        hits["calibrated_icl_accuracy"] = np.array([r["correct"] for r in records])
+    if any(r.calibrated_log_probs is not None for r in records):
+        hits["calibrated_icl_accuracy"] = np.array([r.correct for r in records])
     return hits
 
 
@@ -121,12 +122,12 @@ def fit_controls(results: Results, runs: Sequence[str], bandwidth: float = 0.1, 
     baselines, the encoder kernel and the head kernel (the chosen head's attention to each 'Output:' position)."""
     records, n_labels = group_records(results, runs), results.n_labels
     summaries = [s for run in runs for s in results.summaries(run)]
-    labels, gold = [r["demo_labels"] for r in records], np.array([r["gold"] for r in records])
+    labels, gold = [r.demo_labels for r in records], np.array([r.gold for r in records])
     pre_label, y, _ = padded([normalise(s[..., PRE_LABEL]) for s in summaries], labels)
     head_kernel = head_predictions(pre_label, y, n_labels, split.get("seed", 0)) == gold[:, None]  # (Q, heads)
     return ReconstructionControls(n_null=n_null, **split).fit(
         [demo_weights(s, weight) for s in summaries], labels, raw_predictions(records), gold,
-        [r["query_id"] for r in records], baseline_predictions(records, n_labels, split.get("seed", 0)), n_labels,
+        [r.query_id for r in records], baseline_predictions(records, n_labels, split.get("seed", 0)), n_labels,
         extra_hits=encoder_hits(records, n_labels, bandwidth), extra_heads={"head_kernel_accuracy": head_kernel})
 
 
@@ -155,10 +156,11 @@ def table2_column(results: Results, runs: Sequence[str], bandwidth: float, selec
     return column, controls
 
 
-def all_queries_column(records: list[dict], n_labels: int, bandwidth: float, seed: int = 0) -> dict[str, dict]:
+def all_queries_column(records: list[RunRecord], n_labels: int, bandwidth: float, seed: int = 0
+                       ) -> dict[str, dict]:
     """The metrics that need no attention, on every query (no head to choose): ICL, encoder kernel, baselines."""
-    gold, raw = np.array([r["gold"] for r in records]), raw_predictions(records)
-    clusters = np.array([str(r["query_id"]) for r in records])
+    gold, raw = np.array([r.gold for r in records]), raw_predictions(records)
+    clusters = np.array([str(r.query_id) for r in records])
     hits = {"icl_accuracy": raw == gold, **encoder_hits(records, n_labels, bandwidth)}
     for name, pred in baseline_predictions(records, n_labels, seed).items():
         hits |= {f"{name}_agreement": pred == raw, f"{name}_accuracy": pred == gold}
@@ -170,13 +172,14 @@ def bare(value: float) -> dict[str, float]:
     return {"value": float(value), "ci_low": float("nan"), "ci_high": float("nan")}
 
 
-def bandwidth_sweep(records: list[dict], n_labels: int, bandwidths: Sequence[float] = BANDWIDTHS) -> list[dict]:
+def bandwidth_sweep(records: list[RunRecord], n_labels: int, bandwidths: Sequence[float] = BANDWIDTHS
+                    ) -> list[dict]:
     """Encoder-kernel accuracy for each bandwidth, 0 (the nearest neighbour's label) first."""
-    gold = np.array([r["gold"] for r in records])
+    gold = np.array([r.gold for r in records])
     rows = []
     for bandwidth in (0.0, *bandwidths):
-        pred = KernelRegression(bandwidth).fit([r["encoder_similarities"] for r in records],
-                                               [r["demo_labels"] for r in records], n_labels).predictions_
+        pred = KernelRegression(bandwidth).fit([r.encoder_similarities for r in records],
+                                               [r.demo_labels for r in records], n_labels).predictions_
         rows.append({"bandwidth": bandwidth, **rate(pred == gold)})
     return rows
 

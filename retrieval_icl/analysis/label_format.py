@@ -13,11 +13,12 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import RiclError
+from ..record import RunRecord
+from ..results_dir import Results, write_csv
 from ..stats import mcnemar
 from .attention import reconstruct_run
-from .records import Results, group_by
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
-from .votes import rate
+from .report import Section, new_figure, save_analysis, save_figure
+from .votes import group_by, rate
 
 METRICS = (("accuracy", "accuracy"), ("label_attention", "attention mass on label tokens"),
            ("reconstruction_agreement", "best head's agreement with ICL (held out)"))
@@ -27,16 +28,17 @@ def format_groups(results: Results) -> dict[tuple, dict[str, str]]:
     """(selector, seed, k, pool) -> {label format: run}, for the groups scored under two or more formats."""
     groups: dict[tuple, dict[str, str]] = {}
     for r in results.records:
-        groups.setdefault((r["selector"], r["seed"], r["k"], r["pool"]), {}).setdefault(r["label_format"], r["run"])
+        groups.setdefault((r.selector, r.seed, r.k, r.pool), {}).setdefault(r.label_format, r.run)
     varied = {key: runs for key, runs in groups.items() if len(runs) > 1}
     if not varied:
-        formats = sorted({r["label_format"] for r in results.records})
+        formats = sorted({r.label_format for r in results.records})
         raise RiclError(f"no label-format variation in {results.directory}: every run uses label format(s) {formats} "
                         "alone; run `ricl compare` with label_formats: [default, symbols, ...]")
     return varied
 
 
-def compare_formats(reference: Sequence[dict], records: Sequence[dict], reference_words: Sequence[str] | None = None,
+def compare_formats(reference: Sequence[RunRecord], records: Sequence[RunRecord],
+                    reference_words: Sequence[str] | None = None,
                     words: Sequence[str] | None = None) -> dict:
     """One format's records against the reference format's, paired by query: accuracy, agreement, McNemar.
 
@@ -44,32 +46,33 @@ def compare_formats(reference: Sequence[dict], records: Sequence[dict], referenc
     meaning keeps the word under swapped labels, so its label ids, and its accuracy, invert); NaN when the two
     formats share no word.
 
-    >>> ref = [{"query_id": i, "prediction": i % 2, "gold": i % 2, "correct": True, "demo_ids": [1]} for i in range(4)]
-    >>> swp = [dict(r, prediction=1 - r["gold"], correct=False) for r in ref]
+    >>> from types import SimpleNamespace as Rec  # the RunRecord fields it reads
+    >>> ref = [Rec(query_id=i, prediction=i % 2, gold=i % 2, correct=True, demo_ids=[1]) for i in range(4)]
+    >>> swp = [Rec(**vars(r) | {"prediction": 1 - r.gold, "correct": False}) for r in ref]
     >>> out = compare_formats(ref, swp, ["negative", "positive"], ["positive", "negative"])
     >>> out["accuracy"]["value"], out["agreement_with_reference"], out["same_word_as_reference"]
     (0.0, 0.0, 1.0)
     """
-    by_id = {r["query_id"]: r for r in reference}
-    pairs = [(by_id[r["query_id"]], r) for r in records if r["query_id"] in by_id]
+    by_id = {r.query_id: r for r in reference}
+    pairs = [(by_id[r.query_id], r) for r in records if r.query_id in by_id]
     if not pairs:
         raise RiclError("the two label formats share no queries; expected the same queries under every format")
-    ref_pred = np.array([a["prediction"] for a, _ in pairs])
-    pred = np.array([b["prediction"] for _, b in pairs])
-    out = {"n": len(pairs), "accuracy": rate(np.array([b["correct"] for _, b in pairs])),
+    ref_pred = np.array([a.prediction for a, _ in pairs])
+    pred = np.array([b.prediction for _, b in pairs])
+    out = {"n": len(pairs), "accuracy": rate(np.array([b.correct for _, b in pairs])),
            "agreement_with_reference": float(np.mean(pred == ref_pred)),
-           "same_demos": float(np.mean([a["demo_ids"] == b["demo_ids"] for a, b in pairs])),
-           "mcnemar_p": mcnemar(np.array([b["correct"] for _, b in pairs]),
-                                np.array([a["correct"] for a, _ in pairs]))["p_value"],
+           "same_demos": float(np.mean([a.demo_ids == b.demo_ids for a, b in pairs])),
+           "mcnemar_p": mcnemar(np.array([b.correct for _, b in pairs]),
+                                np.array([a.correct for a, _ in pairs]))["p_value"],
            "same_word_as_reference": float("nan")}
     if reference_words is not None and words is not None and set(words) & set(reference_words):
         out["same_word_as_reference"] = float(np.mean([words[p] == reference_words[q] for p, q in zip(pred, ref_pred)]))
     return out
 
 
-def label_attention(records: Sequence[dict]) -> float:
+def label_attention(records: Sequence[RunRecord]) -> float:
     """Mean over queries of the attention mass on all label tokens (layer- and head-averaged), NaN if not captured."""
-    masses = [sum(r["attention"]["y_mass"]) for r in records if "attention" in r]
+    masses = [sum(r.attention.y_mass) for r in records if r.attention is not None]
     return float(np.mean(masses)) if masses else float("nan")
 
 
@@ -78,15 +81,15 @@ def format_rows(results: Results, key: tuple, runs: dict[str, str], selection_fr
     """One row per label format of a group, compared with the default format (or the group's first)."""
     ref_format = "default" if "default" in runs else next(iter(runs))
     by_run = results.runs(runs.values())
+    ref_words = results.label_words_from_task_spec(ref_format)
     rows = []
     for fmt, run in runs.items():
-        cmp = compare_formats(by_run[runs[ref_format]], by_run[run], results.label_words(ref_format),
-                              results.label_words(fmt))
+        words = results.label_words_from_task_spec(fmt)
+        cmp = compare_formats(by_run[runs[ref_format]], by_run[run], ref_words, words)
         agreement = float("nan")
         if results.has_attention(run):
             agreement = reconstruct_run(results, run, selection_fraction, selection_n,
                                         seed).heldout_["agreement"]["value"]
-        words = results.label_words(fmt)
         rows.append({"group": "-".join(str(k) for k in key), "label_format": fmt, "words": "/".join(words or []),
                      "n": cmp["n"], "accuracy": cmp["accuracy"]["value"], "ci_low": cmp["accuracy"]["ci_low"],
                      "ci_high": cmp["accuracy"]["ci_high"], "label_attention": label_attention(by_run[run]),

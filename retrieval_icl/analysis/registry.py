@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 from ..errors import RiclError
 
 if TYPE_CHECKING:
-    from .records import Results
+    from ..results_dir import Results
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def needs_attention(results: Results, runs: Sequence[str] | None) -> str | None:
 
 def needs_label_formats(results: Results, runs: Sequence[str] | None) -> str | None:
     """Label format compares the same selector, seed, k and pool under several formats."""
-    formats = {(r["selector"], r["seed"], r["k"], r["pool"], r["label_format"]) for r in results.records}
+    formats = {(r.selector, r.seed, r.k, r.pool, r.label_format) for r in results.records}
     return None if len(formats) > len({f[:4] for f in formats}) else "every run uses a single label format"
 
 
@@ -110,13 +110,13 @@ def needs_pools_or_representatives(results: Results, runs: Sequence[str] | None)
 def needs_two_queries(results: Results, runs: Sequence[str] | None) -> str | None:
     """The surrogate is fitted on some queries of a run and scored on the others."""
     by_run = results.runs(list(runs) if runs else results.main_runs())
-    few = [name for name, recs in by_run.items() if len({r["query_id"] for r in recs}) < 2]
+    few = [name for name, recs in by_run.items() if len({r.query_id for r in recs}) < 2]
     return f"fewer than 2 queries in {', '.join(few)}: none to hold out" if few else None
 
 
 def needs_tokens_and_runs(results: Results, runs: Sequence[str] | None) -> str | None:
     """The frontier reads every record's prompt_tokens and compares at least two runs."""
-    missing = sum(r.get("prompt_tokens") is None for r in results.records)
+    missing = sum(r.prompt_tokens is None for r in results.records)
     if missing:
         return f"{missing} of {len(results.records)} records have no prompt_tokens"
     n_runs = len(results.runs())

@@ -9,15 +9,14 @@ it is given (the package's `write_report` gives the registry's), into one `repor
 from __future__ import annotations
 
 import base64
-import csv
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import RiclError
+from ..results_dir import ANALYSIS, REPORT_HTML, REPORT_MD, SUMMARY_MD, markdown_table
 
 HTML_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
@@ -58,15 +57,6 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=1, default=_plain))
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Rows of dicts as CSV; the columns are the union of keys in first-seen order."""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def new_figure(width: float = 8.0, height: float = 4.5):
     """A matplotlib Figure that does not touch pyplot's global backend (saved through Agg)."""
     from matplotlib.figure import Figure
@@ -80,24 +70,6 @@ def save_figure(fig, path: Path) -> str:
     return path.name
 
 
-def fmt(value: Any) -> str:
-    """A table cell: floats to 3 decimals, NaN and None as a dash."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return str(value)
-
-
-def table_markdown(rows: list[dict]) -> str:
-    """A Markdown table of rows (columns: the union of keys in first-seen order)."""
-    if not rows:
-        return ""
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return head + "".join("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |\n" for r in rows)
-
-
 def section_markdown(section: dict, level: int = 3) -> str:
     """One saved section: heading, text, figure link, table."""
     parts = [f"{'#' * level} {section['heading']}\n"]
@@ -106,7 +78,7 @@ def section_markdown(section: dict, level: int = 3) -> str:
     if section.get("figure"):
         parts.append(f"![{section['heading']}](analysis/{section['figure']})\n")
     if section.get("table"):
-        parts.append(table_markdown(section["table"]))
+        parts.append(markdown_table(section["table"]))
     return "\n".join(parts)
 
 
@@ -119,7 +91,7 @@ def analysis_markdown(data: dict) -> str:
 
 def setup_markdown(directory: Path) -> str:
     """The experiment: the first lines of summary.md (task, model, pools, queries) and its accuracy table."""
-    summary = directory / "summary.md"
+    summary = directory / SUMMARY_MD
     text = summary.read_text() if summary.exists() else f"# Results in {directory}\n"
     text = re.sub(r"^# ", "## Experiment: ", text, count=1, flags=re.M)
     return re.sub(r"^## (?!Experiment)", "### ", text, flags=re.M)
@@ -127,7 +99,7 @@ def setup_markdown(directory: Path) -> str:
 
 def report_markdown(directory: Path, names: Sequence[str]) -> str:
     """The whole report as Markdown: setup, then each saved analysis of `names`, in that order."""
-    analysis = directory / "analysis"
+    analysis = directory / ANALYSIS
     saved = [analysis / f"{n}.json" for n in names if (analysis / f"{n}.json").exists()]
     if not saved:
         raise RiclError(f"no analyses saved under {analysis}; run `ricl analyze all {directory}` first")
@@ -169,9 +141,9 @@ def write_report(directory: str | Path, names: Sequence[str], html: bool = True)
     if not directory.is_dir():
         raise RiclError(f"{directory}: no such results directory")
     text = report_markdown(directory, names)
-    written = [directory / "report.md"]
+    written = [directory / REPORT_MD]
     written[0].write_text(text)
     if html:
-        written.append(directory / "report.html")
+        written.append(directory / REPORT_HTML)
         written[1].write_text(markdown_to_html(text, directory, f"retrieval-icl report: {directory.name}"))
     return written

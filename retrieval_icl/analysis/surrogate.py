@@ -21,10 +21,11 @@ from typing import Sequence
 import numpy as np
 
 from ..kernel_surrogate import KernelSurrogate
+from ..record import RunRecord
+from ..results_dir import Results, load_results, write_csv
 from .attention import selection_split
 from .kernel import cell
-from .records import Results, load_results
-from .report import Section, new_figure, save_analysis, save_figure, write_csv
+from .report import Section, new_figure, save_analysis, save_figure
 from .votes import argmax_breaking_ties, rate, raw_predictions
 
 ECE_BINS = 10
@@ -34,16 +35,16 @@ KINDS = ("uncalibrated", "calibrated")
 REFERENCES = ("uniform", "constant")  # ignore the demonstrations: what the surrogate must beat
 
 
-def lm_distribution(records: Sequence[dict]) -> np.ndarray:
+def lm_distribution(records: Sequence[RunRecord]) -> np.ndarray:
     """The LM's own label distribution per record, softmax of label_log_probs: (queries, n_labels)."""
-    logits = np.array([r["label_log_probs"] for r in records], dtype=np.float64).reshape(len(records), -1)
+    logits = np.array([r.label_log_probs for r in records], dtype=np.float64).reshape(len(records), -1)
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     return p / p.sum(axis=1, keepdims=True)
 
 
-def fit_records(records: Sequence[dict], n_labels: int, prior: float | str = 0.0) -> KernelSurrogate:
+def fit_records(records: Sequence[RunRecord], n_labels: int, prior: float | str = 0.0) -> KernelSurrogate:
     """KernelSurrogate.fit on records: their encoder cosines and demo labels against the LM's label distribution."""
-    return KernelSurrogate.fit([r["encoder_similarities"] for r in records], [r["demo_labels"] for r in records],
+    return KernelSurrogate.fit([r.encoder_similarities for r in records], [r.demo_labels for r in records],
                                lm_distribution(records), n_labels, prior)
 
 
@@ -106,12 +107,12 @@ def brier(probs: np.ndarray, target: np.ndarray) -> float:
     return float(((probs - target) ** 2).sum(axis=1).mean())
 
 
-def score(probs: np.ndarray, records: Sequence[dict], seed: int = 0) -> tuple[dict, np.ndarray]:
+def score(probs: np.ndarray, records: Sequence[RunRecord], seed: int = 0) -> tuple[dict, np.ndarray]:
     """NLL and Brier against the LM's label distribution, agreement with its raw prediction, ECE and accuracy of
     probabilities (queries, n_labels) on records; and the predictions (queries,)."""
     predicted, ties = argmax_breaking_ties(probs, seed)  # a uniform estimate (no demonstrations) favours no label
     agree = predicted == raw_predictions(records)
-    gold = np.array([r["gold"] for r in records])
+    gold = np.array([r.gold for r in records])
     target = lm_distribution(records)
     confidence = probs.max(axis=1)
     metrics = {"nll": nll(probs, target), "brier": brier(probs, target), "agreement": rate(agree, seed),
@@ -120,20 +121,20 @@ def score(probs: np.ndarray, records: Sequence[dict], seed: int = 0) -> tuple[di
     return metrics, predicted
 
 
-def surrogate_run(records: Sequence[dict], n_labels: int, bandwidth: float, selection_fraction: float,
+def surrogate_run(records: Sequence[RunRecord], n_labels: int, bandwidth: float, selection_fraction: float,
                   selection_n: int | None, seed: int) -> tuple[dict, list[dict]]:
     """Both surrogates and both references of one run on its held-out queries: the run's result and per-query rows."""
-    fit_part = selection_split([r["query_id"] for r in records], selection_fraction, selection_n, seed)
+    fit_part = selection_split([r.query_id for r in records], selection_fraction, selection_n, seed)
     fit, held = [r for r, f in zip(records, fit_part) if f], [r for r, f in zip(records, fit_part) if not f]
     surrogates = {"uncalibrated": KernelSurrogate(n_labels, bandwidth=bandwidth, prior=UNCALIBRATED_PRIOR),
                   "calibrated": fit_records(fit, n_labels, prior="fit")}
-    sims, labels = [r["encoder_similarities"] for r in held], [r["demo_labels"] for r in held]
+    sims, labels = [r.encoder_similarities for r in held], [r.demo_labels for r in held]
     probs = {kind: s.predict_many(sims, labels) for kind, s in surrogates.items()}
     probs["uniform"] = np.full((len(held), n_labels), 1 / n_labels)
     probs["constant"] = np.tile(lm_distribution(fit).mean(axis=0), (len(held), 1))
     found = {"n_fit": len(fit), "n_heldout": len(held),
-             "lm_accuracy": rate(raw_predictions(held) == np.array([r["gold"] for r in held]), seed)}
-    rows = [{"query_id": r["query_id"], "gold": r["gold"], "lm_prediction": r["raw_prediction"]} for r in held]
+             "lm_accuracy": rate(raw_predictions(held) == np.array([r.gold for r in held]), seed)}
+    rows = [{"query_id": r.query_id, "gold": r.gold, "lm_prediction": r.raw_prediction} for r in held]
     for kind, p in probs.items():
         found[kind], predictions = score(p, held, seed)
         if kind in surrogates:

@@ -1,12 +1,17 @@
-"""Label votes from kernel weights: per-label sums, argmax with ties broken at random, rates with CIs."""
+"""Votes and tallies: label votes from kernel weights (per-label sums, argmax with ties broken at random), rates with
+CIs, the most common value, records grouped by a key."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections import Counter
+from typing import Callable, Hashable, Iterable, Sequence, TypeVar
 
 import numpy as np
 
+from ..record import RunRecord
 from ..stats import bootstrap_ci, cluster_bootstrap_means
+
+T = TypeVar("T")
 
 
 def class_votes(weights: Sequence[np.ndarray], demo_labels: Sequence[Sequence[int]], n_labels: int) -> np.ndarray:
@@ -32,9 +37,9 @@ def argmax_breaking_ties(votes: np.ndarray, seed: int = 0) -> tuple[np.ndarray, 
     return np.where(tied, noise, -1.0).argmax(-1), tied.sum(-1) > 1
 
 
-def raw_predictions(records: Sequence[dict]) -> np.ndarray:
+def raw_predictions(records: Sequence[RunRecord]) -> np.ndarray:
     """The model's uncalibrated predictions (what attention explains), whatever `prediction` was scored by."""
-    return np.array([r["raw_prediction"] for r in records])
+    return np.array([r.raw_prediction for r in records])
 
 
 def normalise(weights: np.ndarray) -> np.ndarray:
@@ -54,3 +59,24 @@ def rate(hits: np.ndarray, seed: int = 0, clusters: np.ndarray | None = None) ->
         means = cluster_bootstrap_means(hits, clusters, 2000, np.random.default_rng(seed))
         lo, hi = float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
     return {"value": float(hits.mean()) if hits.size else float("nan"), "ci_low": lo, "ci_high": hi}
+
+
+def group_by(items: Iterable[T], key: Callable[[T], Hashable]) -> dict[Hashable, list[T]]:
+    """Items (records, table rows) grouped by key(item), groups and items in first-seen order.
+
+    >>> group_by([3, 4, 5], lambda n: n % 2)
+    {1: [3, 5], 0: [4]}
+    """
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return groups
+
+
+def most_common(values: Iterable[Hashable]) -> Hashable:
+    """The most frequent value (the first seen among ties).
+
+    >>> most_common(["L1H2", "L0H0", "L0H0", "L1H2"])
+    'L1H2'
+    """
+    return Counter(values).most_common(1)[0][0]
