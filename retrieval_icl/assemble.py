@@ -11,7 +11,7 @@ import numpy as np
 
 from .attention_summary import demo_attention_profile, demo_attention_summary, span_attention_mass
 from .examples import Example
-from .plan import RunPlan
+from .plan import RunId, RunPlan
 from .prompts import Prompt
 from .record import AttentionDigest, RunRecord
 from .scoring import LabelScores, calibrate
@@ -23,24 +23,11 @@ from .stats import bootstrap_ci, mcnemar
 class Run:
     """One scored run: its plan's identity, one record per query, and the attention arrays saved per query."""
 
-    label: str
-    seed: int
-    k: int = 8
-    label_format: str = "default"
-    pool: str = "in_distribution"
-    name: str = ""
+    id: RunId
     records: list[RunRecord] = field(default_factory=list)
     # "<query id>" (layers, heads, demos, 5), "<id>/profile"
     attention: dict[str, np.ndarray] = field(default_factory=dict)
     selector_fit: dict | None = None  # what the selector fitted on the pool, reported in run_info.json
-
-    def __post_init__(self) -> None:
-        self.name = self.name or f"{self.label}-seed{self.seed}"
-
-    @property
-    def condition(self) -> tuple[int, str, str]:
-        """What a selector is compared under: runs pair with random runs of the same condition."""
-        return self.k, self.label_format, self.pool
 
     @property
     def correct(self) -> np.ndarray:
@@ -62,7 +49,7 @@ def assemble_runs(plans: list[RunPlan], answers: list[list[LabelScores]], task: 
 def assemble_run(plan: RunPlan, scored: list[LabelScores], content_free: list[LabelScores] | None, task: str,
                  queries: list[Example], calibrated: bool) -> Run:
     """The run's records (and attention arrays when captured), one per query in query order."""
-    run = Run(plan.label, plan.seed, plan.k, plan.label_format, plan.pool, plan.name, selector_fit=plan.selector_fit)
+    run = Run(plan.id, selector_fit=plan.selector_fit)
     log_probs = np.array([s.log_probs for s in scored])  # (queries, labels)
     final = calibrate(log_probs, np.array([s.log_probs for s in content_free])) if content_free else log_probs
     rows = zip(queries, plan.selections, plan.prompts, scored, log_probs, final, plan.demo_labels,
@@ -81,8 +68,8 @@ def new_record(plan: RunPlan, task: str, q: Example, selection: Selection, promp
     used = set(prompt.demo_ids)
     raw = int(np.argmax(log_probs))
     return RunRecord(
-        task=task, selector=plan.label, seed=plan.seed, k=plan.k, label_format=plan.label_format, pool=plan.pool,
-        run=plan.name, query_id=q.id, query_text=q.text, gold=q.label, prediction=int(np.argmax(final)),
+        task=task, selector=plan.id.label, seed=plan.id.seed, k=plan.id.k, label_format=plan.id.label_format,
+        pool=plan.id.pool, run=plan.id.name, query_id=q.id, query_text=q.text, gold=q.label, prediction=int(np.argmax(final)),
         correct=bool(np.argmax(final) == q.label), raw_prediction=raw, raw_correct=raw == q.label,
         label_log_probs=[float(v) for v in log_probs], demo_ids=prompt.demo_ids, demo_labels=demo_labels,
         demo_scores=[float(v) for i, v in zip(selection.demo_ids, selection.scores) if i in used],
@@ -116,10 +103,11 @@ def summary_row(run: Run) -> dict[str, Any]:
     """One run's accuracy, CI and mean similarity of its demonstrations; with attention captured, the mean attention
     on the labels and on the preamble too."""
     correct = run.correct
-    lo, hi = bootstrap_ci(correct, seed=run.seed)
+    lo, hi = bootstrap_ci(correct, seed=run.id.seed)
     sims = [np.mean(r.encoder_similarities) for r in run.records if r.encoder_similarities]
-    row = {"run": run.name, "selector": run.label, "pool": run.pool, "k": run.k, "label_format": run.label_format,
-           "seed": run.seed, "n": int(correct.size), "accuracy": float(correct.mean()), "ci_low": lo, "ci_high": hi,
+    i = run.id
+    row = {"run": i.name, "selector": i.label, "pool": i.pool, "k": i.k, "label_format": i.label_format, "seed": i.seed,
+           "n": int(correct.size), "accuracy": float(correct.mean()), "ci_low": lo, "ci_high": hi,
            "mean_similarity": _mean(sims)}
     digests = [r.attention for r in run.records if r.attention is not None]
     if digests:
@@ -135,13 +123,13 @@ def _mean(values: list[float]) -> float:
 def mcnemar_vs_random(runs: Sequence[Run]) -> list[dict]:
     """Each non-random run against the random runs of its condition; a seeded run only against its own seed."""
     tests = []
-    for run in (r for r in runs if r.label != "random"):
-        seeded = len({r.seed for r in runs if r.label == run.label}) > 1
-        for base in (b for b in runs if b.label == "random" and b.condition == run.condition):
-            if seeded and base.seed != run.seed:
+    for run in (r for r in runs if r.id.label != "random"):
+        seeded = len({r.id.seed for r in runs if r.id.label == run.id.label}) > 1
+        for base in (b for b in runs if b.id.label == "random" and b.id.condition == run.id.condition):
+            if seeded and base.id.seed != run.id.seed:
                 continue
             m = mcnemar(run.correct, base.correct)
-            tests.append({"comparison": f"{run.name} vs {base.name}", "n": int(run.correct.size),
+            tests.append({"comparison": f"{run.id.name} vs {base.id.name}", "n": int(run.correct.size),
                           "accuracy_diff": float(run.correct.mean() - base.correct.mean()),
                           "only_a_right": m["a_only"], "only_b_right": m["b_only"], "p_value": m["p_value"]})
     return tests

@@ -114,7 +114,7 @@ def finish_compare(output_dir: Path, config: CompareConfig, inputs: Inputs, runs
                    timings: dict[str, float], **info: Any) -> tuple[list[dict], list[dict], Path]:
     """Summarise the runs and write the results directory; `info` adds fields to run_info.json."""
     info = {"wall_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "timings": timings, **info}
-    fits = {run.name: run.selector_fit for run in runs if run.selector_fit}
+    fits = {run.id.name: run.selector_fit for run in runs if run.selector_fit}
     if fits:
         info["selector_fits"] = fits  # e.g. adaptive's bandwidth and thresholds, fitted on pool queries
     rows, tests = summarise(runs)

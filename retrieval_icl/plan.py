@@ -24,16 +24,33 @@ from .selectors.base import LabelProbs, Selection, Selector, make_selector
 CONTENT_FREE = "N/A"  # the content-free input of contextual calibration (Zhao et al. 2021)
 
 
-@dataclass
-class RunPlan:
-    """One run (a selector at one seed, k, label format and pool): its queries' selections and prompts."""
+@dataclass(frozen=True)
+class RunId:
+    """Which run: a selector (its label) at one seed, k, label format and pool, and the run's name in the results.
+    A plan and the run assembled from it share it."""
 
     label: str
     seed: int
-    k: int
-    label_format: str
-    pool: str
-    name: str
+    k: int = 8
+    label_format: str = "default"
+    pool: str = "in_distribution"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            object.__setattr__(self, "name", f"{self.label}-seed{self.seed}")
+
+    @property
+    def condition(self) -> tuple[int, str, str]:
+        """What a selector is compared under: runs pair with random runs of the same condition."""
+        return self.k, self.label_format, self.pool
+
+
+@dataclass
+class RunPlan:
+    """One run's plan: its queries' selections and prompts."""
+
+    id: RunId
     selections: list[Selection]
     continuations: list[list[int]]  # token ids of each label, as scored
     score_kind: str  # what the selections' scores are, e.g. "cosine:<encoder>"
@@ -42,11 +59,6 @@ class RunPlan:
     encoder_similarities: list[list[float]] = field(default_factory=list)  # per prompt, cosine to each demonstration
     calibration_prompts: list[Prompt] | None = None  # content-free inputs with the same demonstrations
     selector_fit: dict | None = None  # what the selector fitted on the pool (Selector.fit_report), for run_info.json
-
-    @property
-    def condition(self) -> tuple[int, str, str]:
-        """What a selector is compared under: runs pair with random runs of the same condition."""
-        return self.k, self.label_format, self.pool
 
 
 def run_name(config: CompareConfig, label: str, seed: int, k: int, label_format: str, pool: str) -> str:
@@ -93,8 +105,8 @@ def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, 
             selections, fit = selector.select(inputs.queries, k), selector.fit_report()
             for builder, conts in zip(builders, continuations):
                 name = run_name(config, sel.run_label, seed, k, builder.label_format, pool.config.name)
-                plan = RunPlan(sel.run_label, seed, k, builder.label_format, pool.config.name, name, selections,
-                               conts, f"cosine:{encoder}", selector_fit=fit)
+                run_id = RunId(sel.run_label, seed, k, builder.label_format, pool.config.name, name)
+                plan = RunPlan(run_id, selections, conts, f"cosine:{encoder}", selector_fit=fit)
                 plans.append(fill_prompts(plan, config, inputs, by_encoder[config.encoder], query_vectors, builder,
                                           sel.max_tokens))
     return plans

@@ -137,7 +137,7 @@ def write_files(tmp: Path, config: CompareConfig, inputs: Inputs, runs: list[Run
                 f.write(record.to_json() + "\n")
     for run in runs:
         if run.attention:
-            save_file(run.attention, str(tmp / ATTENTION / f"{run.name}.safetensors"))
+            save_file(run.attention, str(tmp / ATTENTION / f"{run.id.name}.safetensors"))
     resolved = config.model_dump() | {"pool_split": inputs.pool_split, "query_split": inputs.query_split}
     (tmp / CONFIG).write_text(yaml.safe_dump(resolved, sort_keys=False))
     pools = {p.config.name: {"task": p.task_name, "split": p.split, "size": len(p.examples),

@@ -14,7 +14,7 @@ from standin import TINY_DATA, VoteScorer, tiny_tokenizer
 from retrieval_icl.assemble import Run, summarise
 from retrieval_icl.compare_config import CompareConfig, PoolConfig, SelectorConfig
 from retrieval_icl.experiment import build_indexes, prepare_inputs, run_compare
-from retrieval_icl.plan import plan_compare, score_requests
+from retrieval_icl.plan import RunId, plan_compare, score_requests
 from retrieval_icl.record import RunRecord
 from retrieval_icl.results_dir import load_results
 
@@ -76,9 +76,9 @@ def test_plan_is_deterministic_and_covers_every_condition(tmp_path, tokenizer):
     scorer = VoteScorer(tokenizer)
     first, second = (plan_compare(cfg, inputs, indexes, scorer) for _ in range(2))
     assert len(first) == 2 * 2 * 2 * 2  # pools x ks x selectors x formats
-    assert [p.name for p in first] == [p.name for p in second]
+    assert [p.id.name for p in first] == [p.id.name for p in second]
     assert [[q.token_ids for q in p.prompts] for p in first] == [[q.token_ids for q in p.prompts] for p in second]
-    assert first[0].name == "random-k1-default-in_distribution-seed0" and scorer.score_calls == []
+    assert first[0].id.name == "random-k1-default-in_distribution-seed0" and scorer.score_calls == []
     default, swapped = first[0], first[1]
     assert [s.demo_ids for s in default.selections] == [s.demo_ids for s in swapped.selections]
     assert default.continuations == swapped.continuations[::-1]  # swapped label words, same tokens
@@ -130,9 +130,9 @@ def record(correct: bool, seed: int = 0, k: int = 2) -> RunRecord:
 
 
 def test_mcnemar_pairs_seeded_runs_by_seed():
-    runs = [Run("random", s, records=[record(c, s) for c in [True, False]]) for s in (0, 1)]
-    runs += [Run("knn", 0, records=[record(True)] * 2)]
-    runs += [Run("random", 0, k=2, name="random-k2-seed0", records=[record(True)] * 2)]
+    runs = [Run(RunId("random", s), records=[record(c, s) for c in [True, False]]) for s in (0, 1)]
+    runs += [Run(RunId("knn", 0), records=[record(True)] * 2)]
+    runs += [Run(RunId("random", 0, k=2, name="random-k2-seed0"), records=[record(True)] * 2)]
     _, tests = summarise(runs)
     assert [t["comparison"] for t in tests] == ["knn-seed0 vs random-seed0", "knn-seed0 vs random-seed1"]
 
