@@ -69,8 +69,9 @@ def new_record(plan: RunPlan, task: str, q: Example, selection: Selection, promp
     raw = int(np.argmax(log_probs))
     return RunRecord(
         task=task, selector=plan.id.label, seed=plan.id.seed, k=plan.id.k, label_format=plan.id.label_format,
-        pool=plan.id.pool, run=plan.id.name, query_id=q.id, query_text=q.text, gold=q.label, prediction=int(np.argmax(final)),
-        correct=bool(np.argmax(final) == q.label), raw_prediction=raw, raw_correct=raw == q.label,
+        pool=plan.id.pool, run=plan.id.name, query_id=q.id, query_text=q.text, gold=q.label,
+        prediction=int(np.argmax(final)), correct=bool(np.argmax(final) == q.label), raw_prediction=raw,
+        raw_correct=raw == q.label,
         label_log_probs=[float(v) for v in log_probs], demo_ids=prompt.demo_ids, demo_labels=demo_labels,
         demo_scores=[float(v) for i, v in zip(selection.demo_ids, selection.scores) if i in used],
         demo_score_kind=plan.score_kind, encoder_similarities=similarities,
