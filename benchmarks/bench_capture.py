@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from common import DATA, interleave, peak_delta_mb, print_machine, print_table, timing_rows
 
-from retrieval_icl.examples import sample_examples
-from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.runner import LMRunner
-from retrieval_icl.tasks import load_examples, load_task
+from retrieval_icl.data.examples import sample_examples
+from retrieval_icl.data.tasks import load_examples, load_task
+from retrieval_icl.lm.prompts import PromptBuilder
+from retrieval_icl.lm.runner import LMRunner
 
 FLOOR, OURS, EAGER = "sdpa, no capture", "ours: sdpa + row capture", "eager + output_attentions"
 

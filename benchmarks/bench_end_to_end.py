@@ -31,15 +31,15 @@ from typing import Any
 
 from common import DATA, ROOT, print_machine, print_table
 
-import retrieval_icl.assemble as assemble_module
-import retrieval_icl.experiment as experiment
-from retrieval_icl.capture import AttentionCapture
-from retrieval_icl.compare_config import load_compare_config
-from retrieval_icl.experiment import run_compare
-from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.runner import LMRunner
+import retrieval_icl.experiment.assemble as assemble_module
+import retrieval_icl.experiment.compare as experiment
+from retrieval_icl.experiment.compare import run_compare
+from retrieval_icl.experiment.compare_config import load_compare_config
+from retrieval_icl.lm.capture import AttentionCapture
+from retrieval_icl.lm.prompts import PromptBuilder
+from retrieval_icl.lm.runner import LMRunner
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.base import Selector
-from retrieval_icl.sentence_encoder import Encoder
 
 SECONDS: dict[str, float] = defaultdict(float)
 CALLS: dict[str, int] = defaultdict(int)

@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from common import DATA, interleave, print_machine, print_table, timing_rows
 
-from retrieval_icl.examples import sample_examples
-from retrieval_icl.models import cpu_bfloat16_flags
-from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.runner import LMRunner
-from retrieval_icl.tasks import load_examples, load_task
+from retrieval_icl.data.examples import sample_examples
+from retrieval_icl.data.tasks import load_examples, load_task
+from retrieval_icl.lm.models import cpu_bfloat16_flags
+from retrieval_icl.lm.prompts import PromptBuilder
+from retrieval_icl.lm.runner import LMRunner
 
 
 def matmul_gflops(m: int, k: int, n: int, dtype: torch.dtype, repeats: int) -> float:

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from common import DATA, ROOT, interleave, peak_delta_mb, print_machine, print_table, timing_rows
 
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex, default_nlist
-from retrieval_icl.models import cpu_bfloat16_flags
-from retrieval_icl.onnx_encoder import OnnxSentenceModel
-from retrieval_icl.sentence_encoder import Encoder
+from retrieval_icl.data.examples import Example
+from retrieval_icl.lm.models import cpu_bfloat16_flags
+from retrieval_icl.retrieval.index import DemoIndex, default_nlist
+from retrieval_icl.retrieval.onnx_encoder import OnnxSentenceModel
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 
 DIM = 384
 
@@ -111,7 +111,7 @@ def bench_lm_kernel(args: argparse.Namespace) -> None:
     stops after layer L."""
     import torch
 
-    from retrieval_icl.lm_encoder import LMEncoder
+    from retrieval_icl.retrieval.lm_encoder import LMEncoder
 
     encoder = LMEncoder(layer=args.lm_layer, use_cache=False).load()
     states = encoder._model  # LMHiddenStates: the part that runs the LM

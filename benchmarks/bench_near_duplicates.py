@@ -1,4 +1,5 @@
-"""Near-duplicate lookup (retrieval_icl/near_duplicates.py): build and per-query time, and who has near-duplicates.
+"""Near-duplicate lookup (retrieval_icl/retrieval/near_duplicates.py): build and per-query time, and who has
+near-duplicates.
 
 1. SST-2 GLUE train (67,349 phrases): `NearDuplicates` build time and table memory, per-query time on validation
    sentences and on train phrases, against a brute-force scan (each query against every pre-normalised row, the
@@ -21,9 +22,9 @@ from collections import Counter
 import numpy as np
 from common import DATA, peak_delta_mb, print_machine
 
-from retrieval_icl.examples import Example
-from retrieval_icl.near_duplicates import NearDuplicates, normalise, shares_most
-from retrieval_icl.tasks import load_examples, load_task
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.tasks import load_examples, load_task
+from retrieval_icl.retrieval.near_duplicates import NearDuplicates, normalise, shares_most
 
 
 def trigram_set(norm: str) -> set[tuple[str, ...]]:

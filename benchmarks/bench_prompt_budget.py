@@ -18,10 +18,10 @@ from typing import Sequence
 
 from common import DATA, interleave, print_machine, print_table, timing_rows
 
-from retrieval_icl.examples import Example
-from retrieval_icl.models import load_tokenizer_and_config
-from retrieval_icl.prompts import Prompt, PromptBuilder, tokenise_with_sink
-from retrieval_icl.tasks import load_task
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.tasks import load_task
+from retrieval_icl.lm.models import load_tokenizer_and_config
+from retrieval_icl.lm.prompts import Prompt, PromptBuilder, tokenise_with_sink
 
 
 def old_span(offsets: Sequence[tuple[int, int]], chars: tuple[int, int]) -> tuple[int, int]:

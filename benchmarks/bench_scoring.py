@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from common import DATA, interleave, print_machine, print_table, timing_rows
 
-from retrieval_icl.examples import Example, sample_examples
-from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.runner import LMRunner
-from retrieval_icl.tasks import load_examples, load_task
+from retrieval_icl.data.examples import Example, sample_examples
+from retrieval_icl.data.tasks import load_examples, load_task
+from retrieval_icl.lm.prompts import PromptBuilder
+from retrieval_icl.lm.runner import LMRunner
 
 
 def common_approach(model: torch.nn.Module, pad_id: int, prompts: Sequence[Sequence[int]],

@@ -21,7 +21,7 @@ After `bash scripts/install.sh --gpu`, on a machine with an NVIDIA GPU (a few mi
     results/sst2_knn_vs_random, the share of predictions the two runs agree on.
 
 --random-weights runs every check with models built from their configs with seeded random weights
-(retrieval_icl/random_models.py), so any GPU machine can run it offline: (a) searches on the GPU with torch (exact
+(retrieval_icl/lm/random_models.py), so any GPU machine can run it offline: (a) searches on the GPU with torch (exact
 float32 top-k) when no FAISS GPU build is installed; (b) checks the tiny GPT-J and the SmolLM2-135M and Gemma 3 270M
 shapes against CPU float32, and the GPT-J-6B and Llama-3-8B shapes against the same weights in float32 on the GPU;
 (c) times the main job twice (cold: pool embedded and indexed; warm: index loaded) with a random SmolLM2 and a random
@@ -56,10 +56,10 @@ for folder in (ROOT, ROOT / "benchmarks"):  # run from a checkout without `pip i
 
 import gpu_throughput  # noqa: E402
 
-from retrieval_icl.faiss_support import faiss, faiss_build  # noqa: E402
-from retrieval_icl.models import LoadedModel, load_causal_lm, resolve_dtype  # noqa: E402
-from retrieval_icl.random_models import SHAPES, random_causal_lm  # noqa: E402
-from retrieval_icl.runner import LMRunner  # noqa: E402
+from retrieval_icl.lm.models import LoadedModel, load_causal_lm, resolve_dtype  # noqa: E402
+from retrieval_icl.lm.random_models import SHAPES, random_causal_lm  # noqa: E402
+from retrieval_icl.lm.runner import LMRunner  # noqa: E402
+from retrieval_icl.retrieval.faiss_support import faiss, faiss_build  # noqa: E402
 
 EXIT_MISMATCH, EXIT_NO_CUDA = 1, 2
 # Limits by dtype: the largest |log p - log p in float32| in nats, and |captured row - eager row|. Measured on CPU
@@ -292,9 +292,9 @@ def random_main_overrides(assets: Path | None, folder: Path) -> dict[str, str]:
     """Config overrides that run the main job with a random-weight SmolLM2 and MiniLM kept in `folder` (the packaged
     models' tokenizers and configs, from `assets` or the installed packages), the torch encoder backend (the onnx
     backend runs on the CPU) and indexes under `folder`."""
-    from retrieval_icl.models import resolve_source
-    from retrieval_icl.random_models import save_random_encoder, save_random_model
-    from retrieval_icl.sentence_encoder import packaged_encoder_path
+    from retrieval_icl.lm.models import resolve_source
+    from retrieval_icl.lm.random_models import save_random_encoder, save_random_model
+    from retrieval_icl.retrieval.sentence_encoder import packaged_encoder_path
 
     lm_files = assets / "smollm2-135m" if assets else Path(resolve_source("smollm2-135m"))
     encoder_files = assets / "all-MiniLM-L6-v2" if assets else packaged_encoder_path()

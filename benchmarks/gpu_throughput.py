@@ -1,6 +1,6 @@
 """Scoring throughput of random-weight models against the matmul peak measured in the same run.
 
-For each model shape (retrieval_icl/random_models.py), on one device and dtype:
+For each model shape (retrieval_icl/lm/random_models.py), on one device and dtype:
 
 - the matmul peak: the best TFLOP/s of a square 8192 product and of F.linear at the model's own shapes (8192 tokens
   x hidden x {hidden, MLP}), CUDA-event timed, after a warm-up;
@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
-from retrieval_icl.models import LoadedModel  # noqa: E402
-from retrieval_icl.random_models import random_causal_lm  # noqa: E402
-from retrieval_icl.runner import LMRunner  # noqa: E402
+from retrieval_icl.lm.models import LoadedModel  # noqa: E402
+from retrieval_icl.lm.random_models import random_causal_lm  # noqa: E402
+from retrieval_icl.lm.runner import LMRunner  # noqa: E402
 
 _COMPILED: set[int] = set()  # models compiled in place by `compiled`
 LABELS = [[5], [6]]  # two one-token labels, as SST-2's " negative" / " positive"

@@ -42,7 +42,7 @@ STRATEGIES = ["knn"] * 6 + ["mmr", "bm25", "balanced", "random"]  # mostly knn, 
 ADD_BATCH = 4
 MODES = {"per-request": (False, "torch"), "batching": (True, "torch"),  # name -> (create_app(batching=...),
          "batching-onnx": (True, "onnx")}                         #          the index's encoder backend)
-SERVE = ("import os, sys\nfrom retrieval_icl.service import serve\n"
+SERVE = ("import os, sys\nfrom retrieval_icl.serving.service import serve\n"
          "serve(sys.argv[1], port=int(sys.argv[2]), api_key=os.environ['RICL_API_KEY'], batching=sys.argv[3] == '1')")
 
 
@@ -70,9 +70,9 @@ class Outcome:
 def build_default_index(directory: Path, backend: str) -> None:
     """SST-2 validation (872 examples) with the packaged encoder on `backend`; embeddings cached after the first
     run."""
-    from retrieval_icl.index import DemoIndex
-    from retrieval_icl.sentence_encoder import Encoder
-    from retrieval_icl.tasks import load_examples, load_task
+    from retrieval_icl.data.tasks import load_examples, load_task
+    from retrieval_icl.retrieval.index import DemoIndex
+    from retrieval_icl.retrieval.sentence_encoder import Encoder
 
     task = load_task("sst2")
     examples = load_examples(task, "validation", DATA)
@@ -226,7 +226,7 @@ def main() -> int:
 
 def run(index_dir: Path, args: argparse.Namespace, mode: str) -> Outcome:
     """The load against one server on `index_dir`, then the searchability and on-disk checks."""
-    from retrieval_icl.index import DemoIndex
+    from retrieval_icl.retrieval.index import DemoIndex
 
     port, api_key = free_port(), secrets.token_hex(16)
     base, headers = f"http://127.0.0.1:{port}", {"X-API-Key": api_key}

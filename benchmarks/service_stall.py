@@ -33,7 +33,7 @@ import numpy as np
 from common import DATA, ROOT, print_machine
 from service_load import free_port, query_texts, wait_for_health
 
-SERVE = ("import os, sys\nfrom retrieval_icl.service import serve, SERVED_STRATEGIES\n"
+SERVE = ("import os, sys\nfrom retrieval_icl.serving.service import serve, SERVED_STRATEGIES\n"
 
          "serve(sys.argv[1], port=int(sys.argv[2]), api_key=os.environ['RICL_API_KEY'],"
          " strategies=(*SERVED_STRATEGIES, 'kmeans', 'votek'))")
@@ -41,9 +41,9 @@ SERVE = ("import os, sys\nfrom retrieval_icl.service import serve, SERVED_STRATE
 
 def build_index(directory: Path, n: int) -> None:
     """A seeded n of SST-2's train phrases, embedded with the packaged encoder (cached after the first run)."""
-    from retrieval_icl.index import DemoIndex
-    from retrieval_icl.sentence_encoder import Encoder
-    from retrieval_icl.tasks import load_examples, load_task
+    from retrieval_icl.data.tasks import load_examples, load_task
+    from retrieval_icl.retrieval.index import DemoIndex
+    from retrieval_icl.retrieval.sentence_encoder import Encoder
 
     task = load_task("sst2")
     examples = load_examples(task, "train", DATA)

@@ -14,7 +14,7 @@ from rich.table import Table
 from .analysis.cli import analyze_app, report
 from .cli_errors import friendly_errors
 from .errors import RiclError
-from .models import DEFAULT_MODEL
+from .lm.models import DEFAULT_MODEL
 
 app = typer.Typer(help="Demonstration retrieval for in-context learning.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -33,7 +33,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
 def _task_and_examples(task: Optional[str], split: Optional[str], data_dir: Optional[Path], file: Optional[Path],
                        text_fields: Optional[str], label_field: str, labels: Optional[str],
                        hf_dataset: Optional[str] = None, hf_config: Optional[str] = None):
-    from .tasks import hf_dataset_examples, load_examples, load_task, read_examples_file, task_from_columns
+    from .data.tasks import hf_dataset_examples, load_examples, load_task, read_examples_file, task_from_columns
 
     if hf_dataset is not None:
         if task is not None or file is not None or data_dir is not None:
@@ -98,9 +98,9 @@ def index_build(
 ) -> None:
     """Embed a dataset split and save a FAISS index of it (atomic: an existing index is never half-replaced)."""
     from .atomic_dir import check_replaceable
-    from .index import MANIFEST_FILE
-    from .sentence_encoder import DEFAULT_ENCODER, check_backend
-    from .task_index import build_task_index
+    from .experiment.task_index import build_task_index
+    from .retrieval.index import MANIFEST_FILE
+    from .retrieval.sentence_encoder import DEFAULT_ENCODER, check_backend
 
     check_backend(encoder_backend)
     if out.exists() and not overwrite:
@@ -109,7 +109,7 @@ def index_build(
     spec, examples, _ = _task_and_examples(task, split, data_dir, file, text_field, label_field, labels, hf_dataset,
                                            hf_config)
     if ray_workers is not None:
-        from .scale import connect_ray
+        from .experiment.scale import connect_ray
 
         connect_ray(ray_address)
     index = build_task_index(examples, spec, encoder or DEFAULT_ENCODER, index_type, out, ray_workers,
@@ -121,7 +121,7 @@ def index_build(
 @friendly_errors
 def index_info(directory: Path = typer.Argument(..., help="A saved index directory.")) -> None:
     """Print a saved index's manifest (encoder, dimension, type, count, fingerprint, versions)."""
-    from .index import DemoIndex
+    from .retrieval.index import DemoIndex
 
     manifest = DemoIndex.load(directory, encoder=_index_encoder(directory, None, trusted=True)).manifest
     table = Table(show_header=False)
@@ -142,8 +142,8 @@ def index_fit(
     encoder: Optional[str] = typer.Option(None, help="The index's encoder when its manifest names a local folder."),
 ) -> None:
     """Fit a selector on queries drawn from the index's own pool and save the fit with the index."""
-    from .index import DemoIndex
-    from .plan import with_index_lm
+    from .experiment.plan import with_index_lm
+    from .retrieval.index import DemoIndex
     from .selectors.base import make_selector
 
     demo_index = DemoIndex.load(directory, encoder=_index_encoder(directory, encoder))
@@ -185,7 +185,7 @@ def select(
                                           "(an index's files alone may not choose code to load)."),
 ) -> None:
     """Print the demonstrations a selector picks for one query, in prompt order."""
-    from .demo_selector import DemoSelector
+    from .serving.demo_selector import DemoSelector
 
     # The application API, as `ricl serve` uses it, so a budget is kept exactly as over HTTP and in Python.
     params = {"seed": seed} | ({"order": order} if order else {}) | _key_values(param or [])
@@ -236,12 +236,12 @@ def compare(
     ray_gpus: float = typer.Option(0, help="With --ray-workers: GPUs per model replica (1 on a GPU cluster)."),
 ) -> None:
     """Run selectors on the same queries; write records, resolved config, versions and a summary with CIs."""
-    from .compare_config import load_compare_config
-    from .experiment import run_compare, run_compare_distributed
+    from .experiment.compare import run_compare, run_compare_distributed
+    from .experiment.compare_config import load_compare_config
 
     cfg = load_compare_config(config, n_queries=n_queries, output_dir=output_dir)
     if ray_workers is not None:
-        from .scale import connect_ray
+        from .experiment.scale import connect_ray
 
         connect_ray(ray_address)
         rows, tests, out = run_compare_distributed(cfg, ray_workers, overwrite=overwrite, num_gpus=ray_gpus)
@@ -294,9 +294,9 @@ def study(
 @friendly_errors
 def validate(path: Path = typer.Argument(..., help="An experiment, study or task YAML.")) -> None:
     """Check a config file without running anything."""
-    from .compare_config import load_compare_config
+    from .data.tasks import load_task
+    from .experiment.compare_config import load_compare_config
     from .study import study_configs
-    from .tasks import load_task
     from .yaml_config import read_yaml
 
     data = read_yaml(path) if path.exists() else None
@@ -313,7 +313,7 @@ def validate(path: Path = typer.Argument(..., help="An experiment, study or task
 @app.command("tasks")
 def tasks() -> None:
     """List the built-in tasks."""
-    from .tasks import known_tasks, load_task
+    from .data.tasks import known_tasks, load_task
 
     table = Table("task", "text fields", "labels", "pool split", "query split")
     for name in known_tasks():
@@ -355,8 +355,8 @@ def serve(
     request_seconds: float = typer.Option(30.0, min=0.001, help="A select waiting longer answers 503."),
 ) -> None:
     """Serve POST /select, POST /examples and GET /health over HTTP (OpenAPI schema at /openapi.json)."""
-    from .service import SERVED_STRATEGIES, Limits
-    from .service import serve as run_service
+    from .serving.service import SERVED_STRATEGIES, Limits
+    from .serving.service import serve as run_service
 
     limits = Limits(max_k=max_k, max_text_chars=max_text_chars, max_batch=max_batch, request_seconds=request_seconds)
     run_service(index, host=host, port=port, strategy=strategy, seed=seed, limits=limits, tokenizer=tokenizer,
@@ -369,8 +369,8 @@ def _index_encoder(directory: Path, name: Optional[str], trusted: bool = False):
     """The encoder the user named for an index (with the manifest's backend), or None: the manifest's own, which
     DemoIndex.load makes only from a hub id or the packaged encoder. trusted: the manifest's name as it is (for
     reading, when nothing is encoded)."""
-    from .encoders import make_encoder
-    from .index import MANIFEST_FILE, read_manifest
+    from .retrieval.encoders import make_encoder
+    from .retrieval.index import MANIFEST_FILE, read_manifest
 
     if name is None and not trusted:
         return None

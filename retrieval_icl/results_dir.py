@@ -27,18 +27,18 @@ import numpy as np
 import yaml
 
 from .atomic_dir import atomic_directory, check_replaceable
-from .attention_summary import N_SUMMARY_COLUMNS
+from .data.examples import fingerprint
+from .data.readers import rows_jsonl
+from .data.tasks import TaskSpec, load_task
 from .errors import RiclError
-from .examples import fingerprint
-from .readers import rows_jsonl
+from .lm.attention_summary import N_SUMMARY_COLUMNS
 from .record import RunRecord
-from .tasks import TaskSpec, load_task
 from .yaml_config import read_yaml
 
 if TYPE_CHECKING:
-    from .assemble import Run
-    from .compare_config import CompareConfig
-    from .inputs import Inputs
+    from .experiment.assemble import Run
+    from .experiment.compare_config import CompareConfig
+    from .experiment.inputs import Inputs
 
 RECORDS = "records.jsonl"
 ATTENTION = "attention"

@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from .compare_config import CompareConfig, load_compare_config
 from .errors import RiclError
+from .experiment.compare_config import CompareConfig, load_compare_config
 from .results_dir import RECORDS, REPORT_MD, load_results
 from .yaml_config import read_yaml, validation_message
 
@@ -83,7 +83,7 @@ def run_study(path: str | Path, overwrite: bool = False) -> list[Path]:
     """Run the missing comparisons, analyse each directory, write the reports; returns the files of the last step."""
     from .analysis import run_all, write_report
     from .analysis.crossrun import write_cross_run_report
-    from .experiment import run_compare
+    from .experiment.compare import run_compare
 
     study = load_study(path)
     split = {"selection_fraction": study.selection_fraction, "selection_n": study.selection_n, "seed": study.seed,

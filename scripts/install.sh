@@ -20,7 +20,7 @@ else  # keep the CUDA build of torch the machine has; the pin above is its CPU w
 fi
 # faiss-cpu and faiss-gpu both provide the `faiss` module and overwrite each other's files: keep one build only.
 if $PIP show -q "$OTHER" >/dev/null 2>&1; then $PIP uninstall -q -y "$OTHER"; fi
-$PIP install -q -e ".[dev,scale,onnx,$FAISS]"  # scale: Ray (retrieval_icl.scale); onnx: ONNX Runtime encoders
+$PIP install -q -e ".[dev,scale,onnx,$FAISS]"  # scale: Ray (retrieval_icl.experiment.scale); onnx: ONNX Runtime encoders
 if [[ $FAISS == gpu ]] && ! python3 -c "import faiss, sys; sys.exit(faiss.get_num_gpus() < 1)" 2>/dev/null; then
   # faiss-gpu's wheels are CUDA 12 builds that bring their own CUDA 12 runtime; they need an NVIDIA driver that runs
   # CUDA 12 (any CUDA 13 driver does). Where it still sees no GPU, keep a FAISS that works and say what to do.

@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def packaged_cpu_runner(name: str):
     """An LMRunner holding a packaged model on CPU float32 (converted to the safetensors cache once)."""
-    from retrieval_icl.runner import LMRunner
+    from retrieval_icl.lm.runner import LMRunner
 
     return LMRunner(name, batch_size=4, device="cpu", dtype="float32").load()
 

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from retrieval_icl.sentence_encoder import PROBE, Encoder
+from retrieval_icl.retrieval.sentence_encoder import PROBE, Encoder
 
 
 class CountingModel:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from standin import TINY_DATA
 
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.sentence_encoder import Encoder
-from retrieval_icl.tasks import load_examples, load_task
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.tasks import load_examples, load_task
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 
 TOPICS = {
     "cats": ["the cat sat on the mat", "a cat is sitting on a mat", "the kitten slept on the rug"],

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval_icl.scoring import LabelScores, Scorer, ScoreRequest
+from retrieval_icl.lm.scoring import LabelScores, Scorer, ScoreRequest
 
 TINY_DATA = Path(__file__).resolve().parent / "data"
 

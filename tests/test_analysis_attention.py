@@ -16,8 +16,8 @@ from retrieval_icl.analysis.attention import (
     span_max_weights,
 )
 from retrieval_icl.analysis.votes import argmax_breaking_ties, class_votes
-from retrieval_icl.attention_summary import PRE_LABEL, X_MASS, X_MAX, Y_MAX
 from retrieval_icl.errors import RiclError
+from retrieval_icl.lm.attention_summary import PRE_LABEL, X_MASS, X_MAX, Y_MAX
 from retrieval_icl.results_dir import load_results
 
 

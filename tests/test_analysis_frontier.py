@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from retrieval_icl.analysis import applicable, write_report
 from retrieval_icl.analysis.frontier import analyze_frontier, family
 from retrieval_icl.cli import app
-from retrieval_icl.compare_config import CompareConfig
 from retrieval_icl.errors import RiclError
+from retrieval_icl.experiment.compare_config import CompareConfig
 from retrieval_icl.results_dir import load_results
 
 N = 10  # queries 0..9, gold alternating

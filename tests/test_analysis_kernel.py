@@ -9,10 +9,10 @@ from handmade_results import BEST, SELECTORS, H, L, doctest_failures, make_recor
 from retrieval_icl.analysis import kernel
 from retrieval_icl.analysis.attention import reconstruct_run
 from retrieval_icl.analysis.kernel import KernelRegression, head_kernel_predictions
-from retrieval_icl.attention_summary import PRE_LABEL
 from retrieval_icl.errors import RiclError
-from retrieval_icl.kernel_surrogate import KernelSurrogate
+from retrieval_icl.lm.attention_summary import PRE_LABEL
 from retrieval_icl.results_dir import load_results
+from retrieval_icl.retrieval.kernel_surrogate import KernelSurrogate
 
 
 def test_kernel_with_bandwidth_to_zero_returns_the_nearest_neighbours_label():

@@ -12,7 +12,6 @@ import pytest
 from handmade_results import doctest_failures, make_record, write_dir
 from typer.testing import CliRunner
 
-from retrieval_icl import kernel_surrogate as surrogate_module
 from retrieval_icl.analysis import applicable
 from retrieval_icl.analysis.attention import selection_split
 from retrieval_icl.analysis.surrogate import (
@@ -26,8 +25,9 @@ from retrieval_icl.analysis.surrogate import (
 )
 from retrieval_icl.cli import app
 from retrieval_icl.errors import RiclError
-from retrieval_icl.kernel_surrogate import KernelSurrogate
 from retrieval_icl.results_dir import load_results
+from retrieval_icl.retrieval import kernel_surrogate as surrogate_module
+from retrieval_icl.retrieval.kernel_surrogate import KernelSurrogate
 
 # One query's demonstrations: cosines 0.9, 0.8, 0.7 labelled 1, 0, 1. With bandwidth 0.1 the kernel weighs them
 # exp(-1), exp(-2), exp(-3): label 1 gets exp(-1) + exp(-3), label 0 exp(-2).

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from retrieval_icl.analysis.registry import ANALYSES
 from retrieval_icl.cli import app
-from retrieval_icl.compare_config import CompareConfig
-from retrieval_icl.experiment import run_compare
+from retrieval_icl.experiment.compare import run_compare
+from retrieval_icl.experiment.compare_config import CompareConfig
 
 runner = CliRunner()
 

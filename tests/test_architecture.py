@@ -69,6 +69,23 @@ def test_the_import_graph_has_no_cycle():
     assert cycles(graph) == []
 
 
+def test_the_subpackages_are_layers():
+    """Between subpackages (data, lm, retrieval, selectors, serving, experiment, analysis, ...) imports go one way."""
+    def subpackage(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if len(parts) > 2 else None  # root modules (cli, study, record, ...) are not a layer
+
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        if (a := subpackage(name)) is not None:
+            deps = {subpackage(m) for m in imported_modules(name, path)}
+            graph.setdefault(a, set()).update(d for d in deps if d is not None and d != a)
+    for deps in list(graph.values()):
+        for d in deps:
+            graph.setdefault(d, set())
+    assert cycles(graph) == []
+
+
 def test_a_cycle_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
@@ -85,8 +102,10 @@ def test_no_module_is_over_400_lines():
     assert long == {}
 
 
-@pytest.mark.parametrize("module", ["retrieval_icl.index", "retrieval_icl.record", "retrieval_icl.results_dir",
-                                    "retrieval_icl.plan", "retrieval_icl.assemble", "retrieval_icl.scoring"])
+@pytest.mark.parametrize("module", ["retrieval_icl.retrieval.index", "retrieval_icl.record",
+                                    "retrieval_icl.results_dir", "retrieval_icl.experiment.plan",
+                                    "retrieval_icl.experiment.assemble",
+                                    "retrieval_icl.lm.scoring"])
 def test_torch_free_modules_do_not_import_torch(module):
     code = f"import sys, {module}\nassert 'torch' not in sys.modules, '{module} imported torch'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -94,14 +113,14 @@ def test_torch_free_modules_do_not_import_torch(module):
 
 
 def test_opening_and_searching_an_index_imports_no_torch(tmp_path):
-    build = ("import numpy as np\nfrom retrieval_icl.sentence_encoder import Encoder\n"
-             "from retrieval_icl.index import DemoIndex\n"
-             "from retrieval_icl.examples import Example\n"
+    build = ("import numpy as np\nfrom retrieval_icl.retrieval.sentence_encoder import Encoder\n"
+             "from retrieval_icl.retrieval.index import DemoIndex\n"
+             "from retrieval_icl.data.examples import Example\n"
              "examples = [Example(i, (f'text {i}',), i % 2) for i in range(6)]\n"
              "vectors = np.eye(6, 8, dtype=np.float32)\n"
              f"DemoIndex(Encoder()).build(examples, embeddings=vectors).save({str(tmp_path / 'idx')!r})\n")
     subprocess.run([sys.executable, "-c", build], check=True, cwd=ROOT)
-    search = ("import sys, numpy as np\nfrom retrieval_icl.index import DemoIndex\n"
+    search = ("import sys, numpy as np\nfrom retrieval_icl.retrieval.index import DemoIndex\n"
               f"index = DemoIndex.load({str(tmp_path / 'idx')!r})\n"
               "scores, ids = index.search(np.eye(1, 8, 2, dtype=np.float32), 2)\n"
               "assert ids[0][0] == 2, ids\nassert 'torch' not in sys.modules, 'loading an index imported torch'\n")

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from retrieval_icl.atomic_dir import atomic_directory, claimed, leftovers, recover
 from retrieval_icl.cli import app
-from retrieval_icl.compare_config import CompareConfig, SelectorConfig
 from retrieval_icl.errors import RiclError
-from retrieval_icl.experiment import run_compare
+from retrieval_icl.experiment.compare import run_compare
+from retrieval_icl.experiment.compare_config import CompareConfig, SelectorConfig
 from retrieval_icl.study import run_study
 
 
@@ -139,8 +139,8 @@ KILLED_BETWEEN_RENAMES = """
 import os, sys
 from pathlib import Path
 from retrieval_icl import atomic_dir
-from retrieval_icl.demo_selector import DemoSelector
-from retrieval_icl.sentence_encoder import Encoder
+from retrieval_icl.serving.demo_selector import DemoSelector
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 selector = DemoSelector.load(Path(sys.argv[1]), encoder=Encoder(cache_dir=Path(sys.argv[2])))
 rename = os.rename
 def first_rename_then_die(src, dst):
@@ -152,9 +152,9 @@ selector.add_examples([{"fields": "never acknowledged", "label": 1}], save=True)
 
 
 def small_index(tmp_path: Path) -> Path:
-    from retrieval_icl.index import DemoIndex
-    from retrieval_icl.sentence_encoder import Encoder
-    from retrieval_icl.tasks import load_examples, load_task
+    from retrieval_icl.data.tasks import load_examples, load_task
+    from retrieval_icl.retrieval.index import DemoIndex
+    from retrieval_icl.retrieval.sentence_encoder import Encoder
 
     task = load_task("sst2")
     DemoIndex(Encoder(cache_dir=tmp_path / "emb")).build(load_examples(task, "train", TINY_DATA)[:6], task="sst2",
@@ -163,7 +163,7 @@ def small_index(tmp_path: Path) -> Path:
 
 
 def test_an_index_whose_writer_died_between_the_renames_loads_whole(tmp_path):
-    from retrieval_icl.index import DemoIndex
+    from retrieval_icl.retrieval.index import DemoIndex
 
     index = small_index(tmp_path)
     before = [ex.texts for ex in DemoIndex.load(index).examples]
@@ -192,10 +192,10 @@ def test_stale_temporary_folders_go_but_a_live_writers_stay(tmp_path):
 
 
 def test_two_writers_of_one_index_lose_no_acknowledged_add(tmp_path):
-    from retrieval_icl.demo_selector import DemoSelector
     from retrieval_icl.errors import StaleIndexError
-    from retrieval_icl.index import DemoIndex
-    from retrieval_icl.sentence_encoder import Encoder
+    from retrieval_icl.retrieval.index import DemoIndex
+    from retrieval_icl.retrieval.sentence_encoder import Encoder
+    from retrieval_icl.serving.demo_selector import DemoSelector
 
     index = small_index(tmp_path)
     first, second = (DemoSelector.load(index, encoder=Encoder(cache_dir=tmp_path / "emb")) for _ in range(2))
@@ -214,7 +214,7 @@ def test_two_writers_of_one_index_lose_no_acknowledged_add(tmp_path):
 
 
 def test_a_faiss_file_of_the_wrong_size_is_refused_before_faiss_reads_it(tmp_path):
-    from retrieval_icl.index import DemoIndex
+    from retrieval_icl.retrieval.index import DemoIndex
 
     index = small_index(tmp_path)
     with (index / "index.faiss").open("ab") as f:

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from retrieval_icl.demo_selector import DemoSelector, SelectedExample
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.tasks import load_task
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.models import load_tokenizer_and_config
-from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.sentence_encoder import Encoder
-from retrieval_icl.tasks import load_task
+from retrieval_icl.lm.models import load_tokenizer_and_config
+from retrieval_icl.lm.prompts import PromptBuilder
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
+from retrieval_icl.serving.demo_selector import DemoSelector, SelectedExample
 
 pytestmark = pytest.mark.lm  # loads the packaged tokenizers (no weights once the models are converted)
 
@@ -228,7 +228,7 @@ def test_the_packer_tokenises_a_handful_of_times_not_once_per_candidate(tokenize
 def test_a_template_whose_pieces_merge_still_keeps_exactly_the_greedy_choice(tokenizer):
     """No separators: a label and the next input share tokens, so counts are not additive and every candidate is
     tried exactly (the slow path), with the same rule: kept when it fits beside the more relevant kept ones."""
-    from retrieval_icl.tasks import PromptTemplate, TaskSpec
+    from retrieval_icl.data.tasks import PromptTemplate, TaskSpec
 
     task = TaskSpec(name="glued", text_fields=["text"], label_names=["no", "yes"],
                     template=PromptTemplate(input="{text}", output="", input_output_separator="", label_prefix="",

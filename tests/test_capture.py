@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_icl.attention_summary import (
+from retrieval_icl.errors import RiclError
+from retrieval_icl.lm.attention_summary import (
     PROFILE_REGIONS,
     SUMMARY_COLUMNS,
     X_MASS,
@@ -16,8 +17,7 @@ from retrieval_icl.attention_summary import (
     demo_attention_profile,
     demo_attention_summary,
 )
-from retrieval_icl.capture import capture_attention
-from retrieval_icl.errors import RiclError
+from retrieval_icl.lm.capture import capture_attention
 
 
 def padded_batch(vocab: int, lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retrieval_icl.cli import app
-from retrieval_icl.tasks import TASKS_DIR
+from retrieval_icl.data.tasks import TASKS_DIR
 
 TINY = Path(__file__).resolve().parent / "data"  # 40 hand-made SST-2 train lines
 runner = CliRunner()
@@ -134,7 +134,7 @@ def table_rows(output: str) -> list[list[str]]:
 
 @pytest.mark.lm  # loads the packaged SmolLM2 tokenizer, as tests/test_budget.py does
 def test_select_with_a_token_budget_keeps_what_the_application_api_keeps(small_index):
-    from retrieval_icl.demo_selector import DemoSelector
+    from retrieval_icl.serving.demo_selector import DemoSelector
 
     query = "a witty and gorgeous movie"
     full = table_rows(ricl("select", "--index", small_index, "-k", "4", query).output)
@@ -187,7 +187,7 @@ def test_compare_summary_stays_readable_at_80_columns():
 
 @pytest.mark.parametrize("backend", ["bfloat16", "onnx"])
 def test_index_build_with_a_fast_backend_records_it(backend, tmp_path, monkeypatch):
-    from retrieval_icl.index import DemoIndex
+    from retrieval_icl.retrieval.index import DemoIndex
 
     monkeypatch.setenv("RICL_CACHE_DIR", str(tmp_path / "cache"))
     for name in ("torch", backend):

@@ -8,13 +8,13 @@ import pytest
 from counting_encoder import counting_encoder
 from shared_data import SHARED_DATA
 
-from retrieval_icl.demo_selector import DemoSelector, SelectedExample
+from retrieval_icl.data.tasks import load_examples, load_task
 from retrieval_icl.errors import RiclError
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.models import DEFAULT_MODEL
+from retrieval_icl.lm.models import DEFAULT_MODEL
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.knn import KNNSelector
-from retrieval_icl.sentence_encoder import Encoder
-from retrieval_icl.tasks import load_examples, load_task
+from retrieval_icl.serving.demo_selector import DemoSelector, SelectedExample
 
 pytestmark = pytest.mark.shared_data  # every index here is built from SST-2 or RTE validation rows
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from retrieval_icl.cache_dirs import cache_dir
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.onnx_encoder import OnnxSentenceModel
-from retrieval_icl.sentence_encoder import Encoder
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.onnx_encoder import OnnxSentenceModel
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 
 SST2 = Path(__file__).resolve().parent / "data" / "sst2" / "train.jsonl"  # 40 hand-made reviews
 TEXTS = [json.loads(line)["sentence"] for line in SST2.read_text().splitlines()]

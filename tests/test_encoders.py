@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_icl.encoders import make_encoder
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.sentence_encoder import DEFAULT_ENCODER, PROBE, EmbeddingCache, Encoder
+from retrieval_icl.retrieval.encoders import make_encoder
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import DEFAULT_ENCODER, PROBE, EmbeddingCache, Encoder
 
 SST2 = Path(__file__).resolve().parent / "data" / "sst2" / "train.jsonl"  # 40 hand-made reviews
 
@@ -157,9 +157,9 @@ def test_compare_indexes_are_kept_apart_by_backend(tmp_path, monkeypatch):
     """An index saved under index_root with one backend is never reused by a config asking for another."""
     from typing import get_args
 
-    from retrieval_icl.compare_config import CompareConfig
-    from retrieval_icl.inputs import get_index, load_pool, resolve_task
-    from retrieval_icl.sentence_encoder import BACKENDS
+    from retrieval_icl.experiment.compare_config import CompareConfig
+    from retrieval_icl.experiment.inputs import get_index, load_pool, resolve_task
+    from retrieval_icl.retrieval.sentence_encoder import BACKENDS
 
     assert get_args(CompareConfig.model_fields["encoder_backend"].annotation) == BACKENDS
     monkeypatch.setenv("RICL_CACHE_DIR", str(tmp_path / "cache"))
@@ -183,9 +183,9 @@ def test_weights_rewritten_at_the_same_path_miss_the_cache_and_are_refused_by_th
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from retrieval_icl.examples import Example
-    from retrieval_icl.index import DemoIndex
-    from retrieval_icl.sentence_encoder import packaged_encoder_path
+    from retrieval_icl.data.examples import Example
+    from retrieval_icl.retrieval.index import DemoIndex
+    from retrieval_icl.retrieval.sentence_encoder import packaged_encoder_path
 
     folder = tmp_path / "model"
     shutil.copytree(packaged_encoder_path(), folder)

@@ -14,8 +14,8 @@ import yaml
 from safetensors.numpy import load_file
 from shared_data import SHARED_DATA
 
-from retrieval_icl.compare_config import CompareConfig
-from retrieval_icl.faiss_support import faiss_distributions
+from retrieval_icl.experiment.compare_config import CompareConfig
+from retrieval_icl.retrieval.faiss_support import faiss_distributions
 
 pytestmark = [pytest.mark.lm, pytest.mark.shared_data]
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_rerun_refuses_to_overwrite_and_reuses_the_index(results):
 
 def test_calibrated_run_records_both_predictions_and_reconstruction_uses_the_raw_one(tmp_path, smollm2):
     from retrieval_icl.analysis.attention import reconstruct_run
-    from retrieval_icl.experiment import run_compare
+    from retrieval_icl.experiment.compare import run_compare
     from retrieval_icl.results_dir import load_results
 
     config = CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=150, n_queries=16, k=2,

@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from retrieval_icl.compare_config import load_compare_config
-from retrieval_icl.faiss_support import faiss_build
+from retrieval_icl.experiment.compare_config import load_compare_config
+from retrieval_icl.retrieval.faiss_support import faiss_build
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DATA = ROOT / "tests" / "data"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from retrieval_icl import atomic_dir
-from retrieval_icl import index as index_mod
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import INDEX_TYPES, DemoIndex, IndexManifest
-from retrieval_icl.sentence_encoder import Encoder
+from retrieval_icl.retrieval import index as index_mod
+from retrieval_icl.retrieval.index import INDEX_TYPES, DemoIndex, IndexManifest
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 
 DIM = 16
 
@@ -281,7 +281,7 @@ def test_a_manifest_naming_a_local_encoder_folder_runs_none_of_its_code(tmp_path
     from typer.testing import CliRunner
 
     from retrieval_icl.cli import app
-    from retrieval_icl.sentence_encoder import packaged_encoder_path
+    from retrieval_icl.retrieval.sentence_encoder import packaged_encoder_path
 
     evil = tmp_path / "evil_encoder"
     evil.mkdir()

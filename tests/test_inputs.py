@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from retrieval_icl.cli import app
+from retrieval_icl.data.tasks import hf_dataset_examples, load_examples, load_task
 from retrieval_icl.errors import RiclError
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.tasks import hf_dataset_examples, load_examples, load_task
+from retrieval_icl.retrieval.index import DemoIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"  # 40 train and 8 validation hand-made SST-2 lines

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from retrieval_icl.tasks import TASKS_DIR
+from retrieval_icl.data.tasks import TASKS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"  # hand-made: 40 train and 8 validation reviews
@@ -64,7 +64,7 @@ def test_the_wheel_holds_every_task_yaml(wheel):
 
 
 def test_the_installed_copy_lists_the_builtin_tasks(venv, tmp_path):
-    code = "import retrieval_icl.tasks as t; print(t.__file__); print(t.TASKS_DIR)"
+    code = "import retrieval_icl.data.tasks as t; print(t.__file__); print(t.TASKS_DIR)"
     module, tasks_dir = run([venv, "-c", code], cwd=tmp_path).stdout.split("\n")[:2]
     site = venv.parent.parent / "lib"
     assert Path(module).is_relative_to(site) and Path(tasks_dir).is_relative_to(site), (module, tasks_dir)

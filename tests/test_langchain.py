@@ -6,11 +6,11 @@ import pytest
 from langchain_core.example_selectors import BaseExampleSelector
 from langchain_core.prompts import FewShotPromptTemplate, PromptTemplate
 
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
 from retrieval_icl.integrations.langchain import RiclExampleSelector
-from retrieval_icl.sentence_encoder import Encoder
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 
 REVIEWS = [("a dull, lifeless film", 0), ("slow and boring from start to finish", 0), ("a joyous, moving triumph", 1),
            ("funny and warm, a real delight", 1), ("the plot is a mess", 0), ("brilliant acting all round", 1)]

@@ -5,11 +5,11 @@ import pytest
 import torch
 from shared_data import SHARED_DATA
 
-from retrieval_icl.encoders import make_encoder
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.lm_encoder import LMEncoder
+from retrieval_icl.retrieval.encoders import make_encoder
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.lm_encoder import LMEncoder
 from retrieval_icl.selectors.knn import KNNSelector
 
 TEXTS = ["a gorgeous, witty film", "dull and far too long", "the stock market fell sharply today",
@@ -61,8 +61,8 @@ def test_lm_kernel_index_saves_loads_and_retrieves(smollm2, tmp_path):
 def test_compare_runs_an_lm_kernel_selector_on_its_own_index(smollm2, tmp_path):
     import json
 
-    from retrieval_icl.compare_config import CompareConfig, SelectorConfig
-    from retrieval_icl.experiment import run_compare
+    from retrieval_icl.experiment.compare import run_compare
+    from retrieval_icl.experiment.compare_config import CompareConfig, SelectorConfig
 
     config = CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=120, n_queries=8, k=4,
                            capture_attention=False,

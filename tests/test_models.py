@@ -11,10 +11,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from retrieval_icl import models
 from retrieval_icl.cache_dirs import cache_dir
 from retrieval_icl.errors import RiclError
-from retrieval_icl.models import (
+from retrieval_icl.lm import models
+from retrieval_icl.lm.models import (
     DEFAULT_MODEL,
     PACKAGED_MODELS,
     context_length,

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval_icl.compare_config import SelectorConfig
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.tasks import load_examples, load_task
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.near_duplicates import NearDuplicates, is_near_duplicate, normalise
+from retrieval_icl.experiment.compare_config import SelectorConfig
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.near_duplicates import NearDuplicates, is_near_duplicate, normalise
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.base import PoolTexts, make_selector
-from retrieval_icl.sentence_encoder import Encoder
-from retrieval_icl.tasks import load_examples, load_task
 
 DATA = Path(__file__).resolve().parent / "data"
 QUERY = "a good movie with a great cast"

@@ -2,9 +2,9 @@ import random
 
 import pytest
 
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.perturb import RARE_WORDS, perturb_examples, rare_words, shuffle_words, typos
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.perturb import RARE_WORDS, perturb_examples, rare_words, shuffle_words, typos
 
 TEXT = "the film is a gorgeous and moving portrait of a family in crisis"
 

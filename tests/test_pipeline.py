@@ -11,10 +11,10 @@ import pytest
 from safetensors.numpy import load_file
 from standin import TINY_DATA, VoteScorer, tiny_tokenizer
 
-from retrieval_icl.assemble import Run, summarise
-from retrieval_icl.compare_config import CompareConfig, PoolConfig, SelectorConfig
-from retrieval_icl.experiment import build_indexes, prepare_inputs, run_compare
-from retrieval_icl.plan import RunId, plan_compare, score_requests
+from retrieval_icl.experiment.assemble import Run, summarise
+from retrieval_icl.experiment.compare import build_indexes, prepare_inputs, run_compare
+from retrieval_icl.experiment.compare_config import CompareConfig, PoolConfig, SelectorConfig
+from retrieval_icl.experiment.plan import RunId, plan_compare, score_requests
 from retrieval_icl.record import RunRecord
 from retrieval_icl.results_dir import load_results
 

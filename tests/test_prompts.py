@@ -1,9 +1,9 @@
 import pytest
 
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.tasks import load_task
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.tasks import load_task
+from retrieval_icl.lm.prompts import PromptBuilder
 
 pytestmark = pytest.mark.lm
 

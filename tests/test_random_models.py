@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from retrieval_icl.errors import RiclError
-from retrieval_icl.random_models import SHAPES, random_causal_lm, random_config
-from retrieval_icl.runner import LMRunner
+from retrieval_icl.lm.random_models import SHAPES, random_causal_lm, random_config
+from retrieval_icl.lm.runner import LMRunner
 
 SHAPE_FIELDS = ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                 "head_dim", "vocab_size", "max_position_embeddings", "tie_word_embeddings", "rope_parameters",

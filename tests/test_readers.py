@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from retrieval_icl.cli import app
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.tasks import load_examples, load_task, read_examples_file, task_from_columns
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.tasks import load_examples, load_task, read_examples_file, task_from_columns
 from retrieval_icl.yaml_config import read_yaml
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from retrieval_icl.errors import RiclError
-from retrieval_icl.request_batcher import RequestBatcher, grouped
+from retrieval_icl.serving.request_batcher import RequestBatcher, grouped
 
 
 class Recorder:

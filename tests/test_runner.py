@@ -6,12 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from retrieval_icl.batching import CPU_BATCH_OVERHEAD_TOKENS, FEWEST_BATCHES, BatchLimits, batch_bounds, device_limits
-from retrieval_icl.capture import capture_attention
 from retrieval_icl.errors import RiclError
-from retrieval_icl.models import LoadedModel, check_transformers_version
-from retrieval_icl.runner import LMRunner, forward_bytes_per_token, tokens_for_memory
-from retrieval_icl.scoring import calibrate
+from retrieval_icl.lm.batching import (
+    CPU_BATCH_OVERHEAD_TOKENS,
+    FEWEST_BATCHES,
+    BatchLimits,
+    batch_bounds,
+    device_limits,
+)
+from retrieval_icl.lm.capture import capture_attention
+from retrieval_icl.lm.models import LoadedModel, check_transformers_version
+from retrieval_icl.lm.runner import LMRunner, forward_bytes_per_token, tokens_for_memory
+from retrieval_icl.lm.scoring import calibrate
 
 TEXTS = [
     "Input: a gripping, beautifully acted film\nOutput:",
@@ -282,6 +288,6 @@ def test_an_accelerator_budget_is_sized_from_free_memory(tiny_gptj):
 def test_docstring_examples_hold():
     from handmade_results import doctest_failures
 
-    from retrieval_icl import batching, runner
+    from retrieval_icl.lm import batching, runner
 
     assert doctest_failures(batching) == doctest_failures(runner) == 0

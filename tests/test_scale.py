@@ -15,13 +15,13 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray  # every test here runs beside the module's local Ray instance
 
 from retrieval_icl.cli import app  # noqa: E402
+from retrieval_icl.data.tasks import load_examples, load_task  # noqa: E402
 from retrieval_icl.errors import RiclError  # noqa: E402
-from retrieval_icl.index import DemoIndex  # noqa: E402
-from retrieval_icl.prompts import PromptBuilder  # noqa: E402
-from retrieval_icl.scale import embed_distributed, score_distributed  # noqa: E402
-from retrieval_icl.sentence_encoder import Encoder  # noqa: E402
-from retrieval_icl.task_index import build_task_index  # noqa: E402
-from retrieval_icl.tasks import load_examples, load_task  # noqa: E402
+from retrieval_icl.experiment.scale import embed_distributed, score_distributed  # noqa: E402
+from retrieval_icl.experiment.task_index import build_task_index  # noqa: E402
+from retrieval_icl.lm.prompts import PromptBuilder  # noqa: E402
+from retrieval_icl.retrieval.index import DemoIndex  # noqa: E402
+from retrieval_icl.retrieval.sentence_encoder import Encoder  # noqa: E402
 
 WORKERS = 2
 cli = CliRunner()
@@ -97,8 +97,8 @@ def test_cli_index_build_on_ray_equals_local(tmp_path):
 @pytest.mark.lm
 @pytest.mark.shared_data
 def test_cli_compare_on_ray_writes_the_same_records(tmp_path, smollm2):
-    from retrieval_icl.compare_config import CompareConfig
-    from retrieval_icl.experiment import run_compare
+    from retrieval_icl.experiment.compare import run_compare
+    from retrieval_icl.experiment.compare_config import CompareConfig
 
     def config(name: str) -> CompareConfig:
         return CompareConfig(task="sst2", data_dir=str(SHARED_DATA), pool_size=80, n_queries=6, k=2, batch_size=4,

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.kernel_surrogate import KernelSurrogate
-from retrieval_icl.near_duplicates import is_near_duplicate
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.kernel_surrogate import KernelSurrogate
+from retrieval_icl.retrieval.near_duplicates import is_near_duplicate
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.adaptive import AdaptiveSelector, fit_outcome, fit_thresholds, levels, neighbourhoods
 from retrieval_icl.selectors.base import make_selector
-from retrieval_icl.sentence_encoder import Encoder
 
 D = 16
 GIVEN = {"bandwidth": 0.1, "thresholds": {1: 0.8, 2: 0.7, 4: 0.6}}

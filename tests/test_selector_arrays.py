@@ -4,11 +4,11 @@ against brute-force numpy on seeded synthetic unit vectors, with ties, k larger 
 import numpy as np
 import pytest
 
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
+from retrieval_icl.data.examples import Example
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.arrays import best_first, cosines, first_kept, mmr_order, nearest
 from retrieval_icl.selectors.knn import KNNSelector
-from retrieval_icl.sentence_encoder import Encoder
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import pytest
 from selector_pools import topic_index
 from standin import TINY_DATA
 
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.tasks import load_examples, load_task
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.balanced import BalancedSelector
 from retrieval_icl.selectors.base import make_selector
-from retrieval_icl.sentence_encoder import Encoder
-from retrieval_icl.tasks import load_examples, load_task
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from selector_pools import tiny_sst2, topic_index
 
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.bm25 import BM25Selector
 from retrieval_icl.selectors.knn import KNNSelector
-from retrieval_icl.sentence_encoder import Encoder
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from selector_pools import tiny_sst2
 
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.base import SELECTORS, make_selector
 from retrieval_icl.selectors.checks import (
     check_count,
@@ -23,7 +24,6 @@ from retrieval_icl.selectors.checks import (
 )
 from retrieval_icl.selectors.knn import KNNSelector
 from retrieval_icl.selectors.random import RandomSelector
-from retrieval_icl.sentence_encoder import Encoder
 
 FITS_STATE = {"adaptive", "balanced", "bm25", "kmeans", "votek"}  # fit computes state from the pool
 

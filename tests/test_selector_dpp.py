@@ -5,15 +5,15 @@ import itertools
 import numpy as np
 import pytest
 
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.arrays import dpp_greedy
 from retrieval_icl.selectors.base import SELECTORS, make_selector
 from retrieval_icl.selectors.dpp import DPPSelector
 from retrieval_icl.selectors.knn import KNNSelector
 from retrieval_icl.selectors.mmr import MMRSelector
-from retrieval_icl.sentence_encoder import Encoder
 
 QUERY = "what the query says"
 

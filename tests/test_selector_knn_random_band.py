@@ -6,10 +6,10 @@ import pytest
 from selector_pools import tiny_sst2
 
 from retrieval_icl.errors import RiclError
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.band import SimilarityBandSelector
 from retrieval_icl.selectors.knn import KNNSelector
 from retrieval_icl.selectors.random import RandomSelector
-from retrieval_icl.sentence_encoder import Encoder
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 from standin import TINY_DATA, VoteScorer, tiny_tokenizer
 
-from retrieval_icl.compare_config import CompareConfig, SelectorConfig
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.experiment import run_compare
-from retrieval_icl.index import DemoIndex
+from retrieval_icl.experiment.compare import run_compare
+from retrieval_icl.experiment.compare_config import CompareConfig, SelectorConfig
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.base import make_selector
 from retrieval_icl.selectors.mdl import MDLSelector, label_entropy
-from retrieval_icl.sentence_encoder import Encoder
 
 D = 8
 
@@ -106,9 +106,9 @@ def test_compare_runs_mdl_with_the_scorer_and_never_picks_a_less_certain_prompt_
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
 def test_with_a_real_lm_mdl_keeps_the_least_uncertain_of_its_samples(tmp_path, model, request):
     """The packaged LM scores each sample alone; mdl's pick (from one batched call) has the least label entropy."""
-    from retrieval_icl.plan import lm_label_probs
-    from retrieval_icl.prompts import PromptBuilder
-    from retrieval_icl.tasks import load_examples, load_task
+    from retrieval_icl.data.tasks import load_examples, load_task
+    from retrieval_icl.experiment.plan import lm_label_probs
+    from retrieval_icl.lm.prompts import PromptBuilder
 
     runner = request.getfixturevalue(f"{model}_runner")
     task = load_task("sst2")

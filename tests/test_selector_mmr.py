@@ -6,9 +6,9 @@ import pytest
 from selector_pools import tiny_sst2, topic_index
 
 from retrieval_icl.errors import RiclError
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.knn import KNNSelector
 from retrieval_icl.selectors.mmr import MMRSelector
-from retrieval_icl.sentence_encoder import Encoder
 
 
 @pytest.fixture(scope="module")

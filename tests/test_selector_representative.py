@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from selector_pools import topic_index
 
+from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import Example
-from retrieval_icl.index import DemoIndex
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.representative import KMeansSelector, VoteKSelector
-from retrieval_icl.sentence_encoder import Encoder
 
 
 @pytest.fixture(scope="module")

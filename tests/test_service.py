@@ -17,13 +17,13 @@ import uvicorn
 from counting_encoder import counting_encoder
 from fastapi import FastAPI
 
-from retrieval_icl.demo_selector import DemoSelector
-from retrieval_icl.docs_page import add_docs
+from retrieval_icl.data.tasks import load_examples, load_task
 from retrieval_icl.errors import RiclError
-from retrieval_icl.index import DemoIndex
-from retrieval_icl.sentence_encoder import Encoder
-from retrieval_icl.service import Limits, create_app
-from retrieval_icl.tasks import load_examples, load_task
+from retrieval_icl.retrieval.index import DemoIndex
+from retrieval_icl.retrieval.sentence_encoder import Encoder
+from retrieval_icl.serving.demo_selector import DemoSelector
+from retrieval_icl.serving.docs_page import add_docs
+from retrieval_icl.serving.service import Limits, create_app
 
 DATA = Path(__file__).resolve().parent / "data"  # hand-made: 40 train reviews
 KEY = {"X-API-Key": "s3cret"}
@@ -237,7 +237,7 @@ def test_a_foreign_host_header_is_refused(service):
 
 
 def test_health_names_a_local_encoder_folder_without_its_path(tmp_path):
-    from retrieval_icl.sentence_encoder import packaged_encoder_path
+    from retrieval_icl.retrieval.sentence_encoder import packaged_encoder_path
 
     encoder = Encoder(str(packaged_encoder_path()), cache_dir=tmp_path / "emb")
     build_index(tmp_path / "index", encoder, n=6)

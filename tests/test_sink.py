@@ -9,11 +9,11 @@ from test_capture import eager_rows
 
 from retrieval_icl.analysis.attention import span_max_weights
 from retrieval_icl.analysis.votes import argmax_breaking_ties, class_votes
-from retrieval_icl.attention_summary import demo_attention_summary, span_attention_mass
-from retrieval_icl.capture import capture_attention
-from retrieval_icl.examples import Example
-from retrieval_icl.prompts import PromptBuilder
-from retrieval_icl.tasks import load_task
+from retrieval_icl.data.examples import Example
+from retrieval_icl.data.tasks import load_task
+from retrieval_icl.lm.attention_summary import demo_attention_summary, span_attention_mass
+from retrieval_icl.lm.capture import capture_attention
+from retrieval_icl.lm.prompts import PromptBuilder
 
 pytestmark = pytest.mark.lm
 DEMOS = [Example(1, ("a gorgeous, witty film",), 1), Example(2, ("dull and far too long",), 0),
@@ -38,8 +38,8 @@ def test_a_planted_sink_leaves_demo_1s_kernel_weight_unchanged(smollm2):
 @pytest.fixture(scope="module")
 def random_run(tmp_path_factory, smollm2):
     """24 SST-2 validation queries, 8 random demonstrations each, attention captured, on the packaged SmolLM2."""
-    from retrieval_icl.compare_config import CompareConfig
-    from retrieval_icl.experiment import run_compare
+    from retrieval_icl.experiment.compare import run_compare
+    from retrieval_icl.experiment.compare_config import CompareConfig
     from retrieval_icl.results_dir import load_results
 
     tmp = tmp_path_factory.mktemp("sink")

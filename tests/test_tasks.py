@@ -4,9 +4,9 @@ import pytest
 from shared_data import SHARED_DATA
 from standin import TINY_DATA
 
+from retrieval_icl.data.examples import fingerprint, sample_examples
+from retrieval_icl.data.tasks import known_tasks, load_examples, load_task, read_examples_file, task_from_columns
 from retrieval_icl.errors import RiclError
-from retrieval_icl.examples import fingerprint, sample_examples
-from retrieval_icl.tasks import known_tasks, load_examples, load_task, read_examples_file, task_from_columns
 
 
 @pytest.mark.shared_data

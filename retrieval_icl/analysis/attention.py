@@ -8,10 +8,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..attention_summary import PRE_LABEL, PROFILE_REGIONS, X_MASS, X_MAX, Y_MASS, Y_MAX
 from ..errors import RiclError
-from ..paper import best_head_sentence
+from ..lm.attention_summary import PRE_LABEL, PROFILE_REGIONS, X_MASS, X_MAX, Y_MASS, Y_MAX
 from ..results_dir import Results, write_csv
+from .paper import best_head_sentence
 from .report import Section, new_figure, save_analysis, save_figure, write_json
 from .votes import argmax_breaking_ties, class_votes, most_common, rate, raw_predictions
 

@@ -15,10 +15,10 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import RiclError
-from ..paper import PAPER_MODEL, TABLE2_METRICS, table2_reference
 from ..results_dir import Results, load_results, markdown_table, write_csv
 from .controls import N_NULL, N_SPLITS
 from .kernel import CONTROL_ROWS, EXTRA_ROWS, TABLE2_ROWS, cell, run_groups, table2_column
+from .paper import PAPER_MODEL, TABLE2_METRICS, table2_reference
 
 HEAD_ROWS = ("seeds", "best_head", "best_head_depth", "chosen_layers")
 

@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..compare_config import DEFAULT_MARGIN
 from ..errors import RiclError
+from ..experiment.compare_config import DEFAULT_MARGIN
 from ..record import RunRecord
 from ..results_dir import Results, write_csv
 from ..stats import holm, non_inferiority, paired_bootstrap_ci, resolvable_margin, tost

@@ -23,11 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..attention_summary import PRE_LABEL
-from ..kernel_surrogate import KernelSurrogate
-from ..paper import PAPER_MODEL, TABLE2, table2_reference
+from ..lm.attention_summary import PRE_LABEL
 from ..record import RunRecord
 from ..results_dir import Results, write_csv
+from ..retrieval.kernel_surrogate import KernelSurrogate
 from .attention import MAX_PLACES, demo_weights, max_places
 from .controls import (
     BASELINES,
@@ -38,6 +37,7 @@ from .controls import (
     head_predictions,
     padded,
 )
+from .paper import PAPER_MODEL, TABLE2, table2_reference
 from .report import Section, new_figure, save_analysis, save_figure
 from .votes import argmax_breaking_ties, class_votes, most_common, normalise, rate, raw_predictions
 

@@ -20,9 +20,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..kernel_surrogate import KernelSurrogate
 from ..record import RunRecord
 from ..results_dir import Results, load_results, write_csv
+from ..retrieval.kernel_surrogate import KernelSurrogate
 from .attention import selection_split
 from .kernel import cell
 from .report import Section, new_figure, save_analysis, save_figure

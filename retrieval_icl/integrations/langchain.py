@@ -15,8 +15,8 @@ from typing import Any, Mapping
 
 from langchain_core.example_selectors import BaseExampleSelector
 
-from ..demo_selector import DemoSelector
 from ..errors import RiclError
+from ..serving.demo_selector import DemoSelector
 
 
 class RiclExampleSelector(BaseExampleSelector):
@@ -41,7 +41,7 @@ class RiclExampleSelector(BaseExampleSelector):
                    variables: Mapping[str, str] | None = None, save_on_add: bool = True, tokenizer: Any = None,
                    max_tokens: int | None = None, encoder: Any = None, **params: Any) -> "RiclExampleSelector":
         """Open a saved index; `params` configure the strategy (e.g. lambda_mult for mmr); `tokenizer` (a model name
-        or a tokenizer object, default retrieval_icl.models.DEFAULT_MODEL) counts `max_tokens`; `encoder` (an
+        or a tokenizer object, default retrieval_icl.lm.models.DEFAULT_MODEL) counts `max_tokens`; `encoder` (an
         Encoder) for an index whose manifest names a local encoder folder."""
         selector = DemoSelector.load(directory, strategy=strategy, tokenizer=tokenizer, encoder=encoder, **params)
         return cls(selector, k=k, label_key=label_key, variables=variables, save_on_add=save_on_add,

@@ -32,13 +32,13 @@ import numpy as np
 
 from .. import risk_control
 from ..errors import RiclError
-from ..kernel_surrogate import KernelSurrogate
+from ..retrieval.kernel_surrogate import KernelSurrogate
 from .arrays import nearest
 from .base import PoolTexts, Ranking, Selector
 from .checks import check_fraction, check_greater, check_order, check_positive_int
 
 if TYPE_CHECKING:
-    from ..index import DemoIndex
+    from ..retrieval.index import DemoIndex
 
 FIT_ON = ("kernel", "lm")  # what the thresholds are fitted to: the kernel's answers, or the LM's own
 BANDWIDTHS = np.geomspace(0.01, 10.0, 61)  # the grid the bandwidth is fitted on

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, AbstractSet, Iterable, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..index import DemoIndex
+    from ..retrieval.index import DemoIndex
 
 
 def nearest(index: "DemoIndex", embeddings: np.ndarray, k: int,

@@ -43,7 +43,7 @@ class BalancedSelector(Selector):
 
     def fit(self, index) -> "BalancedSelector":
         """Split the pool by label and fit one base selector per label; returns self."""
-        from ..index import DemoIndex
+        from ..retrieval.index import DemoIndex
 
         super().fit(index)
         examples = index.examples

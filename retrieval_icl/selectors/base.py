@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, Union
 
 import numpy as np
 
+from ..data.examples import Example
 from ..errors import RiclError
-from ..examples import Example
-from ..near_duplicates import NearDuplicates
+from ..retrieval.near_duplicates import NearDuplicates
 from .checks import ORDERS, check_fresh, check_k, check_positive_int
 
 if TYPE_CHECKING:
-    from ..index import DemoIndex
+    from ..retrieval.index import DemoIndex
 
 Query = Union[str, Example]
 Ranking = tuple[list[int], list[float]]  # demo ids and their cosines to the query, best first

@@ -1,0 +1,1 @@
+"""`ricl compare`: its config, inputs and indexes, plan -> score -> assemble, on Ray too."""

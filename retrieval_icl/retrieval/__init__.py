@@ -1,0 +1,1 @@
+"""Sentence encoders, the FAISS index of a pool, near-duplicates and the kernel surrogate."""

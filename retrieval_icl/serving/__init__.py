@@ -1,0 +1,1 @@
+"""The application API over a saved index: DemoSelector, token budgets, the HTTP service."""
