@@ -4,6 +4,7 @@ and tests that use public seams only."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,16 @@ def test_every_name_is_imported_from_the_module_that_defines_it():
         inside = path.is_relative_to(PACKAGE)
         found += imports_through_another_module(path, module_name(path) if inside else "tests.x")
     assert found == []
+
+
+def test_the_readme_module_table_matches_the_tree():
+    """Every module is named in README.md's Layout table (itself, or its folder's row) and every name there exists."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| module | responsibility | tests |"):]
+    table = table[:table.index("\n\n")]
+    named = {n for line in table.splitlines()[2:] for n in re.findall(r"`([\w/]+(?:\.py|/))`", line.split("|")[1])}
+    assert [n for n in named if not (PACKAGE / n).exists()] == []
+    folders = {n for n in named if n.endswith("/")}
+    modules = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               if p.name not in ("__init__.py", "__main__.py") and p.relative_to(PACKAGE).parts[0] != "task_configs"]
+    assert [m for m in modules if m not in named and not any(m.startswith(f) for f in folders)] == []
