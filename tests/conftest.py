@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from selector_pools import tiny_sst2, topic_index
 from shared_data import SHARED_DATA
 
 
@@ -89,3 +90,30 @@ def study(tmp_path):
     from handmade_results import study_dir
 
     return study_dir(tmp_path / "study")
+
+
+@pytest.fixture(scope="session")
+def pool_encoder(tmp_path_factory):
+    """The packaged sentence encoder with an embedding cache of this session's own (the selector tests' pools)."""
+    from retrieval_icl.retrieval.sentence_encoder import Encoder
+
+    return Encoder(cache_dir=tmp_path_factory.mktemp("emb"))
+
+
+@pytest.fixture(scope="session")
+def topics(pool_encoder):
+    """Nine sentences on three topics (selector_pools.TOPICS); label = topic number; topic_of maps id -> topic name."""
+    return topic_index(pool_encoder)
+
+
+@pytest.fixture(scope="session")
+def pool_and_queries(pool_encoder):
+    """(index, pool, queries): the 40 tiny SST-2 train lines as the pool, the 8 validation lines as queries."""
+    return tiny_sst2(pool_encoder)
+
+
+@pytest.fixture(scope="session")
+def sst2(pool_and_queries):
+    """(index, queries) of the tiny SST-2 pool."""
+    index, _, queries = pool_and_queries
+    return index, queries

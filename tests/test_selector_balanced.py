@@ -4,33 +4,20 @@ with too few examples, other selectors wrapped by name."""
 from collections import Counter
 
 import pytest
-from selector_pools import topic_index
 from standin import TINY_DATA
 
 from retrieval_icl.data.examples import Example
 from retrieval_icl.data.tasks import load_examples, load_task
 from retrieval_icl.errors import RiclError
 from retrieval_icl.retrieval.index import DemoIndex
-from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.balanced import BalancedSelector
 from retrieval_icl.selectors.base import make_selector
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    return Encoder(cache_dir=tmp_path_factory.mktemp("emb"))
-
-
-@pytest.fixture(scope="module")
-def topics(encoder):
-    """Nine sentences on three topics; label = topic number; topic_of maps id -> topic name."""
-    return topic_index(encoder)
-
-
 @pytest.mark.parametrize("k", [2, 3, 4, 5, 7])
-def test_balanced_gives_each_label_floor_or_ceil(k, encoder):
+def test_balanced_gives_each_label_floor_or_ceil(k, pool_encoder):
     pool = load_examples(load_task("agnews"), "train_sample", TINY_DATA)  # 5 headlines of each of 4 labels
-    index = DemoIndex(encoder).build(pool)
+    index = DemoIndex(pool_encoder).build(pool)
     labels = sorted({ex.label for ex in pool})
     for sel in BalancedSelector(base="knn").fit(index).select(["stocks rallied on strong earnings"], k):
         counts = Counter(index.example(i).label for i in sel.demo_ids)
@@ -50,10 +37,10 @@ def test_balanced_knn_takes_each_labels_nearest(topics):
     assert chosen.scores == sorted(chosen.scores, reverse=True)
 
 
-def test_balanced_moves_slots_from_a_small_label(encoder):
+def test_balanced_moves_slots_from_a_small_label(pool_encoder):
     pool = [Example(i, (t,), 0) for i, t in enumerate(["good", "great", "fine", "nice", "lovely"])]
     pool.append(Example(5, ("awful",), 1))
-    index = DemoIndex(encoder).build(pool)
+    index = DemoIndex(pool_encoder).build(pool)
     sel = BalancedSelector().fit(index).select(["a good film"], 4)[0]
     assert Counter(index.example(i).label for i in sel.demo_ids) == {0: 3, 1: 1}
     # the only label-1 example is the query itself: all slots go to label 0

@@ -7,7 +7,6 @@ import re
 
 import numpy as np
 import pytest
-from selector_pools import tiny_sst2
 
 from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
@@ -42,17 +41,6 @@ def fitted(name: str, index: DemoIndex, **params):
     return selector.use_lm(uniform_lm) if name == "mdl" else selector
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    return Encoder(cache_dir=tmp_path_factory.mktemp("emb"))
-
-
-@pytest.fixture(scope="module")
-def pool_and_queries(encoder):
-    """The 40 SST-2 train lines as the pool, the 8 validation lines as queries."""
-    return tiny_sst2(encoder)
-
-
 @pytest.mark.parametrize("name", sorted(SELECTORS))
 def test_query_in_pool_is_never_selected(pool_and_queries, name):
     index, pool, _ = pool_and_queries
@@ -80,9 +68,9 @@ def test_bad_requests_are_refused(pool_and_queries):
         KNNSelector().fit(index).select_embedded(["a film"], np.zeros((2, 384), np.float32), 2)
 
 
-def test_k_equal_to_pool_minus_query_works_and_one_more_fails(encoder):
+def test_k_equal_to_pool_minus_query_works_and_one_more_fails(pool_encoder):
     pool = [Example(i, (t,), i % 2) for i, t in enumerate(["good", "bad", "fine", "awful"])]
-    index = DemoIndex(encoder).build(pool)
+    index = DemoIndex(pool_encoder).build(pool)
     sel = KNNSelector().fit(index).select(["good"], 3)[0]
     assert sorted(sel.demo_ids) == [1, 2, 3]
     with pytest.raises(RiclError, match="without the query"):
@@ -92,10 +80,10 @@ def test_k_equal_to_pool_minus_query_works_and_one_more_fails(encoder):
 
 
 @pytest.mark.parametrize("name", sorted(SELECTORS))
-def test_k_larger_than_the_pool_without_the_query_has_one_message(pool_and_queries, encoder, name):
+def test_k_larger_than_the_pool_without_the_query_has_one_message(pool_and_queries, pool_encoder, name):
     _, pool, _ = pool_and_queries
     copy = Example(100, pool[0].texts, 1)  # a second example with the query's text
-    selector = fitted(name, DemoIndex(encoder).build(pool[:12] + [copy]))
+    selector = fitted(name, DemoIndex(pool_encoder).build(pool[:12] + [copy]))
     with pytest.raises(RiclError, match=re.escape("k=12 is larger than the pool without the query (11 examples)")):
         selector.select([pool[0].text], 12)
     with pytest.raises(RiclError, match=re.escape("k=14 is larger than the pool without the query (13 examples)")):
@@ -105,9 +93,9 @@ def test_k_larger_than_the_pool_without_the_query_has_one_message(pool_and_queri
 
 
 @pytest.mark.parametrize("name", sorted(SELECTORS))
-def test_a_grown_pool_needs_a_new_fit_where_fit_computed_state(pool_and_queries, encoder, name):
+def test_a_grown_pool_needs_a_new_fit_where_fit_computed_state(pool_and_queries, pool_encoder, name):
     _, pool, _ = pool_and_queries
-    index = DemoIndex(encoder).build(pool[:12])
+    index = DemoIndex(pool_encoder).build(pool[:12])
     selector = fitted(name, index)
     index.add([pool[12]])
     assert SELECTORS[name].fits_state == (name in FITS_STATE)

@@ -3,24 +3,11 @@ seeding per query, cosines as scores."""
 
 import numpy as np
 import pytest
-from selector_pools import tiny_sst2
 
 from retrieval_icl.errors import RiclError
-from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.band import SimilarityBandSelector
 from retrieval_icl.selectors.knn import KNNSelector
 from retrieval_icl.selectors.random import RandomSelector
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    return Encoder(cache_dir=tmp_path_factory.mktemp("emb"))
-
-
-@pytest.fixture(scope="module")
-def pool_and_queries(encoder):
-    """The 40 SST-2 train lines as the pool, the 8 validation lines as queries."""
-    return tiny_sst2(encoder)
 
 
 def brute_force(index, pool, texts, k):

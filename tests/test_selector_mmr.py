@@ -3,30 +3,10 @@ small pool. mmr_order itself is tested in test_selector_arrays.py."""
 
 import numpy as np
 import pytest
-from selector_pools import tiny_sst2, topic_index
 
 from retrieval_icl.errors import RiclError
-from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.knn import KNNSelector
 from retrieval_icl.selectors.mmr import MMRSelector
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    return Encoder(cache_dir=tmp_path_factory.mktemp("emb"))
-
-
-@pytest.fixture(scope="module")
-def topics(encoder):
-    """Nine sentences on three topics; label = topic number; topic_of maps id -> topic name."""
-    return topic_index(encoder)
-
-
-@pytest.fixture(scope="module")
-def sst2(encoder):
-    """The 40 tiny SST-2 train lines as the pool, the 8 validation lines as queries."""
-    index, _, queries = tiny_sst2(encoder)
-    return index, queries
 
 
 def test_mmr_with_lambda_one_equals_knn(sst2):

@@ -5,24 +5,11 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from selector_pools import topic_index
 
 from retrieval_icl.data.examples import Example
 from retrieval_icl.errors import RiclError
 from retrieval_icl.retrieval.index import DemoIndex
-from retrieval_icl.retrieval.sentence_encoder import Encoder
 from retrieval_icl.selectors.representative import KMeansSelector, VoteKSelector
-
-
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    return Encoder(cache_dir=tmp_path_factory.mktemp("emb"))
-
-
-@pytest.fixture(scope="module")
-def topics(encoder):
-    """Nine sentences on three topics; label = topic number; topic_of maps id -> topic name."""
-    return topic_index(encoder)
 
 
 def clustered(encoder, sizes, seed=0, spread=0.02):
@@ -37,8 +24,8 @@ def clustered(encoder, sizes, seed=0, spread=0.02):
     return DemoIndex(encoder).build(pool, embeddings=x), x.astype(np.float32), cluster
 
 
-def test_kmeans_picks_the_medoid_of_each_cluster(encoder):
-    index, x, cluster = clustered(encoder, sizes=[7, 5, 4])
+def test_kmeans_picks_the_medoid_of_each_cluster(pool_encoder):
+    index, x, cluster = clustered(pool_encoder, sizes=[7, 5, 4])
     medoids = []
     for c in range(3):
         rows = np.flatnonzero(cluster == c)
@@ -51,8 +38,8 @@ def test_kmeans_picks_the_medoid_of_each_cluster(encoder):
     assert KMeansSelector().uses_seed
 
 
-def test_representatives_skip_the_query_text(encoder):
-    index, _, _ = clustered(encoder, sizes=[6, 6])
+def test_representatives_skip_the_query_text(pool_encoder):
+    index, _, _ = clustered(pool_encoder, sizes=[6, 6])
     for selector in (KMeansSelector(), VoteKSelector(n_neighbors=3)):
         reps = selector.fit(index).representatives(3)
         query = index.example(reps[0]).text
@@ -82,16 +69,16 @@ def exact_votes(x, n_neighbors, rho, picked):
             for u in range(len(x))]
 
 
-def test_votek_is_a_valid_greedy_sequence(encoder):
-    index, x, _ = clustered(encoder, sizes=[8, 6, 5, 3], seed=3, spread=0.05)
+def test_votek_is_a_valid_greedy_sequence(pool_encoder):
+    index, x, _ = clustered(pool_encoder, sizes=[8, 6, 5, 3], seed=3, spread=0.05)
     picks = VoteKSelector(n_neighbors=4).fit(index).representatives(6)
     for step, pick in enumerate(picks):
         votes = exact_votes(x, 4, 10, picks[:step])
         assert votes[pick] == max(v for u, v in enumerate(votes) if u not in picks[:step])  # ties allowed
 
 
-def test_votek_covers_every_cluster(encoder):
-    index, _, cluster = clustered(encoder, sizes=[9, 6, 4], seed=1)
+def test_votek_covers_every_cluster(pool_encoder):
+    index, _, cluster = clustered(pool_encoder, sizes=[9, 6, 4], seed=1)
     picks = VoteKSelector(n_neighbors=3).fit(index).representatives(3)
     assert sorted(cluster[picks]) == [0, 1, 2]
     assert cluster[picks[0]] == 0  # the densest cluster gets most votes
