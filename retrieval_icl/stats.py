@@ -9,6 +9,8 @@ import numpy as np
 from scipy.stats import binomtest
 from scipy.stats import t as student_t
 
+DEFAULT_MARGIN = 0.03  # the equivalence / non-inferiority margin in accuracy when a config declares none
+
 
 def bootstrap_ci(correct: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000,
                  seed: int = 0) -> tuple[float, float]:

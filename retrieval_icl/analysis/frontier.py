@@ -19,10 +19,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import RiclError
-from ..experiment.compare_config import DEFAULT_MARGIN
 from ..record import RunRecord
 from ..results_dir import Results, write_csv
-from ..stats import holm, non_inferiority, paired_bootstrap_ci, resolvable_margin, tost
+from ..stats import DEFAULT_MARGIN, holm, non_inferiority, paired_bootstrap_ci, resolvable_margin, tost
 from .distribution import paired
 from .report import Section, new_figure, save_analysis, save_figure
 from .votes import most_common, rate

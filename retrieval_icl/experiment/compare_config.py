@@ -13,9 +13,8 @@ from ..lm.models import DEFAULT_MODEL
 from ..retrieval.encoders import check_encoder_backend
 from ..retrieval.sentence_encoder import DEFAULT_ENCODER
 from ..selectors.base import make_selector
+from ..stats import DEFAULT_MARGIN
 from ..yaml_config import read_yaml, validation_message
-
-DEFAULT_MARGIN = 0.03  # the equivalence / non-inferiority margin in accuracy when a config declares none
 
 
 class SelectorConfig(BaseModel):
