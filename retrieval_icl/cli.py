@@ -15,6 +15,7 @@ from .analysis.cli import analyze_app, report
 from .cli_errors import friendly_errors
 from .errors import RiclError
 from .lm.models import DEFAULT_MODEL
+from .yaml_config import key_values
 
 app = typer.Typer(help="Demonstration retrieval for in-context learning.", no_args_is_help=True,
                   pretty_exceptions_enable=False)
@@ -140,15 +141,23 @@ def index_fit(
     param: Optional[list[str]] = typer.Option(None, "--param", help="A selector parameter as KEY=VALUE, e.g. "
                                               "tolerance=0.02 (repeatable)."),
     encoder: Optional[str] = typer.Option(None, help="The index's encoder when its manifest names a local folder."),
+    calibration: Optional[Path] = typer.Option(None, help="Your own labelled queries (JSONL, CSV or Parquet, in the "
+                                               "index's fields) to calibrate adaptive on instead of a pool draw."),
+    label_field: Optional[str] = typer.Option(None, help="With --calibration: its label column; default: the "
+                                              "index's task's, else label."),
 ) -> None:
-    """Fit a selector on queries drawn from the index's own pool and save the fit with the index."""
-    from .experiment.plan import with_index_lm
+    """Fit a selector on queries drawn from the index's own pool (or your own) and save the fit with the index."""
+    from .experiment.plan import index_queries, with_index_lm
     from .retrieval.index import DemoIndex
     from .selectors.base import make_selector
 
     demo_index = DemoIndex.load(directory, encoder=_index_encoder(directory, encoder))
-    fitted = with_index_lm(make_selector(selector, **_key_values(param or [])), demo_index, model).fit(demo_index)
-    report = fitted.fit_report()
+    chosen = make_selector(selector, **key_values(param or []))
+    if calibration is not None:  # read before the LM loads: a bad file fails fast
+        if not hasattr(chosen, "use_calibration"):
+            raise RiclError(f"--calibration is for adaptive; selector {selector!r} calibrates nothing")
+        chosen.use_calibration(index_queries(demo_index, calibration, label_field))
+    report = with_index_lm(chosen, demo_index, model).fit(demo_index).fit_report()
     if report is None:
         raise RiclError(f"selector {selector!r} fits nothing worth saving; `ricl index fit` is for adaptive")
     demo_index.save(directory)
@@ -188,7 +197,7 @@ def select(
     from .serving.demo_selector import DemoSelector
 
     # The application API, as `ricl serve` uses it, so a budget is kept exactly as over HTTP and in Python.
-    params = {"seed": seed} | ({"order": order} if order else {}) | _key_values(param or [])
+    params = {"seed": seed} | ({"order": order} if order else {}) | key_values(param or [])
     demos = DemoSelector.load(index, strategy=selector, use_cache=True, tokenizer=tokenizer,
                               encoder=_index_encoder(index, encoder), **params)
     from transformers.utils import logging as hf_logging  # imported once the index is known good: errors stay fast
@@ -203,22 +212,6 @@ def select(
     console.print(table)
     if max_tokens is not None:
         console.print(f"prompt tokens: {demos.prompt_tokens(query, chosen)} of {max_tokens}")
-
-
-def _key_values(items: list[str]) -> dict:
-    """KEY=VALUE strings as a dict, each value parsed as YAML (numbers, booleans, lists)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise RiclError(f"--param {item!r}: expected KEY=VALUE, e.g. lambda_mult=0.3")
-        try:
-            out[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise RiclError(f"--param {item!r}: the value is not valid YAML") from None
-    return out
 
 
 @app.command("compare")

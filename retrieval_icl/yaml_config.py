@@ -1,4 +1,5 @@
-"""Config files: YAML read with a safe loader (never executed), `include:` of a base file, one-line errors.
+"""Config files: YAML read with a safe loader (never executed), `include:` of a base file, one-line errors; the
+CLI's `--param KEY=VALUE` values are read by the same safe loader.
 
 Also the checks every file reader shares (tasks.py's JSONL/CSV readers use them): files are UTF-8, a UTF-8
 byte-order mark is accepted and dropped, and a missing path, a directory, UTF-16 or undecodable bytes end in a
@@ -16,6 +17,20 @@ from pydantic import ValidationError
 from .errors import RiclError
 
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def key_values(items: list[str]) -> dict:
+    """`--param` KEY=VALUE strings as a dict, each value parsed as YAML (numbers, booleans, lists)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RiclError(f"--param {item!r}: expected KEY=VALUE, e.g. lambda_mult=0.3")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise RiclError(f"--param {item!r}: the value is not valid YAML") from None
+    return out
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -234,3 +234,27 @@ def test_index_fit_fits_adaptive_to_the_named_lm_and_select_reuses_it_without_on
                   "--param", "n_fit=2", "a witty film")
     assert chosen.exit_code == 0, chosen.output
     assert len([line for line in chosen.output.splitlines() if line.startswith("│")]) == 2
+
+
+def test_index_fit_calibrates_adaptive_on_the_users_own_queries(small_index, tmp_path):
+    import shutil
+
+    index = shutil.copytree(small_index, tmp_path / "index")
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text(json.dumps({"review": "was it any good?", "sentiment": "pos"}) + "\n"
+                    + json.dumps({"review": "why so boring?", "sentiment": "neg"}) + "\n")
+    args = ("index", "fit", index, "-k", "2", "--model", "smollm2-135m", "--param", "fit_depth=2",
+            "--calibration", mine)
+    fitted = ricl(*args, "--label-field", "sentiment")
+    assert fitted.exit_code == 0, fitted.output
+    fit = json.loads((index / "manifest.json").read_text())["fits"]["adaptive"]
+    assert fit["n_fit_queries"] == 2 and fit["settings"]["calibration"].startswith("2 queries, fingerprint ")
+    assert fit["n_shape_queries"] == 5  # the whole pool shapes the candidates; none of it calibrates
+    before = (index / "manifest.json").read_bytes()
+    assert_one_line_error(ricl(*args), r"mine\.jsonl:1: no column 'label'")  # the label is in `sentiment`, not `label`
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"review": "was it good?", "sentiment": "great"}) + "\n")
+    assert_one_line_error(ricl(*args[:-1], tmp_path / "bad.jsonl", "--label-field", "sentiment"),
+                          r"bad\.jsonl:1.*great")
+    assert_one_line_error(ricl("index", "fit", index, "--selector", "knn", "--calibration", mine),
+                          r"--calibration is for adaptive")
+    assert (index / "manifest.json").read_bytes() == before  # refused fits write nothing

@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 from standin import TINY_DATA, VoteScorer, tiny_tokenizer
 
+from retrieval_icl.data.examples import fingerprint
 from retrieval_icl.experiment.assemble import Run, summarise
 from retrieval_icl.experiment.compare import build_indexes, prepare_inputs, run_compare
 from retrieval_icl.experiment.compare_config import CompareConfig, PoolConfig, SelectorConfig
@@ -194,3 +195,27 @@ def test_adaptive_fitted_to_the_lm_gets_the_runs_scorer(tmp_path, tokenizer):
     assert list(fit["thresholds"]) == ["1", "2", "4"]
     assert scorer.score_calls[0] == 10 * 3  # the fit: ten pool queries at 1, 2 and 4 demonstrations, one call
     assert all(1 <= len(r["demo_ids"]) <= 4 for r in read_records(out))
+
+
+def test_adaptive_cross_fitted_calibrates_each_fold_on_the_other_queries_only(tmp_path, tokenizer):
+    scorer = VoteScorer(tokenizer)
+    params = {"fit_on": "lm", "n_fit": 10, "fit_depth": 4}
+    selectors = [SelectorConfig(name="adaptive", k=4, params=params, calibration_folds=2, label="cross"),
+                 SelectorConfig(name="adaptive", k=4, params=params, label="pool")]
+    cfg = config(tmp_path, selectors=selectors, capture_attention=False)
+    _, _, out = run_compare(cfg, scorer=scorer)
+    fits = json.loads((out / "run_info.json").read_text())["selector_fits"]
+    queries = {q.id: q for q in prepare_inputs(cfg).queries}
+    folds = fits["cross-seed0"]["folds"]
+    assert fits["cross-seed0"]["calibration_folds"] == 2 and [f["fold"] for f in folds] == [0, 1]
+    assert sorted(i for f in folds for i in f["query_ids"]) == sorted(queries) and all(f["query_ids"] for f in folds)
+    for f in folds:  # calibrated on exactly the queries of the other fold
+        others = [q for i, q in queries.items() if i not in f["query_ids"]]
+        assert f["settings"]["calibration"] == f"{len(others)} queries, fingerprint {fingerprint(others)}"
+        assert f["n_fit_queries"] == len(others)
+    assert scorer.score_calls[:3] == [4 * 3, 4 * 3, 10 * 3]  # each fold's 4 others at 1, 2, 4 demos; then the pool's
+    assert "calibration" not in fits["pool-seed0"]["settings"] and fits["pool-seed0"]["n_fit_queries"] == 10
+    records = read_records(out)
+    assert sorted(r["query_id"] for r in records if r["selector"] == "cross") == sorted(queries)
+    with pytest.raises(ValueError, match="calibration_folds is for a selector that calibrates"):
+        config(tmp_path, selectors=[SelectorConfig(name="knn", calibration_folds=2)])

@@ -269,3 +269,68 @@ def test_fit_queries_see_no_near_duplicate_neighbours(tmp_path):
             assert not any(is_near_duplicate(text, index.example(int(i)).text) for i in row)
     plain_near = [index.search(index.embeddings([i]), 2)[1][0][1] for i in range(0, 120, 3)]
     assert all(is_near_duplicate(texts[3 * j], texts[int(i)]) for j, i in enumerate(plain_near))  # the control
+
+
+WORDS = {0: "striker goal match keeper league coach winger penalty stadium referee fans trophy season final pitch "
+            "captain derby transfer".split(),
+         1: "flour sugar oven butter recipe dough whisk bake pastry cream batter kitchen vanilla icing cake "
+            "yeast crust dessert".split()}
+
+
+def topic_texts(n: int, rng: np.random.Generator, ending: str = "") -> list[tuple[str, int]]:
+    """n texts of six random words of one topic each (label = topic), alternating topics."""
+    return [(" ".join(rng.choice(WORDS[i % 2], 6, replace=False)) + ending, i % 2) for i in range(n)]
+
+
+class QuestionsNeedEight:
+    """An LM stand-in that answers the majority label of its demonstrations, but for a question (a text ending in
+    "?") only with all 8 of them; with fewer it answers the other label."""
+
+    def __init__(self, index: DemoIndex) -> None:
+        self.index = index
+
+    def __call__(self, texts, demo_ids):
+        rows = []
+        for text, ids in zip(texts, demo_ids):
+            majority = int(np.mean([self.index.example(i).label for i in ids]) >= 0.5)
+            rows.append(np.eye(2)[majority if len(ids) >= (8 if text.endswith("?") else 1) else 1 - majority])
+        return np.array(rows)
+
+
+def drop_on(selector: AdaptiveSelector, lm: QuestionsNeedEight, queries: list[Example]) -> float:
+    """Accuracy of the LM with each query's 8 nearest minus with the selector's choice."""
+    gold = np.array([q.label for q in queries])
+    chosen = [s.demo_ids for s in selector.select(queries, 8)]
+    full = [s.demo_ids for s in make_selector("knn").fit(selector.index_).select(queries, 8)]
+    texts = [q.text for q in queries]
+    return float((lm(texts, full).argmax(1) == gold).mean() - (lm(texts, chosen).argmax(1) == gold).mean())
+
+
+def test_calibrated_on_queries_drawn_like_the_queries_it_keeps_what_a_pool_draw_cuts(pool_encoder):
+    """The pool holds statements, the queries are questions, and the LM needs all 8 demonstrations only for a
+    question: a fit calibrated on the pool cuts demonstrations the questions need; one calibrated on questions not."""
+    rng = np.random.default_rng(11)
+    pool = [Example(i, (t,), y) for i, (t, y) in enumerate(topic_texts(400, rng))]
+    index = DemoIndex(pool_encoder).build(pool, label_names=["sport", "baking"])
+    questions = [Example(1000 + i, (t,), y) for i, (t, y) in enumerate(topic_texts(160, rng, "?"))]
+    calibration, held_out = questions[:80], questions[80:]
+    settings = dict(n_fit=100, n_shape=200, fit_depth=8, tolerance=0.05, alpha=0.1)
+    lm = QuestionsNeedEight(index)
+    from_pool = AdaptiveSelector(**settings).use_lm(lm, model="q8").fit(index)
+    assert from_pool.fitted_["fit_accuracy"]["8"]["mean_count"] < 4  # on statements few demonstrations suffice
+    assert drop_on(from_pool, lm, held_out) > 0.3  # and on questions that loses
+    calibrated = AdaptiveSelector(**settings).use_lm(lm, model="q8").use_calibration(calibration).fit(index)
+    assert calibrated.fitted_ is not from_pool.fitted_ and calibrated.fitted_["n_fit_queries"] == 80
+    assert all(t > 1 for t in calibrated.thresholds_for(8).values())  # never fewer than 8
+    assert drop_on(calibrated, lm, held_out) == 0
+    assert calibrated.fit_report()["settings"]["calibration"].startswith("80 queries, fingerprint ")
+    served = AdaptiveSelector(**settings).fit(index)  # no LM, no calibration: the saved (calibrated) fit serves
+    assert served.fitted_ is calibrated.fitted_
+
+
+def test_calibration_queries_with_a_label_the_pool_lacks_get_a_clear_error(clusters):
+    selector = AdaptiveSelector(n_fit=20, fit_depth=4).use_lm(FewShotLM(clusters, needs=1), model="a")
+    with pytest.raises(RiclError, match=r"calibration query 7 has label 2; expected a label id in 0\.\.1"):
+        selector.use_calibration([Example(7, ("a question",), 2)]).fit(clusters)
+    with pytest.raises(RiclError, match="calibration queries are empty"):
+        selector.use_calibration([])

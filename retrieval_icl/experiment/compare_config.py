@@ -28,6 +28,9 @@ class SelectorConfig(BaseModel):
     k: int | None = Field(None, gt=0)  # its own k (adaptive: the most it may show), instead of the config's k sweep
     max_tokens: int | None = Field(None, gt=0)  # a budget: its most relevant demonstrations that fit N prompt tokens
     exclude_near_duplicates: bool = False  # never show a query a pool phrase holding it, inside it, or most like it
+    # adaptive: calibrate on the run's own queries, cross-fitted: the queries split into this many folds by the seed,
+    # each fold's demonstrations chosen by a fit calibrated on the other folds (for a pool not drawn like the queries)
+    calibration_folds: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")
     def _near_duplicates_in_params(self) -> "SelectorConfig":
@@ -113,7 +116,10 @@ class CompareConfig(BaseModel):
         if len(set(labels)) != len(labels):
             raise ValueError(f"selector labels must be unique, got {labels}; give each a `label`")
         for sel in self.selectors:
-            make_selector(sel.name, **sel.params)  # an unknown name or parameter fails here, before any work
+            probe = make_selector(sel.name, **sel.params)  # an unknown name or parameter fails here, before any work
+            if sel.calibration_folds and not hasattr(probe, "use_calibration"):
+                raise ValueError(f"selector {sel.run_label!r}: calibration_folds is for a selector that calibrates "
+                                 "(adaptive)")
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique, got {names}")

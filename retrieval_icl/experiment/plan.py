@@ -8,11 +8,14 @@ here; only the scorer's tokenizer and context length are read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..data.examples import Example
+from ..data.tasks import TaskSpec, read_examples_file
+from ..errors import RiclError
 from ..lm.prompts import Prompt, PromptBuilder
 from ..lm.scoring import Scorer, ScoreRequest, log_normalise
 from ..retrieval.index import DemoIndex
@@ -101,8 +104,11 @@ def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, 
             if selector.uses_lm:  # mdl scores candidates, adaptive(fit_on=lm) fits to the LM's answers
                 selector.use_lm(lm_label_probs(builders[0], continuations[0], scorer, by_encoder[encoder]),
                                 model=config.model)
-            selector.fit(by_encoder[encoder])
-            selections, fit = selector.select(inputs.queries, k), selector.fit_report()
+            if sel.calibration_folds:
+                selections, fit = cross_fitted(selector, by_encoder[encoder], inputs.queries, k, sel.calibration_folds)
+            else:
+                selector.fit(by_encoder[encoder])
+                selections, fit = selector.select(inputs.queries, k), selector.fit_report()
             for builder, conts in zip(builders, continuations):
                 name = run_name(config, sel.run_label, seed, k, builder.label_format, pool.config.name)
                 run_id = RunId(sel.run_label, seed, k, builder.label_format, pool.config.name, name)
@@ -110,6 +116,26 @@ def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, 
                 plans.append(fill_prompts(plan, config, inputs, by_encoder[config.encoder], query_vectors, builder,
                                           sel.max_tokens))
     return plans
+
+
+def cross_fitted(selector: Selector, index: DemoIndex, queries: Sequence[Example], k: int,
+                 folds: int) -> tuple[list[Selection], dict]:
+    """Selections for the queries, each fold's made by the selector calibrated on the other folds' queries only (the
+    folds drawn with the selector's seed), and the folds' fit reports. A fold's fit never stays in the index, so
+    neither another fold nor another run reuses it."""
+    if len(queries) < folds:
+        raise RiclError(f"calibration_folds={folds} needs at least {folds} queries, got {len(queries)}")
+    fold_of = np.random.default_rng(selector.seed).permutation(len(queries)) % folds
+    selections: list[Selection | None] = [None] * len(queries)
+    reports, fits = [], dict(index.fits)
+    for fold in range(folds):
+        inside, outside = np.flatnonzero(fold_of == fold), np.flatnonzero(fold_of != fold)
+        selector.use_calibration([queries[i] for i in outside]).fit(index)
+        for i, selection in zip(inside, selector.select([queries[i] for i in inside], k)):
+            selections[i] = selection
+        reports.append({"fold": fold, "query_ids": [queries[i].id for i in inside], **selector.fit_report()})
+        index.fits = dict(fits)
+    return selections, {"calibration_folds": folds, "folds": reports}
 
 
 def lm_label_probs(builder: PromptBuilder, continuations: list[list[int]], scorer: Scorer,
@@ -139,12 +165,24 @@ def with_index_lm(selector: Selector, index: DemoIndex, model: str | None) -> Se
 def index_label_probs(index: DemoIndex, scorer: Scorer) -> LabelProbs:
     """Label probabilities under `scorer` of prompts rendered as `ricl compare` renders them for the index's own task
     (default label format), for a fit that asks the LM outside a comparison (`ricl index fit --model`)."""
-    m = index.manifest
-    task = index_task(m.task, index_text_fields(index), m.label_names, max(ex.label for ex in index.examples) + 1)
+    task = own_task(index)
     builder = PromptBuilder(task, "default", scorer.tokenizer, context_length=scorer.context_length)
     continuations = scorer.label_continuations(builder.label_words, task.template.label_prefix)
     builder.check_label_tokens(continuations)
     return lm_label_probs(builder, continuations, scorer, index)
+
+
+def index_queries(index: DemoIndex, path: Path, label_field: str | None = None) -> list[Example]:
+    """A user's own labelled queries from a JSONL/CSV/Parquet file in the text fields of the index's task, the label
+    in `label_field` (default: the task's)."""
+    task = own_task(index)
+    return read_examples_file(path, task.model_copy(update={"label_field": label_field}) if label_field else task)
+
+
+def own_task(index: DemoIndex) -> TaskSpec:
+    """The task that renders the index's examples (`index_task` on its manifest)."""
+    m = index.manifest
+    return index_task(m.task, index_text_fields(index), m.label_names, max(ex.label for ex in index.examples) + 1)
 
 
 def label_tokens(builder: PromptBuilder, inputs: Inputs, scorer: Scorer) -> list[list[int]]:

@@ -10,7 +10,10 @@ when they disagree or sit far, every one of them counts. So, per query:
 3. the smallest level m in 1, 2, 4, ... < k whose threshold c passes (thresholds fall as m grows); else k.
 
 `fit(index)` draws two disjoint sets of queries from the pool itself, never evaluation queries: whole texts only (not
-a phrase another pool text holds), each without its own text and its near-duplicates. On the `n_shape` shape
+a phrase another pool text holds), each without its own text and its near-duplicates. `use_calibration(queries)`
+replaces the pool's calibration draw with labelled queries drawn like the ones to come (a user's own, or in
+`ricl compare` with `calibration_folds` the run's other queries), for when the pool is not drawn like them (TREC's
+test questions are not drawn like its train pool). On the `n_shape` shape
 queries the bandwidth is fitted (kernel leave-one-out likelihood) and candidate threshold sets are made (per-level
 fits at growing loss budgets, safest first, one chain per lowest level allowed). On the `n_fit` calibration queries,
 Learn-then-Test (`risk_control`) keeps the cheapest candidate whose accuracy drop against all k is shown to be below
@@ -26,11 +29,12 @@ fit with the same settings on the same pool reuses it, and without an LM a saved
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from .. import risk_control
+from ..data.examples import Example, fingerprint
 from ..errors import RiclError
 from ..retrieval.kernel_surrogate import KernelSurrogate
 from .arrays import nearest
@@ -77,10 +81,21 @@ class AdaptiveSelector(Selector):
         # the LM answers every calibration query at each level up to the depth: 8 keeps that to 4 prompts a query
         self.fit_depth = check_positive_int("fit_depth", fit_depth or (LM_DEPTH if fit_on == "lm" else KERNEL_DEPTH))
         self.thresholds = None if thresholds is None else checked_thresholds(thresholds)
+        self.calibration: list[Example] = []  # labelled queries to calibrate on instead of a pool draw
+
+    def use_calibration(self, queries: Sequence[Example]) -> "AdaptiveSelector":
+        """Calibrate on these labelled queries (drawn like the queries to come) instead of a draw from the pool; the
+        shape queries still come from the pool. Returns self."""
+        if not queries:
+            raise RiclError("adaptive's calibration queries are empty; give at least one labelled query")
+        self.calibration = list(queries)
+        return self
 
     def settings(self) -> dict[str, Any]:
         """The parameters a saved fit depends on."""
         lm = {"lm": self.lm_name} if self.uses_lm else {}
+        if self.calibration:
+            lm["calibration"] = f"{len(self.calibration)} queries, fingerprint {fingerprint(self.calibration)}"
         return {"bandwidth": self.bandwidth, "prior": self.prior, "tolerance": self.tolerance, "alpha": self.alpha,
                 "n_fit": self.n_fit, "n_shape": self.n_shape, "fit_depth": self.fit_depth, "fit_on": self.fit_on,
                 "seed": self.seed, **lm}
@@ -104,9 +119,11 @@ class AdaptiveSelector(Selector):
         return self
 
     def reusable(self, saved: dict[str, Any], fingerprint: str) -> bool:
-        """True when a saved fit was made on this pool with these settings; without an LM attached, an LM fit made
-        with any LM (it names which)."""
-        ignored = {"lm"} if self.uses_lm and self.label_probs is None else set()
+        """True when a saved fit was made on this pool with these settings. A selector with no LM attached only uses a
+        saved fit (a service): it takes an LM fit made with any LM and a fit calibrated on any queries (the saved fit
+        names which)."""
+        consumer = self.label_probs is None and not self.calibration
+        ignored = ({"calibration"} | ({"lm"} if self.uses_lm else set())) if consumer else set()
         saved_settings, settings = ({key: v for key, v in d.items() if key not in ignored}
                                     for d in (saved["settings"], self.settings()))
         return saved["fingerprint"] == fingerprint and saved_settings == settings
@@ -252,10 +269,10 @@ class Neighbourhoods:
 
 def fit_rows(selector: AdaptiveSelector, pool: PoolTexts) -> tuple[np.ndarray, np.ndarray]:
     """Pool rows drawn with the seed among the whole texts: the shape queries and the calibration queries,
-    disjoint (calibration first, at most half of them)."""
-    drawn = whole_rows(pool, np.random.default_rng(selector.seed).permutation(len(pool)),
-                       selector.n_fit + selector.n_shape)
-    n_calibration = min(selector.n_fit, len(drawn) // 2)
+    disjoint (calibration first, at most half of them; none when the selector was given its calibration queries)."""
+    wanted = 0 if selector.calibration else selector.n_fit
+    drawn = whole_rows(pool, np.random.default_rng(selector.seed).permutation(len(pool)), wanted + selector.n_shape)
+    n_calibration = min(wanted, len(drawn) // 2)
     return drawn[n_calibration:], drawn[:n_calibration]
 
 
@@ -272,36 +289,53 @@ def whole_rows(pool: PoolTexts, rows: np.ndarray, wanted: int) -> np.ndarray:
 
 
 def neighbourhoods(selector: AdaptiveSelector, index: "DemoIndex") -> tuple[Neighbourhoods, Neighbourhoods]:
-    """The shape and calibration queries and their nearest other pool examples, near-duplicates of the query left
-    out (a pool of sub- and super-phrases would otherwise show fit queries neighbours real queries never see).
+    """The shape and calibration queries and their nearest other pool examples, near-duplicates of a pool-drawn query
+    left out (a pool of sub- and super-phrases would otherwise show fit queries neighbours real queries never see).
     Depth is fit_depth, or less where a query's pool without them is smaller; rows an approximate index answers
     with fewer neighbours are left out."""
     pool = selector.pool_
     shape_rows, calibration_rows = fit_rows(selector, pool)
-    if len(calibration_rows) == 0 or len(shape_rows) == 0:
+    if (len(calibration_rows) == 0 and not selector.calibration) or len(shape_rows) == 0:
         raise RiclError(f"adaptive needs a pool of at least 2 examples to fit on (shape and calibration queries), "
                         f"got {len(pool)}")
-    excluded = {int(r): pool.excluded_ids(pool.texts[r], near_duplicates=True)
-                for r in np.r_[shape_rows, calibration_rows]}
-    depth = min([selector.fit_depth] + [len(pool) - len(x) for x in excluded.values()])
-    if depth < 1:
-        raise RiclError(f"adaptive needs a pool where each query has another example to fit on; got {len(pool)}")
     label_of = {int(ex.id): ex.label for ex in index.examples}
     names = index.manifest.label_names
     n_labels = max(len(names) if names else 0, max(label_of.values()) + 1, 2)
-    return tuple(neighbours_of(index, pool, rows, [excluded[int(r)] for r in rows], depth, label_of, n_labels)
-                 for rows in (shape_rows, calibration_rows))
+    shape = (pool.texts[shape_rows].tolist(), index.embeddings(pool.ids[shape_rows]),
+             [label_of[int(i)] for i in pool.ids[shape_rows]])
+    if selector.calibration:
+        gold, texts = checked_labels(selector.calibration, n_labels), [q.text for q in selector.calibration]
+        calibration = (texts, index.encoder.encode(texts), gold)
+    else:
+        calibration = (pool.texts[calibration_rows].tolist(), index.embeddings(pool.ids[calibration_rows]),
+                       [label_of[int(i)] for i in pool.ids[calibration_rows]])
+    # Given queries are calibrated on what they would be shown (the selector's own near-duplicate setting).
+    excluded = [[pool.excluded_ids(t, near_duplicates=True if drawn else None) for t in part[0]]
+                for part, drawn in ((shape, True), (calibration, not selector.calibration))]
+    depth = min([selector.fit_depth] + [len(pool) - len(x) for part in excluded for x in part])
+    if depth < 1:
+        raise RiclError(f"adaptive needs a pool where each query has another example to fit on; got {len(pool)}")
+    return tuple(neighbours_of(index, *part, ex, depth, label_of, n_labels)
+                 for part, ex in zip((shape, calibration), excluded))
 
 
-def neighbours_of(index: "DemoIndex", pool: PoolTexts, rows: np.ndarray, excluded: list[set[int]], depth: int,
-                  label_of: dict[int, int], n_labels: int) -> Neighbourhoods:
-    """The depth nearest pool examples of each row's text but its excluded ids."""
-    found_ids, cosines = nearest(index, index.embeddings(pool.ids[rows]), depth, excluded)  # (n, depth) each
+def checked_labels(queries: Sequence[Example], n_labels: int) -> list[int]:
+    """The calibration queries' labels, each one of the pool's label ids."""
+    for q in queries:
+        if not 0 <= q.label < n_labels:
+            raise RiclError(f"adaptive's calibration query {q.id} has label {q.label}; expected a label id in "
+                            f"0..{n_labels - 1}, as the pool's")
+    return [q.label for q in queries]
+
+
+def neighbours_of(index: "DemoIndex", texts: list[str], vectors: np.ndarray, gold: list[int],
+                  excluded: list[set[int]], depth: int, label_of: dict[int, int], n_labels: int) -> Neighbourhoods:
+    """The depth nearest pool examples of each query (text, unit vector (n, d), label) but its excluded ids."""
+    found_ids, cosines = nearest(index, vectors, depth, excluded)  # (n, depth) each
     full = (found_ids >= 0).all(axis=1)  # an approximate index (IVF, HNSW) may find fewer; those rows are left out
     labels = np.array([[label_of[int(i)] for i in row] for row in found_ids[full]], dtype=np.int64).reshape(-1, depth)
-    gold = np.array([label_of[int(i)] for i in pool.ids[rows][full]], dtype=np.int64)
-    return Neighbourhoods(pool.texts[rows][full].tolist(), found_ids[full], cosines[full].astype(np.float64), labels,
-                          gold, n_labels)
+    return Neighbourhoods([t for t, keep in zip(texts, full) if keep], found_ids[full],
+                          cosines[full].astype(np.float64), labels, np.asarray(gold, dtype=np.int64)[full], n_labels)
 
 
 def fit_bandwidth(cosines: np.ndarray, labels: np.ndarray, gold: np.ndarray, n_labels: int, prior: float) -> float:
