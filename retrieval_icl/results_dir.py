@@ -284,6 +284,18 @@ class Results:
             specs[label] = {"name": label, "params": {}}
         return specs
 
+    def selector_fits(self) -> dict[str, dict]:
+        """Run name -> what its selector fitted (run_info.json's selector_fits; {} when none was saved)."""
+        path = self.directory / RUN_INFO
+        if not path.exists():
+            return {}
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RiclError(f"{path}: not valid JSON ({e})") from None
+        fits = info.get("selector_fits") if isinstance(info, dict) else None
+        return fits if isinstance(fits, dict) else {}
+
     def pool_order(self) -> list[str]:
         """Pool names as configured (the first is the reference pool), then any others seen in the records."""
         names = [p["name"] for p in self.config.get("pools") or [] if isinstance(p, dict) and "name" in p]

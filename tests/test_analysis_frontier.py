@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from handmade_results import make_record, write_dir
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 
 from retrieval_icl.analysis import applicable, write_report
 from retrieval_icl.analysis.frontier import analyze_frontier, family
+from retrieval_icl.analysis.guarantee import verdict
 from retrieval_icl.cli import app
 from retrieval_icl.errors import RiclError
 from retrieval_icl.experiment.compare_config import CompareConfig
@@ -196,3 +199,39 @@ def test_analyze_frontier_command_with_a_reference_then_the_report(tmp_path):
     assert (f"| 41.0 | 41.0 | 4.00 | 0 / 7 | -0.700 [-1.000, -0.400] | 0.87 | 0.999 | 0.999 "
             f"| {student_t.ppf(0.95, 9) * se:.3f} | no | no |") in text
     assert "Each other run against it on the queries both ran, paired by query id" in text
+
+
+def adaptive_fit(drop: float, n: int, calibration: str | None = None) -> dict:
+    """An adaptive fit as run_info.json holds it: tolerance 0.03, alpha 0.1, its calibration drop at k = 8."""
+    settings = {"tolerance": 0.03, "alpha": 0.1} | ({"calibration": calibration} if calibration else {})
+    return {"settings": settings, "tolerance": 0.03, "alpha": 0.1, "n_fit_queries": n,
+            "fit_accuracy": {"8": {"calibration_drop": drop, "mean_count": 3.0}}}
+
+
+def test_adaptive_runs_realised_drop_is_set_against_its_declared_tolerance(tmp_path):
+    runs = [run_records(name, name, 8, wrong, n=M) for name, wrong in
+            (("knn-k8", range(60)), ("pool", range(100)), ("crossfit", range(4, 64)), ("plain", range(60)))]
+    directory = write_dir(tmp_path / "frontier", [r for run in runs for r in run], {"task": "sst2"},
+                          with_attention=False)
+    folds = {"calibration_folds": 2, "folds": [adaptive_fit(-0.01, 200, "200 queries"),
+                                               adaptive_fit(0.005, 200, "200 queries")]}
+    (directory / "run_info.json").write_text(json.dumps({"selector_fits": {
+        "pool-seed0": adaptive_fit(0.0, 500), "crossfit-seed0": folds}}))
+    found = analyze_frontier(load_results(directory))
+    by_run = {r["run"]: r for r in found["guarantee"]}
+    assert sorted(by_run) == ["crossfit-seed0", "pool-seed0"]  # "plain" declares no tolerance
+    pool, cross = by_run["pool-seed0"], by_run["crossfit-seed0"]
+    assert pool["realised_drop"] == pytest.approx(0.1) and pool["drop_ci_low"] > 0.03
+    assert pool["verdict"] == "breach shown" and pool["calibration"] == "500 queries drawn from the pool"
+    assert pool["calibration_drop"] == "+0.000" and pool["against"] == "knn at the run's k"
+    assert cross["realised_drop"] == pytest.approx(0.0) and cross["drop_ci_high"] < 0.03
+    assert cross["verdict"] == "within, shown" and cross["calibration_drop"] == "-0.010/+0.005"
+    assert cross["calibration"] == "cross-fitted on the run's own queries, 2 folds (200/200 queries each)"
+    table = (directory / "analysis" / "guarantee.csv").read_text().splitlines()
+    assert len(table) == 3 and table[0].startswith("run,k,tolerance,alpha,calibration")
+
+
+def test_the_guarantee_verdict_reads_the_drops_ci():
+    assert verdict(0.02, -0.01, 0.05, 0.03) == "not resolved (point within)"
+    assert verdict(0.04, 0.01, 0.07, 0.03) == "not resolved (point over)"
+    assert verdict(0.05, 0.031, 0.07, 0.03) == "breach shown" and verdict(0.0, -0.02, 0.029, 0.03) == "within, shown"

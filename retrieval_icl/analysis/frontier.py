@@ -23,6 +23,8 @@ from ..record import RunRecord
 from ..results_dir import Results, write_csv
 from ..stats import DEFAULT_MARGIN, holm, non_inferiority, paired_bootstrap_ci, resolvable_margin, tost
 from .distribution import paired
+from .guarantee import NOTE as GUARANTEE_NOTE
+from .guarantee import guarantee_cells, guarantee_rows
 from .report import Section, new_figure, save_analysis, save_figure
 from .votes import most_common, rate
 
@@ -218,12 +220,17 @@ def analyze_frontier(results: Results, reference: str | None = None, seed: int =
     write_csv(out / "frontier.csv", rows)
     figure = save_figure(plot_frontier(rows, f"{results.task}: accuracy against prompt length"), out / "frontier.png")
     note = frontier_note(rows, ref, margin, declared)
+    promised = guarantee_rows(rows, results.selector_fits())
+    if promised:
+        write_csv(out / "guarantee.csv", promised)
     intro = ("Longer prompts (more or longer demonstrations) cost tokens; this frontier shows what each run's "
              "accuracy costs. One point per run, every selector, k, label format and pool: accuracy with its 95% "
              "bootstrap CI against the mean prompt length in tokens (mean_demos: demonstrations that fit the "
              "context). Runs of one selector family (label before '-k') are joined in order of tokens.")
     save_analysis(out, "frontier", "Accuracy against prompt tokens", intro,
                   [Section("Accuracy / prompt-token frontier", note + " All columns in frontier.csv.",
-                           table=report_rows(rows), figure=figure)])
+                           table=report_rows(rows), figure=figure)]
+                  + ([Section("Adaptive's tolerance against the realised drop", GUARANTEE_NOTE,
+                              table=guarantee_cells(promised))] if promised else []))
     return {"primary_metric": "accuracy", "reference": ref, "margin": margin, "margin_declared": declared,
-            "note": note, "runs": {r["run"]: r for r in rows}}
+            "note": note, "runs": {r["run"]: r for r in rows}, "guarantee": promised}
