@@ -202,20 +202,24 @@ def test_adaptive_cross_fitted_calibrates_each_fold_on_the_other_queries_only(tm
     params = {"fit_on": "lm", "n_fit": 10, "fit_depth": 4}
     selectors = [SelectorConfig(name="adaptive", k=4, params=params, calibration_folds=2, label="cross"),
                  SelectorConfig(name="adaptive", k=4, params=params, label="pool")]
-    cfg = config(tmp_path, selectors=selectors, capture_attention=False)
+    cfg = config(tmp_path, selectors=selectors, capture_attention=False, seeds=[0, 1])
     _, _, out = run_compare(cfg, scorer=scorer)
     fits = json.loads((out / "run_info.json").read_text())["selector_fits"]
+    assert sorted(fits) == ["cross-seed0", "cross-seed1", "pool-seed0", "pool-seed1"]  # the seed draws the fit
     queries = {q.id: q for q in prepare_inputs(cfg).queries}
-    folds = fits["cross-seed0"]["folds"]
-    assert fits["cross-seed0"]["calibration_folds"] == 2 and [f["fold"] for f in folds] == [0, 1]
-    assert sorted(i for f in folds for i in f["query_ids"]) == sorted(queries) and all(f["query_ids"] for f in folds)
-    for f in folds:  # calibrated on exactly the queries of the other fold
-        others = [q for i, q in queries.items() if i not in f["query_ids"]]
-        assert f["settings"]["calibration"] == f"{len(others)} queries, fingerprint {fingerprint(others)}"
-        assert f["n_fit_queries"] == len(others)
-    assert scorer.score_calls[:3] == [4 * 3, 4 * 3, 10 * 3]  # each fold's 4 others at 1, 2, 4 demos; then the pool's
+    for run in ("cross-seed0", "cross-seed1"):
+        folds = fits[run]["folds"]
+        assert fits[run]["calibration_folds"] == 2 and [f["fold"] for f in folds] == [0, 1]
+        assert sorted(i for f in folds for i in f["query_ids"]) == sorted(queries)
+        assert all(f["query_ids"] for f in folds)
+        for f in folds:  # calibrated on exactly the queries of the other fold
+            others = [q for i, q in queries.items() if i not in f["query_ids"]]
+            assert f["settings"]["calibration"] == f"{len(others)} queries, fingerprint {fingerprint(others)}"
+            assert f["n_fit_queries"] == len(others)
+    assert fits["cross-seed0"]["folds"][0]["query_ids"] != fits["cross-seed1"]["folds"][0]["query_ids"]
+    assert scorer.score_calls[:6] == [4 * 3] * 4 + [10 * 3] * 2  # each fold's 4 others at 1, 2, 4; then the pool's
     assert "calibration" not in fits["pool-seed0"]["settings"] and fits["pool-seed0"]["n_fit_queries"] == 10
     records = read_records(out)
-    assert sorted(r["query_id"] for r in records if r["selector"] == "cross") == sorted(queries)
+    assert sorted(r["query_id"] for r in records if r["run"] == "cross-seed1") == sorted(queries)
     with pytest.raises(ValueError, match="calibration_folds is for a selector that calibrates"):
         config(tmp_path, selectors=[SelectorConfig(name="knn", calibration_folds=2)])

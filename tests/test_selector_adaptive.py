@@ -41,6 +41,11 @@ def two_neighbourhoods(tmp_path):
     return index_of(vectors, labels, tmp_path), q_same, q_split
 
 
+def test_the_seed_counts_unless_bandwidth_and_thresholds_are_given():
+    assert AdaptiveSelector().uses_seed and AdaptiveSelector(thresholds={1: 0.9}).uses_seed  # bandwidth still fitted
+    assert not AdaptiveSelector(**GIVEN).uses_seed and AdaptiveSelector(**GIVEN, order="random").uses_seed
+
+
 def test_levels_are_powers_of_two_below_k_then_k():
     assert levels(1) == [1] and levels(8) == [1, 2, 4, 8] and levels(6) == [1, 2, 4, 6] and levels(2) == [1, 2]
 

@@ -101,6 +101,11 @@ class AdaptiveSelector(Selector):
                 "seed": self.seed, **lm}
 
     @property
+    def uses_seed(self) -> bool:
+        """True unless bandwidth and thresholds are given: the seed draws the fit's queries (and a run's folds)."""
+        return self.thresholds is None or self.bandwidth is None or super().uses_seed
+
+    @property
     def uses_lm(self) -> bool:
         """True when the thresholds are to be fitted to the LM's answers (not given)."""
         return self.fit_on == "lm" and self.thresholds is None
