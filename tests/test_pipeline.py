@@ -223,3 +223,14 @@ def test_adaptive_cross_fitted_calibrates_each_fold_on_the_other_queries_only(tm
     assert sorted(r["query_id"] for r in records if r["run"] == "cross-seed1") == sorted(queries)
     with pytest.raises(ValueError, match="calibration_folds is for a selector that calibrates"):
         config(tmp_path, selectors=[SelectorConfig(name="knn", calibration_folds=2)])
+
+
+def test_a_cross_fitted_lm_fit_scores_each_query_once_per_level_whatever_the_folds(tmp_path, tokenizer):
+    scorer = VoteScorer(tokenizer)
+    selectors = [SelectorConfig(name="adaptive", k=4, params={"fit_on": "lm", "fit_depth": 4}, calibration_folds=4)]
+    _, _, out = run_compare(config(tmp_path, selectors=selectors, capture_attention=False), scorer=scorer)
+    folds = json.loads((out / "run_info.json").read_text())["selector_fits"]["adaptive-seed0"]["folds"]
+    assert [f["n_fit_queries"] for f in folds] == [6, 6, 6, 6]  # each fold calibrates on the other 6 of 8 queries
+    # Fold 0 scores its 6 at 1, 2 and 4 demos, fold 1 the 2 not seen yet, folds 2 and 3 nothing new; then the run:
+    # 8 x 3 fit prompts, each scored once (not once per fold that calibrates on it), and 8 run prompts.
+    assert scorer.score_calls == [6 * 3, 2 * 3, 8]

@@ -140,15 +140,22 @@ def cross_fitted(selector: Selector, index: DemoIndex, queries: Sequence[Example
 
 def lm_label_probs(builder: PromptBuilder, continuations: list[list[int]], scorer: Scorer,
                    index: DemoIndex) -> LabelProbs:
-    """Label probabilities of prompts rendered as the run renders them, for mdl's candidate selections."""
+    """Label probabilities of prompts rendered as the run renders them, for mdl's candidate selections and adaptive's
+    LM fit. Each (text, demonstrations) is scored once: a cross-fitted fit asks for a query again in every fold it
+    calibrates."""
     reserve, n_fields = max(len(c) for c in continuations), len(builder.task.text_fields)
+    scored: dict[tuple[str, tuple[int, ...]], np.ndarray] = {}
 
     def label_probs(texts: Sequence[str], demo_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        asked = [(t, tuple(int(i) for i in ids)) for t, ids in zip(texts, demo_ids)]
+        new = [key for key in dict.fromkeys(asked) if key not in scored]
         # A query's text is its fields joined by newlines (Example.text); the prompt renders them one by one.
         prompts = [builder.build([index.example(i) for i in ids], t.split("\n", n_fields - 1), reserve=reserve)
-                   for t, ids in zip(texts, demo_ids)]
-        scored = scorer.score([p.token_ids for p in prompts], continuations)
-        return np.exp(log_normalise(np.array([s.log_probs for s in scored])))
+                   for t, ids in new]
+        if prompts:
+            rows = scorer.score([p.token_ids for p in prompts], continuations)
+            scored.update(zip(new, np.exp(log_normalise(np.array([r.log_probs for r in rows])))))
+        return np.array([scored[key] for key in asked])
 
     return label_probs
 
