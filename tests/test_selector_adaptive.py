@@ -339,3 +339,29 @@ def test_calibration_queries_with_a_label_the_pool_lacks_get_a_clear_error(clust
         selector.use_calibration([Example(7, ("a question",), 2)]).fit(clusters)
     with pytest.raises(RiclError, match="calibration queries are empty"):
         selector.use_calibration([])
+
+
+def test_when_the_middle_levels_lose_and_one_demonstration_does_not_it_cuts_to_one_only(tmp_path):
+    """Two pure, tight clusters (the kernel is sure: one demonstration would do) and a mixed, spread region (7 in 10
+    of label 0: the kernel is unsure, and its shape-query fit lets such queries have 4). The LM is right with 1 or 8
+    demonstrations and wrong with 2 or 4; the shape queries (the kernel's answers) cannot see that, the calibration
+    can: only a chain allowing 1 alone keeps the saving without the loss."""
+    rng = np.random.default_rng(3)
+    a, b, c = unit(rng.normal(size=(3, D)))
+    vectors = np.vstack([around(a, 250, 0.05, rng), around(b, 250, 0.05, rng), around(c, 500, 0.6, rng)])
+    labels = [0] * 250 + [1] * 250 + [int(u < 0.3) for u in rng.random(500)]
+    index = index_of(vectors, labels, tmp_path)
+
+    def one_or_eight(texts, demo_ids):
+        rows = []
+        for ids in demo_ids:
+            majority = int(np.mean([index.example(i).label for i in ids]) >= 0.5)
+            rows.append(np.eye(2)[majority if len(ids) in (1, 8) else 1 - majority])
+        return np.array(rows)
+
+    selector = AdaptiveSelector(n_fit=400, n_shape=500, fit_depth=8).use_lm(one_or_eight, model="1-or-8").fit(index)
+    fit = selector.fitted_["fit_accuracy"]["8"]
+    assert fit["chains"] == 4 and fit["calibration_drop"] <= 0 and fit["mean_count"] < 5
+    shown = {len(s.demo_ids) for s in selector.select_embedded([f"q{i}" for i in range(1000)],
+                                                                index.embeddings(list(range(1000))), 8)}
+    assert shown == {1, 8}  # never 2 or 4

@@ -212,14 +212,23 @@ def never(k: int) -> dict[str, float]:
     return {str(m): NEVER for m in levels(k)[:-1]}
 
 
+def allowed_levels(k: int) -> list[set[int]]:
+    """The levels below k each chain may cut to: every level from a lowest one up (k/2 .. 1), then 1 alone. The shape
+    queries come from the pool; whether the middle levels are safe on the queries to come (TREC's test questions
+    lose at 4 what they keep at 1) is the calibration's to show, so it gets a chain without them. One chain more
+    costs power (Bonferroni across chains), so only the one that saves the most."""
+    below = levels(k)[:-1]
+    return [{m for m in below if m >= lowest} for lowest in below[::-1]] + ([{1}] if len(below) > 1 else [])
+
+
 def candidate_chains(confidence: np.ndarray, answers: np.ndarray, gold: np.ndarray,
                      k: int) -> list[list[dict[str, float]]]:
-    """Candidate threshold sets, one chain per lowest level allowed (k/2 .. 1), each from the per-level fit on the
-    shape queries at growing loss budgets (safe to permissive), repeats and always-k dropped. Made before the
+    """Candidate threshold sets, one chain per set of levels allowed (`allowed_levels`), each from the per-level fit
+    on the shape queries at growing loss budgets (safe to permissive), repeats and always-k dropped. Made before the
     calibration queries are looked at."""
     fitted, chains = [fit_thresholds(confidence, answers, gold, k, budget) for budget in SHAPE_BUDGETS], []
-    for lowest in levels(k)[-2::-1]:
-        chain = [{m: (t if int(m) >= lowest else NEVER) for m, t in fit.items()} for fit in fitted]
+    for allowed in allowed_levels(k):
+        chain = [{m: (t if int(m) in allowed else NEVER) for m, t in fit.items()} for fit in fitted]
         unique = [dict(c) for c in dict.fromkeys(tuple(c.items()) for c in chain) if dict(c) != never(k)]
         if unique:
             chains.append(unique)
