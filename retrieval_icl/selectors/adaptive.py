@@ -13,9 +13,9 @@ when they disagree or sit far, every one of them counts. So, per query:
 a phrase another pool text holds), each without its own text and its near-duplicates. `use_calibration(queries)`
 replaces the pool's calibration draw with labelled queries drawn like the ones to come (a user's own, or in
 `ricl compare` with `calibration_folds` the run's other queries), for when the pool is not drawn like them (TREC's
-test questions are not drawn like its train pool). On the `n_shape` shape
-queries the bandwidth is fitted (kernel leave-one-out likelihood) and candidate threshold sets are made (per-level
-fits at growing loss budgets, safest first, one chain per lowest level allowed). On the `n_fit` calibration queries,
+test questions are not drawn like its train pool). On the `n_shape` shape queries the bandwidth is fitted (kernel
+leave-one-out likelihood) and candidate threshold sets are made (per-level fits at growing loss budgets, safest
+first, one chain per lowest level allowed and one cutting to 1 alone). On the `n_fit` calibration queries,
 Learn-then-Test (`risk_control`) keeps the cheapest candidate whose accuracy drop against all k is shown to be below
 `tolerance`. For exchangeable queries the chosen thresholds' drop exceeds `tolerance` with probability at most
 `alpha`. The drop is measured on the LM's own answers with 1, 2, 4, ... demonstrations (`fit_on="lm"`, the
