@@ -25,7 +25,7 @@ def fold_fits(fit: dict) -> list[dict]:
 def calibration_source(fit: dict) -> str:
     """Where a run's fit drew its calibration queries from, in words."""
     fits = fold_fits(fit)
-    sizes = "/".join(str(f["n_fit_queries"]) for f in fits)
+    sizes = "/".join(str(f.get("n_fit_queries", "?")) for f in fits)
     if FOLDS in fit:
         return f"cross-fitted on the run's own queries, {len(fits)} folds ({sizes} queries each)"
     if fit.get("settings", {}).get("calibration"):
@@ -50,7 +50,8 @@ def guarantee_rows(rows: list[dict], fits: dict[str, dict]) -> list[dict]:
         fit = fits.get(r["run"])
         if fit is None or reference is None or "accuracy_diff" not in r:
             continue
-        parts = [f for f in fold_fits(fit) if "tolerance" in f]
+        # A fit promises only with both (fits from before Learn-then-Test had a tolerance and no alpha).
+        parts = [f for f in fold_fits(fit) if "tolerance" in f and "alpha" in f]
         if not parts:
             continue
         tolerance, alpha = parts[0]["tolerance"], parts[0]["alpha"]
