@@ -154,7 +154,7 @@ def index_fit(
     demo_index = DemoIndex.load(directory, encoder=_index_encoder(directory, encoder))
     chosen = make_selector(selector, **key_values(param or []))
     if calibration is not None:  # read before the LM loads: a bad file fails fast
-        if not hasattr(chosen, "use_calibration"):
+        if not chosen.calibrates:
             raise RiclError(f"--calibration is for adaptive; selector {selector!r} calibrates nothing")
         chosen.use_calibration(index_queries(demo_index, calibration, label_field))
     report = with_index_lm(chosen, demo_index, model).fit(demo_index).fit_report()

@@ -117,7 +117,7 @@ class CompareConfig(BaseModel):
             raise ValueError(f"selector labels must be unique, got {labels}; give each a `label`")
         for sel in self.selectors:
             probe = make_selector(sel.name, **sel.params)  # an unknown name or parameter fails here, before any work
-            if sel.calibration_folds and not hasattr(probe, "use_calibration"):
+            if sel.calibration_folds and not probe.calibrates:
                 raise ValueError(f"selector {sel.run_label!r}: calibration_folds is for a selector that calibrates "
                                  "(adaptive)")
         names = [p.name for p in self.pools]

@@ -62,6 +62,7 @@ class AdaptiveSelector(Selector):
     name = "adaptive"
     fits_state = True
     up_to_k = True
+    calibrates = True
 
     def __init__(self, bandwidth: float | None = None, prior: float = 1.0,
                  thresholds: Mapping[Any, float] | None = None, tolerance: float = 0.03, alpha: float = 0.1,
