@@ -8,10 +8,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import yaml
 from safetensors.numpy import load_file
 from standin import TINY_DATA, VoteScorer, tiny_tokenizer
 
 from retrieval_icl.data.examples import fingerprint
+from retrieval_icl.errors import RiclError
 from retrieval_icl.experiment.assemble import Run, summarise
 from retrieval_icl.experiment.compare import build_indexes, prepare_inputs, run_compare
 from retrieval_icl.experiment.compare_config import CompareConfig, PoolConfig, SelectorConfig
@@ -161,7 +163,7 @@ def test_selectors_with_their_own_k_a_token_budget_and_adaptive_state_reported(t
                  SelectorConfig(name="knn", k=6, max_tokens=60, label="budget-60"),
                  SelectorConfig(name="knn", k=6, max_tokens=1, label="budget-1"),
                  SelectorConfig(name="adaptive", k=6, params={"n_fit": 30, "fit_depth": 8, "fit_on": "kernel"},
-                                label="adaptive-k6")]
+                                calibration="pool", label="adaptive-k6")]
     rows, _, out = run_compare(config(tmp_path, k_values=[3, 4], selectors=selectors, capture_attention=False),
                                scorer=VoteScorer(tokenizer))
     assert [r["run"] for r in rows] == ["knn-k2-k2-seed0", "knn-k6-k6-seed0", "budget-60-k6-seed0",
@@ -188,7 +190,8 @@ def test_selectors_with_their_own_k_a_token_budget_and_adaptive_state_reported(t
 
 def test_adaptive_fitted_to_the_lm_gets_the_runs_scorer(tmp_path, tokenizer):
     scorer = VoteScorer(tokenizer)
-    selectors = [SelectorConfig(name="adaptive", k=4, params={"fit_on": "lm", "n_fit": 10, "fit_depth": 4})]
+    selectors = [SelectorConfig(name="adaptive", k=4, params={"fit_on": "lm", "n_fit": 10, "fit_depth": 4},
+                                calibration="pool")]
     _, _, out = run_compare(config(tmp_path, selectors=selectors, capture_attention=False), scorer=scorer)
     fit = json.loads((out / "run_info.json").read_text())["selector_fits"]["adaptive-seed0"]
     assert fit["fit_on"] == "lm" and fit["settings"]["lm"] == "smollm2-135m"
@@ -201,7 +204,7 @@ def test_adaptive_cross_fitted_calibrates_each_fold_on_the_other_queries_only(tm
     scorer = VoteScorer(tokenizer)
     params = {"fit_on": "lm", "n_fit": 10, "fit_depth": 4}
     selectors = [SelectorConfig(name="adaptive", k=4, params=params, calibration_folds=2, label="cross"),
-                 SelectorConfig(name="adaptive", k=4, params=params, label="pool")]
+                 SelectorConfig(name="adaptive", k=4, params=params, calibration="pool", label="pool")]
     cfg = config(tmp_path, selectors=selectors, capture_attention=False, seeds=[0, 1])
     _, _, out = run_compare(cfg, scorer=scorer)
     fits = json.loads((out / "run_info.json").read_text())["selector_fits"]
@@ -223,6 +226,24 @@ def test_adaptive_cross_fitted_calibrates_each_fold_on_the_other_queries_only(tm
     assert sorted(r["query_id"] for r in records if r["run"] == "cross-seed1") == sorted(queries)
     with pytest.raises(ValueError, match="calibration_folds is for a selector that calibrates"):
         config(tmp_path, selectors=[SelectorConfig(name="knn", calibration_folds=2)])
+
+
+def test_adaptive_in_compare_cross_fits_on_the_runs_queries_by_default_and_refuses_what_cannot_apply(tmp_path,
+                                                                                                     tokenizer):
+    selectors = [SelectorConfig(name="adaptive", k=4, params={"fit_on": "lm", "fit_depth": 4})]
+    _, _, out = run_compare(config(tmp_path, selectors=selectors, capture_attention=False), scorer=VoteScorer(tokenizer))
+    fit = json.loads((out / "run_info.json").read_text())["selector_fits"]["adaptive-seed0"]
+    assert fit["calibration_folds"] == 5 and [len(f["query_ids"]) for f in fit["folds"]] == [2, 2, 2, 1, 1]
+    assert yaml.safe_load((out / "config.yaml").read_text())["selectors"][0]["calibration"] == "folds"
+    given = {"thresholds": {1: 0.9, 2: 0.8}, "bandwidth": 0.1}  # nothing to calibrate: chosen as given, no fit
+    for bad, message in [(SelectorConfig(name="knn", calibration="pool"), "calibration is for a selector that"),
+                         (SelectorConfig(name="adaptive", params=given, calibration_folds=3), "calibration_folds is"),
+                         (SelectorConfig(name="adaptive", calibration="pool", calibration_folds=3), "not pool")]:
+        with pytest.raises(ValueError, match=message):
+            config(tmp_path, selectors=[bad])
+    with pytest.raises(RiclError, match=r"at least 5 queries, got 3: give fewer folds or `calibration: pool`"):
+        run_compare(config(tmp_path, selectors=selectors, n_queries=3, capture_attention=False), overwrite=True,
+                    scorer=VoteScorer(tokenizer))
 
 
 def test_a_cross_fitted_lm_fit_scores_each_query_once_per_level_whatever_the_folds(tmp_path, tokenizer):

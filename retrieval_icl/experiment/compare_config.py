@@ -28,8 +28,12 @@ class SelectorConfig(BaseModel):
     k: int | None = Field(None, gt=0)  # its own k (adaptive: the most it may show), instead of the config's k sweep
     max_tokens: int | None = Field(None, gt=0)  # a budget: its most relevant demonstrations that fit N prompt tokens
     exclude_near_duplicates: bool = False  # never show a query a pool phrase holding it, inside it, or most like it
-    # adaptive: calibrate on the run's own queries, cross-fitted: the queries split into this many folds by the seed,
-    # each fold's demonstrations chosen by a fit calibrated on the other folds (for a pool not drawn like the queries)
+    # A selector that calibrates (adaptive fitting its thresholds) does so on the run's own queries by default,
+    # cross-fitted: the queries split into `calibration_folds` folds by the seed, each fold's demonstrations chosen by
+    # a fit calibrated on the other folds only, so the guarantee is about queries drawn like these. "pool": on a draw
+    # from the pool instead, which holds only for queries drawn like the pool.
+    # Filled in for a selector that calibrates (saved with the results), None for one that does not.
+    calibration: Literal["folds", "pool"] | None = None
     calibration_folds: int | None = Field(None, ge=2)
 
     @model_validator(mode="after")
@@ -47,6 +51,19 @@ class SelectorConfig(BaseModel):
     @property
     def run_label(self) -> str:
         return self.label or self.name
+
+
+def check_calibration(sel: SelectorConfig, calibrates: bool) -> None:
+    """Refuse calibration settings a selector cannot use; fill in the defaults (5 folds) for one that calibrates."""
+    given = [name for name in ("calibration", "calibration_folds") if getattr(sel, name) is not None]
+    if given and not calibrates:
+        raise ValueError(f"selector {sel.run_label!r}: {' and '.join(given)} is for a selector that calibrates "
+                         "(adaptive without given thresholds)")
+    if sel.calibration == "pool" and sel.calibration_folds is not None:
+        raise ValueError(f"selector {sel.run_label!r}: calibration_folds is for calibration: folds, not pool")
+    if calibrates:
+        sel.calibration = sel.calibration or "folds"
+        sel.calibration_folds = sel.calibration_folds or (5 if sel.calibration == "folds" else None)
 
 
 class PoolConfig(BaseModel):
@@ -117,9 +134,7 @@ class CompareConfig(BaseModel):
             raise ValueError(f"selector labels must be unique, got {labels}; give each a `label`")
         for sel in self.selectors:
             probe = make_selector(sel.name, **sel.params)  # an unknown name or parameter fails here, before any work
-            if sel.calibration_folds and not probe.calibrates:
-                raise ValueError(f"selector {sel.run_label!r}: calibration_folds is for a selector that calibrates "
-                                 "(adaptive)")
+            check_calibration(sel, probe.calibrates)
         names = [p.name for p in self.pools]
         if len(set(names)) != len(names):
             raise ValueError(f"pool names must be unique, got {names}")

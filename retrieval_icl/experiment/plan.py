@@ -104,7 +104,7 @@ def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, 
             if selector.uses_lm:  # mdl scores candidates, adaptive(fit_on=lm) fits to the LM's answers
                 selector.use_lm(lm_label_probs(builders[0], continuations[0], scorer, by_encoder[encoder]),
                                 model=config.model)
-            if sel.calibration_folds:
+            if selector.calibrates and sel.calibration == "folds":
                 selections, fit = cross_fitted(selector, by_encoder[encoder], inputs.queries, k, sel.calibration_folds)
             else:
                 selector.fit(by_encoder[encoder])
@@ -124,7 +124,8 @@ def cross_fitted(selector: Selector, index: DemoIndex, queries: Sequence[Example
     folds drawn with the selector's seed), and the folds' fit reports. A fold's fit never stays in the index, so
     neither another fold nor another run reuses it."""
     if len(queries) < folds:
-        raise RiclError(f"calibration_folds={folds} needs at least {folds} queries, got {len(queries)}")
+        raise RiclError(f"adaptive calibrates on the run's own queries in calibration_folds={folds} folds, which needs "
+                        f"at least {folds} queries, got {len(queries)}: give fewer folds or `calibration: pool`")
     fold_of = np.random.default_rng(selector.seed).permutation(len(queries)) % folds
     selections: list[Selection | None] = [None] * len(queries)
     reports, fits = [], dict(index.fits)

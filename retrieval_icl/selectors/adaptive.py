@@ -12,8 +12,8 @@ when they disagree or sit far, every one of them counts. So, per query:
 `fit(index)` draws two disjoint sets of queries from the pool itself, never evaluation queries: whole texts only (not
 a phrase another pool text holds), each without its own text and its near-duplicates. `use_calibration(queries)`
 replaces the pool's calibration draw with labelled queries drawn like the ones to come (a user's own, or in
-`ricl compare` with `calibration_folds` the run's other queries), for when the pool is not drawn like them (TREC's
-test questions are not drawn like its train pool). On the `n_shape` shape queries the bandwidth is fitted (kernel
+`ricl compare`, by default, the run's other queries in cross-fitted folds), for when the pool is not drawn like them
+(TREC's test questions are not drawn like its train pool). On the `n_shape` shape queries the bandwidth is fitted (kernel
 leave-one-out likelihood) and candidate threshold sets are made (per-level fits at growing loss budgets, safest
 first, one chain per lowest level allowed and one cutting to 1 alone). On the `n_fit` calibration queries,
 Learn-then-Test (`risk_control`) keeps the cheapest candidate whose accuracy drop against all k is shown to be below
@@ -62,8 +62,6 @@ class AdaptiveSelector(Selector):
     name = "adaptive"
     fits_state = True
     up_to_k = True
-    calibrates = True
-
     def __init__(self, bandwidth: float | None = None, prior: float = 1.0,
                  thresholds: Mapping[Any, float] | None = None, tolerance: float = 0.03, alpha: float = 0.1,
                  n_fit: int = 500, n_shape: int = 2000, fit_depth: int | None = None, fit_on: str = "lm",
@@ -105,6 +103,11 @@ class AdaptiveSelector(Selector):
     def uses_seed(self) -> bool:
         """True unless bandwidth and thresholds are given: the seed draws the fit's queries (and a run's folds)."""
         return self.thresholds is None or self.bandwidth is None or super().uses_seed
+
+    @property
+    def calibrates(self) -> bool:
+        """True unless the thresholds are given: then nothing is calibrated."""
+        return self.thresholds is None
 
     @property
     def uses_lm(self) -> bool:
