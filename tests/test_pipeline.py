@@ -231,7 +231,8 @@ def test_adaptive_cross_fitted_calibrates_each_fold_on_the_other_queries_only(tm
 def test_adaptive_in_compare_cross_fits_on_the_runs_queries_by_default_and_refuses_what_cannot_apply(tmp_path,
                                                                                                      tokenizer):
     selectors = [SelectorConfig(name="adaptive", k=4, params={"fit_on": "lm", "fit_depth": 4})]
-    _, _, out = run_compare(config(tmp_path, selectors=selectors, capture_attention=False), scorer=VoteScorer(tokenizer))
+    run = config(tmp_path, selectors=selectors, capture_attention=False)
+    _, _, out = run_compare(run, scorer=VoteScorer(tokenizer))
     fit = json.loads((out / "run_info.json").read_text())["selector_fits"]["adaptive-seed0"]
     assert fit["calibration_folds"] == 5 and [len(f["query_ids"]) for f in fit["folds"]] == [2, 2, 2, 1, 1]
     assert yaml.safe_load((out / "config.yaml").read_text())["selectors"][0]["calibration"] == "folds"

@@ -11,19 +11,18 @@ when they disagree or sit far, every one of them counts. So, per query:
 
 `fit(index)` draws two disjoint sets of queries from the pool itself, never evaluation queries: whole texts only (not
 a phrase another pool text holds), each without its own text and its near-duplicates. `use_calibration(queries)`
-replaces the pool's calibration draw with labelled queries drawn like the ones to come (a user's own, or in
-`ricl compare`, by default, the run's other queries in cross-fitted folds), for when the pool is not drawn like them
-(TREC's test questions are not drawn like its train pool). On the `n_shape` shape queries the bandwidth is fitted (kernel
-leave-one-out likelihood) and candidate threshold sets are made (per-level fits at growing loss budgets, safest
-first, one chain per lowest level allowed and one cutting to 1 alone). On the `n_fit` calibration queries,
-Learn-then-Test (`risk_control`) keeps the cheapest candidate whose accuracy drop against all k is shown to be below
-`tolerance`. For exchangeable queries the chosen thresholds' drop exceeds `tolerance` with probability at most
-`alpha`. The drop is measured on the LM's own answers with 1, 2, 4, ... demonstrations (`fit_on="lm"`, the
-default; fitted for k = 1, 2, 4, ... and fit_depth, 8 by default) or, as a fast option without the LM, on the
-kernel's (`fit_on="kernel"`, every k up to fit_depth, 32 by default; that bounds the kernel's agreement with itself,
-not the LM's accuracy).
-The fit is stored in `index.fits["adaptive"]` and saved with the index (`DemoIndex.save`, `ricl index fit`); a later
-fit with the same settings on the same pool reuses it, and without an LM a saved LM fit is reused whichever LM made it.
+replaces the pool's calibration draw with labelled queries drawn like the ones to come (a user's own, or in `ricl
+compare`, by default, the run's other queries in cross-fitted folds), for when the pool is not drawn like them (TREC's
+test questions are not drawn like its train pool). On the `n_shape` shape queries the bandwidth is fitted (kernel
+leave-one-out likelihood) and candidate threshold sets are made (per-level fits at growing loss budgets, safest first,
+one chain per lowest level allowed and one cutting to 1 alone). On the `n_fit` calibration queries, Learn-then-Test
+(`risk_control`) keeps the cheapest candidate whose accuracy drop against all k is shown to be below `tolerance`. For
+exchangeable queries the chosen thresholds' drop exceeds `tolerance` with probability at most `alpha`. The drop is
+measured on the LM's own answers with 1, 2, 4, ... demonstrations (`fit_on="lm"`, the default; fitted for k = 1, 2, 4,
+... and fit_depth, 8 by default) or, as a fast option without the LM, on the kernel's (`fit_on="kernel"`, every k up
+to fit_depth, 32 by default; that bounds the kernel's agreement with itself, not the LM's accuracy). The fit is stored
+in `index.fits["adaptive"]` and saved with the index (`DemoIndex.save`, `ricl index fit`); a later fit with the same
+settings on the same pool reuses it, and without an LM a saved LM fit is reused whichever LM made it.
 """
 
 from __future__ import annotations

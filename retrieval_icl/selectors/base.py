@@ -102,7 +102,8 @@ class Selector(ABC):
     seeded_choice: bool = False  # True when the seed changes which demonstrations `_choose` picks
     fits_state: bool = False  # True when fit computes state from the pool, so a grown pool needs a new fit
     up_to_k: bool = False  # True when k is a maximum and `_choose` decides how many per query (adaptive)
-    calibrates: bool = False  # True when it takes labelled calibration queries (`use_calibration`: adaptive fitting thresholds)
+    # True when it takes labelled calibration queries (`use_calibration`: adaptive fitting thresholds)
+    calibrates: bool = False
     label_probs: LabelProbs | None = None  # the LM, for selectors that use it (set by `use_lm`)
     lm_name: str = ""  # the LM's name, so a fit made with another LM is not reused
     exclude_near_duplicates: bool = False  # also keep the pool's near-duplicates of a query out (set by make_selector)
