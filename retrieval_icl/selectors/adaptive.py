@@ -61,6 +61,7 @@ class AdaptiveSelector(Selector):
     name = "adaptive"
     fits_state = True
     up_to_k = True
+
     def __init__(self, bandwidth: float | None = None, prior: float = 1.0,
                  thresholds: Mapping[Any, float] | None = None, tolerance: float = 0.03, alpha: float = 0.1,
                  n_fit: int = 500, n_shape: int = 2000, fit_depth: int | None = None, fit_on: str = "lm",
