@@ -104,7 +104,7 @@ def plan_compare(config: CompareConfig, inputs: Inputs, indexes: list[dict[str, 
             if selector.uses_lm:  # mdl scores candidates, adaptive(fit_on=lm) fits to the LM's answers
                 selector.use_lm(lm_label_probs(builders[0], continuations[0], scorer, by_encoder[encoder]),
                                 model=config.model)
-            if selector.calibrates and sel.calibration == "folds":
+            if sel.calibration == "folds":  # set by config validation only for a selector that calibrates
                 selections, fit = cross_fitted(selector, by_encoder[encoder], inputs.queries, k, sel.calibration_folds)
             else:
                 selector.fit(by_encoder[encoder])
