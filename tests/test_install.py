@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -44,13 +45,25 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+def running_site_packages() -> list[str]:
+    """The site-packages of the interpreter running the tests, where the dependencies are: a venv's own when the tests
+    run in one (its base Python has none of them), the system's otherwise, and the user site when it is on."""
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE and Path(site.getusersitepackages()).is_dir():
+        dirs.append(site.getusersitepackages())
+    return dirs
+
+
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory) -> Path:
-    """The python of a fresh venv with the wheel installed in it. It sees the system site-packages for the
-    dependencies, where the editable install of this checkout also lives; the venv's own copy comes first."""
+    """The python of a fresh venv with the wheel installed in it. A .pth file puts the running interpreter's
+    site-packages after the venv's own, for the dependencies: a plain path line, so the .pth files there (this
+    checkout's editable install among them) are not run and the venv's copy of the package is the one found."""
     tmp = tmp_path_factory.mktemp("venv")
-    run([sys.executable, "-m", "venv", "--system-site-packages", tmp / "venv"], cwd=tmp)
+    run([sys.executable, "-m", "venv", tmp / "venv"], cwd=tmp)
     python = tmp / "venv" / "bin" / "python"
+    own = run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], cwd=tmp).stdout.strip()
+    (Path(own) / "running_interpreter.pth").write_text("\n".join(running_site_packages()) + "\n")
     run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", wheel], cwd=tmp)
     return python
 
