@@ -17,8 +17,10 @@ from retrieval_icl.lm import models
 from retrieval_icl.lm.models import (
     DEFAULT_MODEL,
     PACKAGED_MODELS,
+    choose_dtype,
     context_length,
     converted_dir,
+    cpu_bfloat16_flags,
     cuda_auto_dtype,
     load_causal_lm,
     resolve_device,
@@ -45,7 +47,6 @@ def test_hub_ids_and_paths_pass_through(tmp_path):
 
 
 def test_device_and_dtype_resolution():
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert [cuda_auto_dtype(c) for c in [(7, 5), (8, 0), (9, 0)]] == [torch.float16, torch.bfloat16, torch.bfloat16]
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(RiclError, match="dtype"):
@@ -53,6 +54,24 @@ def test_device_and_dtype_resolution():
     with pytest.raises(RiclError, match="device"):
         resolve_device("gpu0")
     assert resolve_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_auto_on_a_cpu_runs_bfloat16_only_where_the_cpu_computes_it_natively(tmp_path):
+    cpu = torch.device("cpu")
+    assert choose_dtype("auto", cpu, cpu_flags=["avx2", "fma"]) == (
+        torch.float32, "auto: float32, this CPU has no native bfloat16 (no amx_bf16 or avx512_bf16 flag), where "
+        "bfloat16 is emulated and about 5x slower")
+    assert choose_dtype("auto", cpu, cpu_flags=["avx2", "amx_bf16"]) == (
+        torch.bfloat16, "auto: bfloat16, this CPU computes it natively (amx_bf16)")
+    assert choose_dtype("float32", cpu, cpu_flags=["amx_bf16"]) == (torch.float32, "float32: asked for")
+    # the flags come from /proc/cpuinfo's first flags line; a CPU without them (an AVX2-only EPYC, say) has none
+    avx2_only, amx = tmp_path / "avx2", tmp_path / "amx"
+    avx2_only.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    assert (cpu_bfloat16_flags(avx2_only), cpu_bfloat16_flags(amx)) == ([], ["amx_bf16", "avx512_bf16"])
+    assert cpu_bfloat16_flags(tmp_path / "missing") == []
+    expected = torch.bfloat16 if cpu_bfloat16_flags() else torch.float32  # this machine, as the runner sees it
+    assert resolve_dtype("auto", cpu) == expected
 
 
 def test_context_length_caps_with_sane_tokenizer_limit():

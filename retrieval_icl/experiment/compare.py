@@ -83,7 +83,7 @@ def model_info(runner: Any, capture: bool) -> dict[str, Any]:
     weight = next(runner.loaded.model.parameters())
     limits = runner.batch_limits(capture)
     return {"device": str(weight.device), "dtype": str(weight.dtype).removeprefix("torch."),
-            "batch_rows": limits.rows, "batch_tokens": limits.tokens}
+            "dtype_reason": runner.loaded.dtype_reason, "batch_rows": limits.rows, "batch_tokens": limits.tokens}
 
 
 def prepare_inputs(config: CompareConfig) -> Inputs:
