@@ -15,6 +15,7 @@ from .analysis.cli import analyze_app, report
 from .cli_errors import friendly_errors
 from .errors import RiclError
 from .lm.models import DEFAULT_MODEL
+from .study_cli import archive, study
 from .yaml_config import key_values
 
 app = typer.Typer(help="Demonstration retrieval for in-context learning.", no_args_is_help=True,
@@ -270,19 +271,6 @@ def _table(title: str, text_column: str, *number_columns: str) -> Table:
     return table
 
 
-@app.command("study")
-@friendly_errors
-def study(
-    path: Path = typer.Argument(..., help="A study YAML (configs/studies/): experiments crossed with a grid."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Rerun comparisons whose results directory exists."),
-) -> None:
-    """Run a study's comparisons (those not yet run), analyse each, and write the cross-run Table 2."""
-    from .study import run_study
-
-    for written in run_study(path, overwrite=overwrite):
-        console.print(f"wrote {written}")
-
-
 @app.command("validate")
 @friendly_errors
 def validate(path: Path = typer.Argument(..., help="An experiment, study or task YAML.")) -> None:
@@ -391,3 +379,6 @@ def _key(value: Optional[str], file: Optional[Path], option: str) -> Optional[st
 # Analyses of saved results (retrieval_icl/analysis/cli.py): `ricl analyze ...` and `ricl report`.
 app.add_typer(analyze_app, name="analyze")
 app.command("report")(report)
+# Studies and archives (retrieval_icl/study_cli.py): `ricl study` and `ricl archive`.
+app.command("study")(study)
+app.command("archive")(archive)

@@ -10,6 +10,9 @@ RunRecords, the config, the attention files). No torch.
       summary.md, summary.csv  accuracy per run with its 95% bootstrap CI
       mcnemar.csv              each selector against random, paired by query
       analysis/                what `ricl analyze` saves; report.md and report.html gather it
+
+`load_results` reads an archive of one too (archive_format.py: records as gzip JSONL, attention as the label-token
+weights and preamble masses only), so the analyses run on either alike.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 import yaml
 
+from . import archive_format
 from .atomic_dir import atomic_directory, check_replaceable
 from .data.examples import fingerprint
 from .data.readers import rows_jsonl
 from .data.tasks import TaskSpec, load_task
 from .errors import RiclError
-from .lm.attention_summary import N_SUMMARY_COLUMNS
+from .lm.attention_summary import N_SUMMARY_COLUMNS, SUMMARY_COLUMNS, Y_MASS
 from .record import RunRecord
 from .yaml_config import read_yaml
 
@@ -143,7 +147,7 @@ def write_files(tmp: Path, config: CompareConfig, inputs: Inputs, runs: list[Run
     pools = {p.config.name: {"task": p.task_name, "split": p.split, "size": len(p.examples),
                              "fingerprint": fingerprint(p.examples)} for p in inputs.pools}
     info = info | {"versions": package_versions(), "pools": pools, "query_fingerprint": fingerprint(inputs.queries),
-                   "n_queries": len(inputs.queries)}
+                   "n_queries": len(inputs.queries), "config_fingerprint": config.fingerprint()}
     (tmp / RUN_INFO).write_text(json.dumps(info, indent=2))
     write_csv(tmp / SUMMARY_CSV, rows)
     write_csv(tmp / MCNEMAR_CSV, tests)
@@ -173,6 +177,7 @@ class Results:
     directory: Path
     records: list[RunRecord]
     config: dict = field(default_factory=dict)
+    archived: bool = False  # read from an archive: its attention holds ARCHIVED_COLUMNS only
     _attention: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     @property
@@ -207,8 +212,15 @@ class Results:
         fmt, pool = self.records[0].label_format, self.records[0].pool
         return list(dict.fromkeys(r.run for r in self.records if r.label_format == fmt and r.pool == pool))
 
+    @property
+    def attention_kept(self) -> tuple[str, ...]:
+        """What the attention arrays hold: every summary column, the preamble mass and the profile; an archive keeps
+        the label-token weights (y_mass) and the preamble mass, and its summaries are NaN in the other columns."""
+        return archive_format.ARCHIVED_COLUMNS if self.archived else (*SUMMARY_COLUMNS, "preamble", "profile")
+
     def attention_path(self, run: str) -> Path:
-        return self.directory / ATTENTION / f"{run}.safetensors"
+        suffix = archive_format.ATTENTION_SUFFIX if self.archived else ".safetensors"
+        return self.directory / ATTENTION / f"{run}{suffix}"
 
     def has_attention(self, run: str) -> bool:
         return self.attention_path(run).exists()
@@ -240,7 +252,8 @@ class Results:
         for r in self.runs([run])[run]:
             key = f"{r.query_id}/profile"
             if key not in arrays:
-                raise RiclError(f"{path}: no attention profile {key!r}; rerun `ricl compare` to capture profiles")
+                raise RiclError(f"{path}: no attention profile {key!r}; an archive keeps none, and a results directory "
+                                "written before profiles were captured needs `ricl compare` again")
             out.append(arrays[key])
         return out
 
@@ -248,7 +261,8 @@ class Results:
         if run not in self._attention:
             if len(self._attention) >= ATTENTION_CACHE_RUNS:
                 self._attention.pop(next(iter(self._attention)))  # the least recently loaded run
-            self._attention[run] = load_attention(self.attention_path(run), self.runs([run])[run])
+            path, records = self.attention_path(run), self.runs([run])[run]
+            self._attention[run] = (load_archived_attention if self.archived else load_attention)(path, records)
         return self._attention[run]
 
     def label_names(self) -> list[str]:
@@ -308,16 +322,20 @@ def load_results(directory: str | Path) -> Results:
     directory = Path(directory)
     if not directory.is_dir():
         raise RiclError(f"{directory}: no such results directory (expected the output_dir of `ricl compare`)")
-    path = directory / RECORDS
+    archived = (directory / archive_format.ARCHIVE_JSON).exists()
+    path = directory / (archive_format.ARCHIVED_RECORDS if archived else RECORDS)
     if not path.exists():
-        raise RiclError(f"{path}: no such file; {directory} is not a `ricl compare` results directory")
-    records = [RunRecord.check(row, where) for where, row in rows_jsonl(path)]
+        raise RiclError(f"{path}: no such file; {directory} is not a `ricl compare` results directory or archive")
+    if archived:
+        records = archive_format.read_records(path, archive_format.read_archive_json(directory)["runs"])
+    else:
+        records = [RunRecord.check(row, where) for where, row in rows_jsonl(path)]
     if not records:
         raise RiclError(f"{path}: no records")
     n_labels = {len(r.label_log_probs) for r in records}
     if len(n_labels) != 1:
         raise RiclError(f"{path}: records disagree on the number of labels ({sorted(n_labels)})")
-    return Results(directory, records, read_config(directory / CONFIG))
+    return Results(directory, records, read_config(directory / CONFIG), archived)
 
 
 def read_config(path: Path) -> dict:
@@ -340,6 +358,27 @@ def load_attention(path: Path, records: list[RunRecord]) -> dict[str, np.ndarray
         arrays = {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
     except (SafetensorError, OSError) as e:
         raise RiclError(f"{path}: not a readable safetensors file ({e})")
+    return checked_attention(path, arrays, records)
+
+
+def load_archived_attention(path: Path, records: list[RunRecord]) -> dict[str, np.ndarray]:
+    """An archived run's attention in the results directory's layout, checked against its records: per record a
+    (L, H, n_demos, 5) summary holding the label-token weights (NaN in the columns an archive does not keep) and the
+    preamble mass."""
+    if not path.exists():
+        raise RiclError(f"no attention archived for run {records[0].run!r}: {path} does not exist")
+    arrays = archive_format.decode_attention(path, records)
+    for r in records:
+        weights = arrays.get(str(r.query_id))
+        if weights is not None and weights.ndim == 3:
+            summary = np.full((*weights.shape, N_SUMMARY_COLUMNS), np.nan, dtype=np.float32)
+            summary[..., Y_MASS] = weights
+            arrays[str(r.query_id)] = summary
+    return checked_attention(path, arrays, records)
+
+
+def checked_attention(path: Path, arrays: dict[str, np.ndarray], records: list[RunRecord]) -> dict[str, np.ndarray]:
+    """The arrays, once each record has its (L, H, n_demos, 5) summary and (L, H) preamble mass, all one (L, H)."""
     shapes = set()
     for r in records:
         key, n = str(r.query_id), len(r.demo_ids)

@@ -40,10 +40,43 @@ def cluster_bootstrap_means(values: np.ndarray, clusters: np.ndarray | None, n_r
     """Means of `values` (n,) over resamples of its clusters (n,) with replacement (each item its own cluster when
     None): (n_resamples,). A cluster is, say, one query scored under several seeds."""
     values = np.asarray(values, dtype=np.float64)
-    ids = np.arange(values.size) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
-    sums, counts = np.bincount(ids, values), np.bincount(ids).astype(np.float64)  # per cluster
-    picks = rng.integers(0, sums.size, size=(n_resamples, sums.size))  # (n_resamples, clusters)
-    return sums[picks].sum(1) / counts[picks].sum(1)
+    return cluster_bootstrap_ratios(values, np.ones_like(values), clusters, n_resamples, rng)
+
+
+def cluster_bootstrap_ratios(numerators: np.ndarray, denominators: np.ndarray, clusters: np.ndarray | None,
+                             n_resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """sum(numerators) / sum(denominators) over resamples of the items' clusters (n,) with replacement:
+    (n_resamples,). A mean is the ratio with denominators 1; a least-squares slope, of sum(x * y) to sum(x * x)."""
+    num, den = np.asarray(numerators, dtype=np.float64), np.asarray(denominators, dtype=np.float64)
+    ids = np.arange(num.size) if clusters is None else np.unique(np.asarray(clusters), return_inverse=True)[1]
+    num_c, den_c = np.bincount(ids, num), np.bincount(ids, den)  # per cluster
+    picks = rng.integers(0, num_c.size, size=(n_resamples, num_c.size))  # (n_resamples, clusters)
+    return num_c[picks].sum(1) / den_c[picks].sum(1)
+
+
+def bootstrap_p(resampled: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of H0: the statistic is 0, from its resampled values (n_resamples,): twice the
+    smaller share on either side of 0, each counted with the observed statistic ((count + 1) / (n + 1)), capped at 1.
+    The percentile interval at confidence 1 - a excludes 0 about when p < a."""
+    r = np.asarray(resampled, dtype=np.float64)
+    side = min(int((r <= 0).sum()), int((r >= 0).sum()))
+    return float(min(1.0, 2 * (side + 1) / (r.size + 1)))
+
+
+def bootstrap_tost_p(resampled: np.ndarray, margin: float) -> float:
+    """Bootstrap TOST p-value of H0: |statistic| >= margin: the larger share of resampled values at or beyond either
+    margin, ((count + 1) / (n + 1)); below alpha, the 1 - 2 alpha percentile interval lies inside (-margin, margin)."""
+    r = np.asarray(resampled, dtype=np.float64)
+    beyond = max(int((r <= -margin).sum()), int((r >= margin).sum()))
+    return float(min(1.0, (beyond + 1) / (r.size + 1)))
+
+
+def adjusted_interval(resampled: np.ndarray, p: float, p_adjusted: float, alpha: float = 0.05) -> tuple[float, float]:
+    """The percentile interval at the level a multiplicity adjustment left a test: confidence 1 - alpha * p /
+    p_adjusted (Holm's p_adjusted >= p), so it excludes 0 about when p_adjusted < alpha."""
+    level = alpha * p / p_adjusted if p_adjusted > 0 else alpha
+    r = np.asarray(resampled, dtype=np.float64)
+    return float(np.quantile(r, level / 2)), float(np.quantile(r, 1 - level / 2))
 
 
 def paired_bootstrap_ci(a: np.ndarray, b: np.ndarray, clusters: np.ndarray | None = None, confidence: float = 0.95,

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 from shared_data import SHARED_DATA
 
 from retrieval_icl.experiment.compare_config import CompareConfig
+from retrieval_icl.lm.models import cpu_bfloat16_flags
 from retrieval_icl.retrieval.faiss_support import faiss_distributions
 
 pytestmark = [pytest.mark.lm, pytest.mark.shared_data]
@@ -111,8 +112,14 @@ def test_resolved_config_and_versions_are_saved(results):
     assert len(builds) == 1 and {name for name in info["versions"] if name.startswith("faiss")} == set(builds)
     assert info["versions"][builds[0]] == metadata.version(builds[0])
     assert info["pools"]["in_distribution"]["size"] == 400
-    # what the weights ran in, though config says auto, and the batch limits they scored with
-    assert info["model"] == {"device": "cpu", "dtype": "float32", "batch_rows": 8, "batch_tokens": None}
+    # what the weights ran in, though config says auto (bfloat16 on a CPU that computes it natively, float32 on one
+    # that would emulate it), why, and the batch limits they scored with
+    dtype = "bfloat16" if cpu_bfloat16_flags() else "float32"
+    assert info["model"] == {"device": "cpu", "dtype": dtype, "dtype_reason": f"auto: {dtype}, this CPU " + (
+        f"computes it natively ({', '.join(cpu_bfloat16_flags())})" if cpu_bfloat16_flags() else
+        "has no native bfloat16 (no amx_bf16 or avx512_bf16 flag), where bfloat16 is emulated and about 5x slower"),
+        "batch_rows": 8, "batch_tokens": None}
+    assert len(info["config_fingerprint"]) == 16
 
 
 def test_rerun_refuses_to_overwrite_and_reuses_the_index(results):

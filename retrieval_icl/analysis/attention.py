@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import RiclError
-from ..lm.attention_summary import PRE_LABEL, PROFILE_REGIONS, X_MASS, X_MAX, Y_MASS, Y_MAX
+from ..lm.attention_summary import PRE_LABEL, PROFILE_REGIONS, SUMMARY_COLUMNS, X_MASS, X_MAX, Y_MASS, Y_MAX
 from ..results_dir import Results, write_csv
 from .paper import best_head_sentence
 from .report import Section, new_figure, save_analysis, save_figure, write_json
@@ -274,6 +274,24 @@ def heads_following(reconstructed: np.ndarray, labels: Sequence[int], share: flo
     return int((hits.mean(0) >= share).sum())
 
 
+def has_span_columns(results: Results) -> bool:
+    """Whether the attention holds the columns span_max reads (an archive keeps the label-token weights only)."""
+    return {SUMMARY_COLUMNS[i] for i in (X_MAX, Y_MAX, PRE_LABEL)} <= set(results.attention_kept)
+
+
+def span_max_columns(results: Results, run: str, selection_fraction: float, selection_n: int | None,
+                     seed: int) -> dict:
+    """The span_max ablation of a run: its best head, held-out agreement and where its maxima fall; {} where the
+    attention does not hold the span columns."""
+    if not has_span_columns(results):
+        return {}
+    ablation = reconstruct_run(results, run, selection_fraction, selection_n, seed, weight="span_max")
+    places = np.mean([max_places(s)[ablation.best_head_] for s in results.summaries(run)], axis=0)  # (3,)
+    return {"span_max_best_head": "L{}H{}".format(*ablation.best_head_),
+            "span_max_agreement": ablation.heldout_["agreement"]["value"],
+            **{f"span_max_on_{place}": float(v) for place, v in zip(MAX_PLACES, places)}}
+
+
 def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, selection_fraction: float = 0.7,
                            selection_n: int | None = None, seed: int = 0) -> dict:
     """Per run: layers x heads heatmap, full grid CSV, top heads; summary of the best head on held-out queries."""
@@ -291,13 +309,9 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
             for layer in range(L) for h in range(H)])
         figure = save_figure(plot_heads(rec, run), out / f"{stem}.png")
         first = [r.demo_labels[0] for r in results.runs([run])[run]]
-        ablation = reconstruct_run(results, run, selection_fraction, selection_n, seed, weight="span_max")
-        places = np.mean([max_places(s)[ablation.best_head_] for s in results.summaries(run)], axis=0)  # (3,)
         rows.append(reconstruction_row(run, rec, results.preambles(run)) |
-                    {"heads_following_demo_1": heads_following(rec.reconstructed_, first),
-                     "span_max_best_head": "L{}H{}".format(*ablation.best_head_),
-                     "span_max_agreement": ablation.heldout_["agreement"]["value"],
-                     **{f"span_max_on_{place}": float(v) for place, v in zip(MAX_PLACES, places)}})
+                    {"heads_following_demo_1": heads_following(rec.reconstructed_, first)} |
+                    span_max_columns(results, run, selection_fraction, selection_n, seed))
         sections.append(Section(f"Heads: {run}", "The heads with the highest agreement on the selection split.",
                                 table=rec.top_heads(), figure=figure))
     intro = ("Section 5 of the paper: for every layer and head, the kernel weight of demonstration i is the "

@@ -94,8 +94,9 @@ analyze_app.command("all")(friendly_errors(with_options(analyze_all, OPTION_NAME
 
 
 @friendly_errors
-def report(results_dirs: list[Path] = typer.Argument(..., help="A results directory of `ricl compare`; several make "
-                                                    "one cross-run Table 2 (models and tasks side by side) in --out."),
+def report(results_dirs: list[Path] = typer.Argument(..., help="A results directory of `ricl compare` or its archive; "
+                                                    "several make one cross-run Table 2 (models and tasks side by "
+                                                    "side) in --out; an archive root of studies, its findings."),
            html: bool = typer.Option(True, "--html/--no-html", help="Also write "
            "report.html (self-contained, figures embedded)."),
            analyze: bool = typer.Option(True, "--analyze/--no-analyze", help="Run `analyze all` first when "
@@ -105,9 +106,15 @@ def report(results_dirs: list[Path] = typer.Argument(..., help="A results direct
            bandwidth: float = BANDWIDTH, selection_fraction: float = FRACTION, selection_n: Optional[int] = SELECTION_N,
            seed: int = SEED, n_splits: int = N_SPLITS, n_null: int = N_NULL) -> None:
     """Write RESULTS_DIR/report.md (and .html): setup, accuracy, and every saved analysis with figures and tables.
-    With several directories: OUT/table2.md and table2.csv, Table 2 across models and tasks with the paper's rows."""
+    With several directories: OUT/table2.md and table2.csv, Table 2 across models and tasks with the paper's rows.
+    With an archive root of studies (benchmarks/results): its findings.md, every study's verdicts."""
     from . import run_all, write_report
+    from .findings import STUDY_JSON, write_findings
 
+    if len(results_dirs) == 1 and any(results_dirs[0].glob(f"*/{STUDY_JSON}")):  # an archive root of studies
+        for path in write_findings(results_dirs[0]):
+            typer.echo(f"wrote {path}")
+        return
     if len(results_dirs) > 1:
         from .crossrun import write_cross_run_report
 

@@ -27,7 +27,7 @@ from ..lm.attention_summary import PRE_LABEL
 from ..record import RunRecord
 from ..results_dir import Results, write_csv
 from ..retrieval.kernel_surrogate import KernelSurrogate
-from .attention import MAX_PLACES, demo_weights, max_places
+from .attention import MAX_PLACES, demo_weights, has_span_columns, max_places
 from .controls import (
     BASELINES,
     N_NULL,
@@ -123,12 +123,14 @@ def fit_controls(results: Results, runs: Sequence[str], bandwidth: float = 0.1, 
     records, n_labels = group_records(results, runs), results.n_labels
     summaries = [s for run in runs for s in results.summaries(run)]
     labels, gold = [r.demo_labels for r in records], np.array([r.gold for r in records])
-    pre_label, y, _ = padded([normalise(s[..., PRE_LABEL]) for s in summaries], labels)
-    head_kernel = head_predictions(pre_label, y, n_labels, split.get("seed", 0)) == gold[:, None]  # (Q, heads)
+    heads = {}
+    if "pre_label" in results.attention_kept:  # an archive keeps the label-token weights only
+        pre_label, y, _ = padded([normalise(s[..., PRE_LABEL]) for s in summaries], labels)
+        heads["head_kernel_accuracy"] = head_predictions(pre_label, y, n_labels, split.get("seed", 0)) == gold[:, None]
     return ReconstructionControls(n_null=n_null, **split).fit(
         [demo_weights(s, weight) for s in summaries], labels, raw_predictions(records), gold,
         [r.query_id for r in records], baseline_predictions(records, n_labels, split.get("seed", 0)), n_labels,
-        extra_hits=encoder_hits(records, n_labels, bandwidth), extra_heads={"head_kernel_accuracy": head_kernel})
+        extra_hits=encoder_hits(records, n_labels, bandwidth), extra_heads=heads)
 
 
 def table2_column(results: Results, runs: Sequence[str], bandwidth: float, selection_fraction: float = 0.7,
@@ -142,15 +144,16 @@ def table2_column(results: Results, runs: Sequence[str], bandwidth: float, selec
     split = {"selection_fraction": selection_fraction, "selection_n": selection_n, "seed": seed,
              "n_splits": n_splits}
     controls = fit_controls(results, runs, bandwidth, "label", n_null, **split)
-    ablation = fit_controls(results, runs, bandwidth, "span_max", 0, **split)
     column = dict(controls.summary_)
-    column["span_max_agreement"] = ablation.summary_["reconstruction_agreement"]
     column["best_baseline"] = most_common(controls.best_baselines_)
     column["permutation_p"] = bare(controls.p_value_)
-    summaries = [s for run in runs for s in results.summaries(run)]
-    layer, head = divmod(int(most_common(ablation.heads_)), ablation.shape_[1])
-    places = np.mean([max_places(s)[layer, head] for s in summaries], axis=0)  # (3,)
-    column |= {f"span_max_on_{place}": bare(v) for place, v in zip(MAX_PLACES, places)}
+    if has_span_columns(results):
+        ablation = fit_controls(results, runs, bandwidth, "span_max", 0, **split)
+        column["span_max_agreement"] = ablation.summary_["reconstruction_agreement"]
+        summaries = [s for run in runs for s in results.summaries(run)]
+        layer, head = divmod(int(most_common(ablation.heads_)), ablation.shape_[1])
+        places = np.mean([max_places(s)[layer, head] for s in summaries], axis=0)  # (3,)
+        column |= {f"span_max_on_{place}": bare(v) for place, v in zip(MAX_PLACES, places)}
     held = [len(np.unique(controls.clusters_[~s])) for s in controls.selection_]  # query ids, not records
     column["n"] = bare(int(round(np.mean(held))))
     return column, controls

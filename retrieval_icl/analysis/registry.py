@@ -92,6 +92,13 @@ def needs_attention(results: Results, runs: Sequence[str] | None) -> str | None:
     return "no attention captured (capture_attention: false)"
 
 
+def needs_profiles(results: Results, runs: Sequence[str] | None) -> str | None:
+    """Figure 2 reads each query's attention profile and span masses, which an archive does not keep."""
+    if "profile" not in results.attention_kept:
+        return "an archive keeps the label-token weights only; Figure 2 needs the results directory's attention"
+    return needs_attention(results, runs)
+
+
 def needs_label_formats(results: Results, runs: Sequence[str] | None) -> str | None:
     """Label format compares the same selector, seed, k and pool under several formats."""
     formats = {(r.selector, r.seed, r.k, r.pool, r.label_format) for r in results.records}
@@ -161,7 +168,7 @@ def frontier_lines(found: dict) -> list[str]:
 SPLIT = ("selection_fraction", "selection_n", "seed")
 ANALYSES: tuple[Analysis, ...] = (
     Analysis("attention", "attention", "Figure 2: attention from the prediction position over each demonstration's "
-             "tokens, per layer.", "attention:analyze_attention", ("runs",), needs_attention),
+             "tokens, per layer.", "attention:analyze_attention", ("runs",), needs_profiles),
     Analysis("reconstruction", "reconstruct", "ICL prediction reconstructed from each head's attention; best head "
              "chosen on a selection split.", "attention:analyze_reconstruction", ("runs", *SPLIT), needs_attention,
              summary=reconstruction_lines),

@@ -65,8 +65,9 @@ def new_figure(width: float = 8.0, height: float = 4.5):
 
 
 def save_figure(fig, path: Path) -> str:
-    """Save as PNG; returns the file name that sections refer to."""
-    fig.savefig(path, dpi=110)
+    """Save as PNG without the software tag (no version, no date): the same figure is the same bytes. Returns the
+    file name that sections refer to."""
+    fig.savefig(path, dpi=110, metadata={"Software": None})
     return path.name
 
 

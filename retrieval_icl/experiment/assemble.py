@@ -73,7 +73,9 @@ def new_record(plan: RunPlan, task: str, q: Example, selection: Selection, promp
         prediction=int(np.argmax(final)), correct=bool(np.argmax(final) == q.label), raw_prediction=raw,
         raw_correct=raw == q.label,
         label_log_probs=[float(v) for v in log_probs], demo_ids=prompt.demo_ids, demo_labels=demo_labels,
-        demo_scores=[float(v) for i, v in zip(selection.demo_ids, selection.scores) if i in used],
+        # 6 decimals, as encoder_similarities: float32 scores hold about 7 digits, and the other 10 of a float's repr
+        # only cost the records (and their archive) space
+        demo_scores=[round(float(v), 6) for i, v in zip(selection.demo_ids, selection.scores) if i in used],
         demo_score_kind=plan.score_kind, encoder_similarities=similarities,
         n_demos_requested=prompt.n_demos_requested, n_demos_used=prompt.n_demos_used, dropped_ids=prompt.dropped_ids,
         prompt_tokens=len(prompt.token_ids), preamble_span=prompt.preamble_span, x_spans=prompt.x_spans,

@@ -3,6 +3,8 @@ inputs.py."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,6 +88,9 @@ class ColumnsConfig(BaseModel):
     label_names: list[str] = Field(min_length=2)
 
 
+LOCATION_FIELDS = ("output_dir", "index_root")  # where results and indexes go: the same run wherever they are
+
+
 class CompareConfig(BaseModel):
     """Everything `ricl compare` needs; saved, resolved, next to every result."""
 
@@ -150,6 +155,16 @@ class CompareConfig(BaseModel):
     @property
     def ks(self) -> list[int]:
         return self.k_values or [self.k]
+
+    def fingerprinted(self) -> dict[str, Any]:
+        """The fields that decide the results: all but where they are written (LOCATION_FIELDS)."""
+        return self.model_dump(mode="json", exclude=set(LOCATION_FIELDS))
+
+    def fingerprint(self) -> str:
+        """sha256 of `fingerprinted()` as canonical JSON: two configs with the same fingerprint run the same study
+        (recorded in run_info.json; an archive made from another fingerprint is not a run of this config)."""
+        text = json.dumps(self.fingerprinted(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     @property
     def formats(self) -> list[str]:
