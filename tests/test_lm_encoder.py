@@ -31,7 +31,7 @@ def test_names_round_trip_and_bad_names_are_refused():
 @pytest.mark.lm
 @pytest.mark.parametrize("pooling,layer", [("mean", 10), ("last", 10), ("mean", 1), ("last", 30)])
 def test_embeddings_equal_the_models_hidden_states(smollm2, tmp_path, pooling, layer):
-    enc = LMEncoder(layer=layer, pooling=pooling, cache_dir=tmp_path, batch_size=2).load()
+    enc = LMEncoder(layer=layer, pooling=pooling, cache_dir=tmp_path, batch_size=2, dtype="float32").load()
     vecs = enc.encode(TEXTS)
     assert vecs.shape == (5, 576) and vecs.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
