@@ -132,8 +132,9 @@ def quantisation_check(original: Results, archived: Results) -> dict:
 
 
 def declaring_commit(paths: Sequence[Path]) -> str | None:
-    """The git commit HEAD is at, once every path is committed unchanged there; None outside a git checkout. A path
-    with changes not committed is an error: the config is committed before the results that come from it."""
+    """The last git commit that changed any of the paths (where the configs were declared as they are), once every
+    path is committed unchanged; None outside a git checkout. A path with changes not committed is an error: the
+    config is committed before the results that come from it."""
     if not paths:
         return None
     paths = [Path(p).resolve() for p in paths]
@@ -144,7 +145,7 @@ def declaring_commit(paths: Sequence[Path]) -> str | None:
     if changed:
         raise RiclError(f"commit the configs before archiving what they ran (the question is declared before the "
                         f"answer): git status shows {changed.splitlines()}")
-    return git(["rev-parse", "HEAD"], Path(top))
+    return git(["log", "-1", "--format=%H", "--", *map(str, paths)], Path(top)) or None
 
 
 def git(args: list[str], cwd: Path) -> str | None:

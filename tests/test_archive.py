@@ -162,7 +162,11 @@ def test_an_archive_records_the_commit_of_its_configs_and_refuses_uncommitted_on
         declaring_commit([config])  # not committed yet
     git("add", "study.yaml")
     git("commit", "-q", "-m", "declare")
-    assert declaring_commit([config]) == git("rev-parse", "HEAD")
+    declared = git("rev-parse", "HEAD")
+    (tmp_path / "later.txt").write_text("a later commit that leaves the config alone")
+    git("add", "later.txt")
+    git("commit", "-q", "-m", "later")
+    assert declaring_commit([config]) == declared != git("rev-parse", "HEAD")
     config.write_text("question: changed after the run\n")
     with pytest.raises(RiclError, match="study.yaml"):
         declaring_commit([config])
