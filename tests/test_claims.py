@@ -50,6 +50,7 @@ def test_the_similarity_slope_is_within_query_and_each_selection_is_paired_with_
     assert rows["nearest - random, k=2"]["effect"] == pytest.approx(-0.5)  # q1: 1 - 1, q2: 0 - 1
     assert rows["farthest - random, k=2"]["effect"] == pytest.approx(-1.0)
     assert rows["nearest - random, k=2"]["similarity"] == pytest.approx(0.7)
+    assert rows["nearest - random, k=2"]["gold_label_share"] == 1.0  # every demonstration carries label 0 = gold
     assert {r["n_queries"] for r in rows.values()} == {2}
 
 

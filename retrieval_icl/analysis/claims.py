@@ -116,7 +116,16 @@ def bandwidth_tests(q: Question, model: str, task: str, group: list[Results]) ->
                     test = pairs.setdefault((label, k), Test(model, task, f"{label} - {q.reference}, k={k}", False))
                     test.add(mean_correct(mine) - ref, 1.0, query_id, draw)
                     test.extra.setdefault("similarity", []).append(np.mean([mean_similarity(r) for r in mine]))
+                    test.extra.setdefault("gold_label_share", []).append(np.mean([gold_share(r) for r in mine]))
+                    test.extra.setdefault("reference_gold_label_share", []).append(
+                        np.mean([gold_share(r) for r in by_label[q.reference]]))
     return [slope, *pairs.values()]
+
+
+def gold_share(record: RunRecord) -> float:
+    """The share of the record's demonstrations that carry the query's gold label (NaN with none): nearer
+    demonstrations often share the query's label, so a label-copying model gains from them without any kernel."""
+    return float(np.mean([label == record.gold for label in record.demo_labels])) if record.demo_labels else np.nan
 
 
 def contrast_tests(q: Question, model: str, task: str, group: list[Results], axis: str) -> list[Test]:
