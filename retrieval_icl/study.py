@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -179,5 +180,6 @@ def study_findings(study: StudyConfig, path: Path) -> list[Path]:
     results = [load_results(d) for d in kept if (d / ARCHIVE_JSON).exists()]
     if not results:
         raise RiclError(f"{out}: no archives of {path} yet; run the study first")
-    written = write_study_findings(study.question, path.stem, results, out, str(path))
+    shown = os.path.relpath(path.resolve())  # as a reader of the findings finds it from the repository root
+    written = write_study_findings(study.question, path.stem, results, out, shown)
     return written + write_findings(out.parent)

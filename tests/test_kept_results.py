@@ -5,6 +5,7 @@ and bfloat16 only where the dtype gate passed for that model and task."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -53,3 +54,29 @@ def test_a_study_runs_bfloat16_only_where_the_gate_passed_for_its_model_and_task
             assert found["passes"] and found["model"] == config.model and found["task"] == config.task, gate
         else:
             assert config.dtype == "float32", f"{config.output_dir}: dtype {config.dtype}; a study states its dtype"
+
+
+def test_the_studies_rebuild_their_findings_from_the_archives_alone_to_the_same_bytes(tmp_path, monkeypatch):
+    """Issue 32's acceptance, as on a fresh clone: `ricl study` on each archived study scores nothing (a scorer that
+    fails if asked) and writes the same claims, figures and findings.md as git holds."""
+    from standin import tiny_tokenizer
+    from test_study_archive import NoScoring
+
+    from retrieval_icl.study import run_study
+
+    studies = [p for p in archived_studies() if load_study(p).question is not None
+               and (ROOT / load_study(p).archive / "study.json").is_file()]
+    if not studies:
+        pytest.skip("no study findings archived yet")
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    shutil.copytree(KEPT, tmp_path / "benchmarks" / "results")
+    monkeypatch.chdir(tmp_path)  # the studies' archive folders are relative to the working directory
+    for study in studies:
+        run_study(Path("configs") / "studies" / study.name, scorer=NoScoring(tiny_tokenizer()))
+    rebuilt = tmp_path / "benchmarks" / "results"
+    names = ["findings.md", "findings.csv"] + [f"{load_study(p).archive.split('/')[-1]}/{f}" for p in studies
+                                               for f in ("claims.md", "claims.csv", "study.json")]
+    names += [str(p.relative_to(KEPT)) for p in KEPT.glob("*/*.png")]
+    changed = [n for n in names if (rebuilt / n).read_bytes() != (KEPT / n).read_bytes()]
+    assert changed == [], f"rebuilt from the archives, these differ from git's: {changed}"
+    assert not (tmp_path / "results").exists()  # nothing ran

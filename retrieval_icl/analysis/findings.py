@@ -76,10 +76,12 @@ def plot_conditions(groups: dict[tuple, list[Results]], axis: str, title: str):
     axes = np.atleast_1d(fig.subplots(1, len(tasks)))
     for task in tasks:
         ax = axes[tasks.index(task)]
-        series = {(m, s): [r for res in g for r in res.records if r.selector == s or
-                           res.selector_specs()[r.selector]["name"] == s]
-                  for (m, t), g in groups.items() if t == task
-                  for s in dict.fromkeys(res.selector_specs()[r.selector]["name"] for res in g for r in res.records)}
+        series: dict[tuple, list] = {}
+        for (model, t), group in groups.items():
+            for res in group if t == task else []:
+                names = {label: spec["name"] for label, spec in res.selector_specs().items()}  # random's seeds pooled
+                for r in res.records:
+                    series.setdefault((model, names[r.selector]), []).append(r)
         names = list(dict.fromkeys(getattr(r, axis) for recs in series.values() for r in recs))
         width = 0.8 / max(len(series), 1)
         for j, ((model, selector), recs) in enumerate(series.items()):
