@@ -75,7 +75,7 @@ def test_the_studies_rebuild_their_findings_from_the_archives_alone_to_the_same_
         run_study(Path("configs") / "studies" / study.name, scorer=NoScoring(tiny_tokenizer()))
     rebuilt = tmp_path / "benchmarks" / "results"
     names = ["findings.md", "findings.csv"] + [f"{load_study(p).archive.split('/')[-1]}/{f}" for p in studies
-                                               for f in ("claims.md", "claims.csv", "study.json")]
+                                               for f in ("claims.md", "claims.csv", "conditions.csv", "study.json")]
     names += [str(p.relative_to(KEPT)) for p in KEPT.glob("*/*.png")]
     changed = [n for n in names if (rebuilt / n).read_bytes() != (KEPT / n).read_bytes()]
     assert changed == [], f"rebuilt from the archives, these differ from git's: {changed}"

@@ -4,6 +4,7 @@ refused when the config has changed since the archive was made."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -53,8 +54,12 @@ def test_a_study_resumes_from_its_archives_without_scoring_to_the_same_bytes(tmp
     path = write_study(tmp_path)
     written = run_study(path, scorer=VoteScorer(tokenizer))
     kept = tmp_path / "kept"
-    assert {p.name for p in written} == {"claims.md", "claims.csv", "accuracy_by_similarity_rank.png",
+    assert {p.name for p in written} == {"claims.md", "claims.csv", "conditions.csv", "accuracy_by_similarity_rank.png",
                                          "findings.md", "findings.csv"}
+    nearest = next(r for r in csv.DictReader((kept / "bandwidth" / "conditions.csv").open())
+                   if r["condition"] == "nearest k=2")
+    assert int(nearest["records"]) == 16 and 0 <= float(nearest["gold_label_share"]) <= 1  # 8 queries x 2 draws
+    assert float(nearest["entropy_correct"]) >= 0  # the best head's kernel entropy, from the archives' analyses
     assert sorted(p.name for p in (kept / "bandwidth").iterdir() if p.is_dir()) == ["experiment-0", "experiment-1"]
     findings = (kept / "findings.md").read_text()
     assert "| bandwidth | smollm2-135m | sst2 | slope of accuracy per 0.1 mean cosine, within query |" in findings

@@ -16,12 +16,15 @@ import numpy as np
 
 from ..errors import RiclError
 from ..results_dir import Results, markdown_table, write_csv
-from .claims import CLAIMS, Question, claim_tests, main_records
+from .bandwidth import mean_similarity
+from .claims import CLAIMS, Question, claim_tests, gold_share, main_records
+from .label_format import label_attention
 from .report import new_figure, save_figure
 from .votes import group_by, rate
 
 STUDY_JSON = "study.json"  # in a study's archive folder: its question and archives; the findings page looks for it
-CLAIMS_CSV, CLAIMS_MD, FINDINGS_MD, FINDINGS_CSV = "claims.csv", "claims.md", "findings.md", "findings.csv"
+CLAIMS_CSV, CLAIMS_MD, CONDITIONS_CSV = "claims.csv", "claims.md", "conditions.csv"
+FINDINGS_MD, FINDINGS_CSV = "findings.md", "findings.csv"
 FIGURES = {"bandwidth": "accuracy_by_similarity_rank.png", "label_format": "accuracy_by_label_format.png",
            "distribution": "accuracy_by_pool.png"}
 
@@ -96,6 +99,48 @@ def plot_conditions(groups: dict[tuple, list[Results]], axis: str, title: str):
     return fig
 
 
+def analysis_rows(results: Results, name: str) -> list[dict]:
+    """An archive's saved analysis table (analysis/NAME.csv), its numbers as numbers; [] when not saved."""
+    path = results.directory / "analysis" / name
+    if not path.is_file():
+        return []
+    import csv
+
+    with path.open() as f:
+        return [parsed(r) for r in csv.DictReader(f)]
+
+
+def condition_rows(q: Question, results: list[Results]) -> list[dict]:
+    """Per model, task and condition over every draw and seed: accuracy (95% CI, queries as clusters) and what the
+    claim reads beside it (similarity to the query and gold-label share; label attention and the best head's held-out
+    reconstruction agreement from each archive's label_format.csv; the best head's kernel entropy on correct and wrong
+    queries from bandwidth_entropy.csv)."""
+    axis = {"bandwidth": lambda r: f"{r.selector} k={r.k}", "label_format": lambda r: r.label_format,
+            "distribution": lambda r: f"{r.pool}, {r.selector}"}[q.claim]
+    rows = []
+    for (model, task), group in by_model_task(results).items():
+        records = [r for res in group for r in res.records]
+        saved = [row for res in group for row in analysis_rows(res, {"bandwidth": "bandwidth_entropy.csv",
+                 "label_format": "label_format.csv", "distribution": "distribution_pools.csv"}[q.claim])]
+        for condition, recs in group_by(records, axis).items():
+            acc = accuracy(recs)
+            row = {"model": model, "task": task, "condition": condition, "records": len(recs),
+                   "accuracy": acc["value"], "ci_low": acc["ci_low"], "ci_high": acc["ci_high"],
+                   "mean_similarity": float(np.nanmean([mean_similarity(r) for r in recs])),
+                   "gold_label_share": float(np.nanmean([gold_share(r) for r in recs]))}
+            if q.claim == "label_format":
+                row["label_attention"] = label_attention(recs)
+                mine = [s["reconstruction_agreement"] for s in saved if s["label_format"] == condition]
+                row["reconstruction_agreement"] = float(np.nanmean(mine)) if mine else float("nan")
+            if q.claim == "bandwidth":
+                runs = {r.run for r in recs}
+                mine = [s for s in saved if s["run"] in runs]
+                for key in ("entropy_correct", "entropy_wrong"):
+                    row[key] = float(np.nanmean([s[key] for s in mine])) if mine else float("nan")
+            rows.append(row)
+    return rows
+
+
 def study_figure(q: Question, results: list[Results], path: Path) -> str:
     """The study's figure, saved at `path`; its file name."""
     groups = by_model_task(results)
@@ -115,17 +160,20 @@ def write_study_findings(q: Question, name: str, results: list[Results], out: Pa
     write_csv(out / CLAIMS_CSV, rows)
     figure = study_figure(q, results, out / FIGURES[q.claim])
     verdicts = [verdict_row(q, r, f"{out.name}/{CLAIMS_CSV}") for r in rows if r["primary"]]
+    conditions = condition_rows(q, results)
+    write_csv(out / CONDITIONS_CSV, conditions)
     text = (f"# {name}: {CLAIMS[q.claim]}\n\nDeclared in `{study_file}` before it ran: {q.text} Statistic "
             f"`{q.statistic}` (claimed {q.direction}), reference `{q.reference}`"
             + (f", contrast {q.contrast}" if q.contrast else "") + f", TOST margin {q.margin:g}, alpha {q.alpha:g}; "
             f"{q.n_resamples} bootstrap resamples of queries, Holm over the study's {len(rows)} tests.\n\n"
             f"## Verdicts\n\n{markdown_table(verdicts)}\n![{name}]({figure})\n\n## Every test\n\n"
-            f"{markdown_table(rows)}")
+            f"{markdown_table(rows)}\n## Each condition, draws and seeds pooled ({CONDITIONS_CSV})\n\n"
+            f"{markdown_table(conditions)}")
     (out / CLAIMS_MD).write_text(text)
     archives = sorted(r.directory.name for r in results)
     (out / STUDY_JSON).write_text(json.dumps({"name": name, "study_file": study_file, "question": q.model_dump(),
                                               "archives": archives, "figure": figure}, indent=1) + "\n")
-    return [out / CLAIMS_MD, out / CLAIMS_CSV, out / figure]
+    return [out / CLAIMS_MD, out / CLAIMS_CSV, out / CONDITIONS_CSV, out / figure]
 
 
 def verdict_row(q: Question, row: dict, source: str) -> dict:
