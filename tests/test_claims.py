@@ -89,6 +89,7 @@ def test_holm_runs_over_the_studys_tests_and_the_adjusted_interval_agrees_with_i
                 recs.append(at(sim + rng.normal(0, 0.02), rng.random() < p, sel, q))
         draws.append(results(recs, model=model))
     rows = claim_tests(BANDWIDTH, draws)
+    rows = [r for r in rows if not r.get("exploratory")]
     assert all(r["p_holm"] >= r["p"] for r in rows) and max(r["p_holm"] for r in rows) <= 1
     for r in rows:
         excludes = r["holm_ci_low"] > 0 or r["holm_ci_high"] < 0
@@ -122,3 +123,19 @@ def test_bootstrap_p_tost_and_the_adjusted_interval_by_hand():
     assert adjusted_interval(values, 0.01, 0.01) == (np.quantile(values, 0.025), np.quantile(values, 0.975))
     low, high = adjusted_interval(values, 0.01, 0.05)  # Holm left the test alpha / 5: a 99% interval
     assert (low, high) == (np.quantile(values, 0.005), np.quantile(values, 0.995))
+
+
+def test_the_label_share_control_removes_what_the_gold_labels_of_nearer_demonstrations_explain():
+    def shown(similarity: float, gold_labelled: bool, selector: str, qid: int) -> RunRecord:
+        labels = [0, 0] if gold_labelled else [1, 1]  # gold is 0: a label-copying LM is right exactly when gold-labelled
+        return RunRecord.model_validate(make_record(f"{selector}-seed0", qid, 0, 0 if gold_labelled else 1, labels,
+                                                    [similarity] * 2, selector=selector, k=2))
+
+    records = [shown(0.8, True, "nearest", 1), shown(0.2, False, "farthest", 1), shown(0.5, True, "random", 1),
+               shown(0.6, True, "nearest", 2), shown(0.1, False, "farthest", 2), shown(0.3, False, "random", 2)]
+    rows = claim_tests(BANDWIDTH, [results(records)])
+    declared = rows[0]
+    control = next(r for r in rows if r.get("exploratory"))
+    assert declared["effect"] > 0.1  # nearer looks better ...
+    assert control["effect"] == pytest.approx(0.0, abs=1e-12)  # ... only through the gold labels it brings
+    assert "p_holm" not in control and "verdict" not in control  # declared after the run: outside Holm and verdict

@@ -205,7 +205,46 @@ def claim_tests(q: Question, results: list[Results]) -> list[dict]:
     for row, p in zip(primary, holm([r["tost_p"] for r in primary])):
         row["tost_p_holm"] = p
         row["verdict"] = verdict(q, row)
+    if q.claim == "bandwidth":  # the control for label copying, reported beside the declared tests
+        rows += [label_share_control(q, model, task, group) for (model, task), group in groups.items()]
     return rows
+
+
+def label_share_control(q: Question, model: str, task: str, group: list[Results]) -> dict:
+    """Exploratory, declared after the first runs, outside Holm and the verdict: the within-query slope of
+    correctness on mean similarity with the share of demonstrations carrying the query's gold label held fixed
+    (least squares on both, within (draw, query, k); per SLOPE_UNIT). Nearer demonstrations more often share the
+    query's label, so an LM that copies labels gains from them whatever its kernel; this slope is what similarity
+    adds beyond that."""
+    moments, clusters, draws = [], [], []  # per (draw, query, k): sums of xx, xg, gg, xy, gy after demeaning
+    for results in group:
+        for (query_id, _), recs in group_by(main_records(results), lambda r: (r.query_id, r.k)).items():
+            x, g, y = (np.array(v, dtype=float) for v in zip(*[(mean_similarity(r), gold_share(r), r.correct)
+                                                                  for r in recs]))
+            x, g, y = x - x.mean(), g - g.mean(), y - y.mean()
+            moments.append([x @ x, x @ g, g @ g, x @ y, g @ y])
+            clusters.append(str(query_id))
+            draws.append(draw_of(results))
+    m = np.array(moments)  # (groups, 5)
+    ids = np.unique(np.array(clusters), return_inverse=True)[1]
+    per_cluster = np.stack([np.bincount(ids, m[:, j]) for j in range(5)], axis=1)  # (clusters, 5)
+    rng = np.random.default_rng([q.seed, zlib.crc32(f"{model}|{task}|label share".encode())])
+    picks = rng.integers(0, len(per_cluster), size=(q.n_resamples, len(per_cluster)))
+    resampled = partial_slope(per_cluster[picks].sum(1))
+    effect = float(partial_slope(m.sum(0)[None])[0])
+    return {"claim": q.claim, "model": model, "task": task, "primary": False, "exploratory": True,
+            "test": f"slope per {SLOPE_UNIT} mean cosine with the gold-label share held fixed, within query",
+            "n_items": len(m), "n_queries": len(per_cluster), "effect": effect,
+            "ci_low": float(np.quantile(resampled, 0.025)), "ci_high": float(np.quantile(resampled, 0.975)),
+            "p": bootstrap_p(resampled)}
+
+
+def partial_slope(s: np.ndarray) -> np.ndarray:
+    """The similarity coefficient of least squares on (similarity, gold share), per SLOPE_UNIT, from summed
+    moments (n, 5): xx, xg, gg, xy, gy."""
+    xx, xg, gg, xy, gy = s.T
+    with np.errstate(divide="ignore", invalid="ignore"):  # NaN where the share never varies within a query
+        return SLOPE_UNIT * (gg * xy - xg * gy) / (xx * gg - xg ** 2)
 
 
 def rated(q: Question, t: Test) -> dict:

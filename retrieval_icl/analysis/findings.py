@@ -183,8 +183,8 @@ def verdict_row(q: Question, row: dict, source: str) -> dict:
     return {"claim": q.claim, "model": row["model"], "task": row["task"], "statistic": row["test"],
             "effect [Holm-adjusted CI]": adjusted,
             "95% CI": f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]", "p (Holm)": f"{row['p_holm']:.3g}",
-            f"TOST p at {q.margin:g} (Holm)": f"{row['tost_p_holm']:.3g}", "per draw": draws,
-            "queries": row["n_queries"], "verdict": row["verdict"], "source": source}
+            "margin": f"{q.margin:g}", "TOST p (Holm)": f"{row['tost_p_holm']:.3g}", "per draw": draws,
+            "queries": int(row["n_queries"]), "verdict": row["verdict"], "source": source}
 
 
 def write_findings(root: Path) -> list[Path]:
