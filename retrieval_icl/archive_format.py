@@ -5,9 +5,10 @@ and the attention the analyses read as 8-bit log codes. numpy only; results_dir.
       archive.json                 ARCHIVE_FORMAT and its version (the folder's marker), the config fingerprint, ...
       records.jsonl.gz             the records, query by query (gzip sees a query's runs together); read back run by run
       attention/RUN.safetensors.xz "y_mass" (layers, heads, all demos) uint8: the attention on each label y_i, the
-                                   run's records' demonstrations one after the other; "preamble" (layers, heads,
-                                   queries) uint8: the attention on the preamble; head by head, so xz sees each
-                                   head's weights together
+                                   run's records' demonstrations one after the other, head by head, so xz sees
+                                   each head's weights together; "preamble_mean" (layers, heads) float32: the
+                                   attention on the preamble, averaged over the run's queries (all the analyses
+                                   read of it)
 
 A code c > 0 stands for 2 ** (-(255 - c) / STEPS_PER_OCTAVE) and 0 for 0: ten steps per halving, so any weight is
 kept within 3.5% of its value down to 2.3e-8 (below float16's smallest step, so no weight a results directory holds
@@ -27,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from .errors import RiclError
+from .lm.attention_summary import N_SUMMARY_COLUMNS, Y_MASS, checked_summaries
 from .record import RunRecord
 
 ARCHIVE_FORMAT = "retrieval-icl-archive"
@@ -34,7 +36,7 @@ ARCHIVE_VERSION = 1
 ARCHIVE_JSON = "archive.json"  # the marker: a folder holding it, with ARCHIVE_FORMAT inside, is an archive
 ARCHIVED_RECORDS = "records.jsonl.gz"
 ATTENTION_SUFFIX = ".safetensors.xz"  # xz: 15% smaller than gzip on the codes
-ARCHIVED_COLUMNS = ("y_mass", "preamble")  # what an archive keeps of the attention summaries (attention_summary.py)
+ARCHIVED_COLUMNS = ("y_mass", "preamble_mean")  # what an archive keeps of the attention (attention_summary.py)
 STEPS_PER_OCTAVE = 10
 ATTENTION_METADATA = "ricl"  # the attention file's one metadata key: a JSON object (format, columns, code, query ids)
 MAX_RELATIVE_ERROR = 2 ** (0.5 / STEPS_PER_OCTAVE) - 1  # 0.035: half a step, the most a decoded weight is off
@@ -100,28 +102,29 @@ def read_records(path: Path, runs: Sequence[str]) -> list[RunRecord]:
 
 def encode_attention(arrays: dict[str, np.ndarray], records: Sequence[RunRecord]) -> bytes:
     """A run's attention arrays (results directory layout) as the archive keeps them: xz of a safetensors file with
-    the records' label-token weights and preamble masses as log codes, in record order."""
+    the records' label-token weights as log codes, in record order, and the preamble mass averaged over them."""
     from safetensors.numpy import save
-
-    from .lm.attention_summary import Y_MASS
 
     keys = [str(r.query_id) for r in records]
     weights = np.concatenate([arrays[k][..., Y_MASS] for k in keys], axis=-1)  # (L, H, sum of n_demos)
-    preamble = np.stack([arrays[f"{k}/preamble"] for k in keys], axis=-1)  # (L, H, queries)
+    preamble = np.mean([arrays[f"{k}/preamble"].astype(np.float32) for k in keys], axis=0)  # (L, H)
     about = {"format": "ricl-attention-codes", "run": records[0].run, "columns": list(ARCHIVED_COLUMNS),
              "steps_per_octave": STEPS_PER_OCTAVE, "query_ids": keys}
     # one metadata key: safetensors writes several in an order that changes from call to call
     metadata = {ATTENTION_METADATA: json.dumps(about, sort_keys=True)}
-    data = save({"y_mass": encode_weights(weights), "preamble": encode_weights(preamble)}, metadata=metadata)
+    data = save({"y_mass": encode_weights(weights), "preamble_mean": preamble.astype(np.float32)}, metadata=metadata)
     return lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)
 
 
-def decode_attention(path: Path, records: Sequence[RunRecord]) -> dict[str, np.ndarray]:
-    """An archived run's attention as float32, per record: "<id>" (layers, heads, demos) label-token weights and
-    "<id>/preamble" (layers, heads); an error where the file does not hold the records' queries and demonstrations."""
+def load_archived_attention(path: Path, records: Sequence[RunRecord]) -> dict[str, np.ndarray]:
+    """An archived run's attention in the results directory's layout, checked against its records: per record
+    "<id>", a (layers, heads, demos, 5) summary holding the label-token weights (NaN in the columns an archive does
+    not keep), and "preamble_mean" (layers, heads)."""
     from safetensors import SafetensorError
     from safetensors.numpy import load
 
+    if not path.exists():
+        raise RiclError(f"no attention archived for run {records[0].run!r}: {path} does not exist")
     try:
         data = lzma.decompress(path.read_bytes())
         arrays = load(data)
@@ -134,13 +137,12 @@ def decode_attention(path: Path, records: Sequence[RunRecord]) -> dict[str, np.n
         raise RiclError(f"{path}: holds run {about.get('run')!r}, {len(ids)} queries, {arrays['y_mass'].shape[-1]} "
                         f"demonstrations; expected the {len(records)} records of run {records[0].run!r}, "
                         f"with {sum(counts)}")
-    weights, preamble = decode_weights(arrays["y_mass"]), decode_weights(arrays["preamble"])
-    ends = np.cumsum(counts)
-    out = {}
-    for i, (key, end, n) in enumerate(zip(ids, ends, counts)):
-        out[key] = weights[..., end - n : end]
-        out[f"{key}/preamble"] = preamble[..., i]
-    return out
+    weights = decode_weights(arrays["y_mass"])
+    out = {"preamble_mean": arrays["preamble_mean"].astype(np.float32)}
+    for key, end, n in zip(ids, np.cumsum(counts), counts):
+        out[key] = np.full((*weights.shape[:2], n, N_SUMMARY_COLUMNS), np.nan, dtype=np.float32)
+        out[key][..., Y_MASS] = weights[..., end - n : end]
+    return checked_summaries(path, out, list(zip(ids, counts)), preamble_per_query=False)
 
 
 def safetensors_metadata(data: bytes) -> dict:

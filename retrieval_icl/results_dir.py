@@ -12,7 +12,7 @@ RunRecords, the config, the attention files). No torch.
       analysis/                what `ricl analyze` saves; report.md and report.html gather it
 
 `load_results` reads an archive of one too (archive_format.py: records as gzip JSONL, attention as the label-token
-weights and preamble masses only), so the analyses run on either alike.
+weights and the runs' mean preamble masses only), so the analyses run on either alike.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .data.examples import fingerprint
 from .data.readers import rows_jsonl
 from .data.tasks import TaskSpec, load_task
 from .errors import RiclError
-from .lm.attention_summary import N_SUMMARY_COLUMNS, SUMMARY_COLUMNS, Y_MASS
+from .lm.attention_summary import SUMMARY_COLUMNS, checked_summaries
 from .record import RunRecord
 from .yaml_config import read_yaml
 
@@ -215,7 +215,7 @@ class Results:
     @property
     def attention_kept(self) -> tuple[str, ...]:
         """What the attention arrays hold: every summary column, the preamble mass and the profile; an archive keeps
-        the label-token weights (y_mass) and the preamble mass, and its summaries are NaN in the other columns."""
+        the label-token weights (y_mass) and each run's mean preamble mass, its summaries NaN in the other columns."""
         return archive_format.ARCHIVED_COLUMNS if self.archived else (*SUMMARY_COLUMNS, "preamble", "profile")
 
     def attention_path(self, run: str) -> Path:
@@ -241,8 +241,17 @@ class Results:
 
     def preambles(self, run: str) -> list[np.ndarray]:
         """Per record of the run, in order: (layers, heads) float32 attention mass on the preamble (the sink)."""
+        if self.archived:
+            raise RiclError(f"{self.directory}: an archive keeps each run's preamble mass averaged over its queries "
+                            "(preamble_mean), not each query's")
         arrays = self._load_attention(run)
         return [arrays[f"{r.query_id}/preamble"] for r in self.runs([run])[run]]
+
+    def preamble_mean(self, run: str) -> np.ndarray:
+        """(layers, heads) float32: the run's attention mass on the preamble, averaged over its queries."""
+        if self.archived:
+            return self._load_attention(run)["preamble_mean"]
+        return np.mean(self.preambles(run), axis=0, dtype=np.float32)
 
     def profiles(self, run: str) -> list[np.ndarray]:
         """Per record of the run, in order: (layers, n_demos, bins) float32 head-averaged attention profile."""
@@ -262,7 +271,8 @@ class Results:
             if len(self._attention) >= ATTENTION_CACHE_RUNS:
                 self._attention.pop(next(iter(self._attention)))  # the least recently loaded run
             path, records = self.attention_path(run), self.runs([run])[run]
-            self._attention[run] = (load_archived_attention if self.archived else load_attention)(path, records)
+            read = archive_format.load_archived_attention if self.archived else load_attention
+            self._attention[run] = read(path, records)
         return self._attention[run]
 
     def label_names(self) -> list[str]:
@@ -358,41 +368,4 @@ def load_attention(path: Path, records: list[RunRecord]) -> dict[str, np.ndarray
         arrays = {k: v.astype(np.float32) for k, v in load_file(str(path)).items()}
     except (SafetensorError, OSError) as e:
         raise RiclError(f"{path}: not a readable safetensors file ({e})")
-    return checked_attention(path, arrays, records)
-
-
-def load_archived_attention(path: Path, records: list[RunRecord]) -> dict[str, np.ndarray]:
-    """An archived run's attention in the results directory's layout, checked against its records: per record a
-    (L, H, n_demos, 5) summary holding the label-token weights (NaN in the columns an archive does not keep) and the
-    preamble mass."""
-    if not path.exists():
-        raise RiclError(f"no attention archived for run {records[0].run!r}: {path} does not exist")
-    arrays = archive_format.decode_attention(path, records)
-    for r in records:
-        weights = arrays.get(str(r.query_id))
-        if weights is not None and weights.ndim == 3:
-            summary = np.full((*weights.shape, N_SUMMARY_COLUMNS), np.nan, dtype=np.float32)
-            summary[..., Y_MASS] = weights
-            arrays[str(r.query_id)] = summary
-    return checked_attention(path, arrays, records)
-
-
-def checked_attention(path: Path, arrays: dict[str, np.ndarray], records: list[RunRecord]) -> dict[str, np.ndarray]:
-    """The arrays, once each record has its (L, H, n_demos, 5) summary and (L, H) preamble mass, all one (L, H)."""
-    shapes = set()
-    for r in records:
-        key, n = str(r.query_id), len(r.demo_ids)
-        if key not in arrays:
-            raise RiclError(f"{path}: no entry for query {key} (expected one per record of run {r.run})")
-        shape = arrays[key].shape
-        if len(shape) != 4 or shape[2:] != (n, N_SUMMARY_COLUMNS):
-            raise RiclError(f"{path}: entry {key} has shape {shape}, "
-                            f"expected (layers, heads, {n}, {N_SUMMARY_COLUMNS})")
-        preamble = arrays.get(f"{key}/preamble")
-        if preamble is None or preamble.shape != shape[:2]:
-            raise RiclError(f"{path}: entry {key}/preamble is {'missing' if preamble is None else preamble.shape}, "
-                            f"expected the preamble's attention mass, shape {shape[:2]} (rerun `ricl compare`)")
-        shapes.add(shape[:2])
-    if len(shapes) > 1:
-        raise RiclError(f"{path}: entries disagree on (layers, heads): {sorted(shapes)}")
-    return arrays
+    return checked_summaries(path, arrays, [(str(r.query_id), len(r.demo_ids)) for r in records])

@@ -3,7 +3,7 @@
     experiments: [../experiments/table2.yaml]     # relative to the study file
     grid: {task: [sst2, agnews], model: [smollm2-135m, gemma3-270m]}
     output_root: results/table2                   # one results directory per experiment x grid point
-    table2: true                                  # then OUT/table2.md: Table 2 across the directories
+    table2: true                                  # then OUT/table2.md (OUT: archive, else output_root): Table 2
     archive: benchmarks/results/table2            # optional: each run archived there (archive.py), kept in git
     question: {claim: bandwidth, ...}             # optional: the claim it tests, declared before it runs (claims.py)
 
@@ -127,7 +127,7 @@ def run_study(path: str | Path, overwrite: bool = False, reanalyze: bool = False
         return study_findings(study, Path(path))
     if not study.table2:
         return [d / REPORT_MD for d in directories]
-    return write_cross_run_report(directories, study.output_root, study.bandwidth, **split)
+    return write_cross_run_report(directories, study.archive or study.output_root, study.bandwidth, **split)
 
 
 def chosen_points(study: StudyConfig, path: Path, only: dict[str, str]) -> list[tuple[Path, dict, CompareConfig]]:

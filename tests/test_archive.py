@@ -48,15 +48,18 @@ def test_an_archive_reads_back_the_records_and_the_attention_the_analyses_use(st
     full, archived = load_results(study), load_results(kept)
     assert archived.archived and not full.archived
     assert [r.model_dump() for r in archived.records] == [r.model_dump() for r in full.records]  # order too
-    assert archived.config == full.config and archived.attention_kept == ("y_mass", "preamble")
+    assert archived.config == full.config and archived.attention_kept == ("y_mass", "preamble_mean")
     run = full.main_runs()[0]
     for original, coded in zip(full.summaries(run), archived.summaries(run)):
         weights = original[..., Y_MASS]
         assert np.all(np.abs(coded[..., Y_MASS] - weights) <= MAX_RELATIVE_ERROR * weights + 1e-12)
         assert np.isnan(np.delete(coded, Y_MASS, axis=-1)).all()  # the columns an archive does not keep
-    np.testing.assert_allclose(archived.preambles(run), full.preambles(run), rtol=MAX_RELATIVE_ERROR)
+    np.testing.assert_array_equal(archived.preamble_mean(run), full.preamble_mean(run))  # kept exactly, per run
+    assert archived.preamble_mean(run).shape == (3, 4)
     with pytest.raises(RiclError, match="an archive keeps none"):
         archived.profiles(run)
+    with pytest.raises(RiclError, match="averaged over its queries"):
+        archived.preambles(run)
     info = json.loads((kept / ARCHIVE_JSON).read_text())
     assert info["runs"] == list(full.runs()) and info["config_fingerprint"] and info["commit"] is None
     assert all(q["same_best_head"] and q["agreement_diff"] == 0 for q in info["quantisation"].values())

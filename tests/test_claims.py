@@ -127,7 +127,7 @@ def test_bootstrap_p_tost_and_the_adjusted_interval_by_hand():
 
 def test_the_label_share_control_removes_what_the_gold_labels_of_nearer_demonstrations_explain():
     def shown(similarity: float, gold_labelled: bool, selector: str, qid: int) -> RunRecord:
-        labels = [0, 0] if gold_labelled else [1, 1]  # gold is 0: a label-copying LM is right exactly when gold-labelled
+        labels = [0, 0] if gold_labelled else [1, 1]  # gold is 0: a label copier is right exactly when gold-labelled
         return RunRecord.model_validate(make_record(f"{selector}-seed0", qid, 0, 0 if gold_labelled else 1, labels,
                                                     [similarity] * 2, selector=selector, k=2))
 

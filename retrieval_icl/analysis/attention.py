@@ -252,7 +252,7 @@ def plot_heads(rec: HeadReconstruction, title: str):
     return fig
 
 
-def reconstruction_row(run: str, rec: HeadReconstruction, preambles: Sequence[np.ndarray]) -> dict:
+def reconstruction_row(run: str, rec: HeadReconstruction, preamble_mean: np.ndarray) -> dict:
     """One summary row: the best head and its held-out agreement and accuracy with CIs, ties, and the mass the best
     head and all heads put on the preamble (the sink, outside every demonstration)."""
     h = rec.heldout_
@@ -263,8 +263,8 @@ def reconstruction_row(run: str, rec: HeadReconstruction, preambles: Sequence[np
             "accuracy_ci_low": h["accuracy"]["ci_low"], "accuracy_ci_high": h["accuracy"]["ci_high"],
             "icl_accuracy": h["icl_accuracy"]["value"], "best_head_ties": h["ties"],
             "heads_with_ties": int((rec.ties_ > 0).sum()), "tied_votes": int(rec.ties_.sum()),
-            "best_head_preamble_mass": float(np.mean([p[rec.best_head_] for p in preambles])),
-            "preamble_mass": float(np.mean(preambles))}
+            "best_head_preamble_mass": float(preamble_mean[rec.best_head_]),
+            "preamble_mass": float(preamble_mean.mean())}
 
 
 def heads_following(reconstructed: np.ndarray, labels: Sequence[int], share: float = 0.9) -> int:
@@ -309,7 +309,7 @@ def analyze_reconstruction(results: Results, runs: Sequence[str] | None = None, 
             for layer in range(L) for h in range(H)])
         figure = save_figure(plot_heads(rec, run), out / f"{stem}.png")
         first = [r.demo_labels[0] for r in results.runs([run])[run]]
-        rows.append(reconstruction_row(run, rec, results.preambles(run)) |
+        rows.append(reconstruction_row(run, rec, results.preamble_mean(run)) |
                     {"heads_following_demo_1": heads_following(rec.reconstructed_, first)} |
                     span_max_columns(results, run, selection_fraction, selection_n, seed))
         sections.append(Section(f"Heads: {run}", "The heads with the highest agreement on the selection split.",

@@ -75,3 +75,26 @@ def _checked_slice(span: tuple[int, int], length: int, demo: int) -> slice:
     if not 0 <= start < end <= length:
         raise RiclError(f"demo {demo}: span {span} is not a non-empty [start, end) range inside 0..{length}.")
     return slice(start, end)
+
+
+def checked_summaries(path: object, arrays: dict[str, np.ndarray], demos: Sequence[tuple[str, int]],
+                      preamble_per_query: bool = True) -> dict[str, np.ndarray]:
+    """`arrays` (a run's attention, read from `path`) once each (query key, number of demonstrations) in `demos` has
+    its (L, H, n_demos, 5) summary and, with preamble_per_query, its "<key>/preamble" (L, H) mass, all of one (L, H);
+    else a RiclError naming the file and the entry."""
+    shapes = set()
+    for key, n in demos:
+        if key not in arrays:
+            raise RiclError(f"{path}: no entry for query {key} (expected one per record of the run)")
+        shape = arrays[key].shape
+        if len(shape) != 4 or shape[2:] != (n, N_SUMMARY_COLUMNS):
+            raise RiclError(f"{path}: entry {key} has shape {shape}, "
+                            f"expected (layers, heads, {n}, {N_SUMMARY_COLUMNS})")
+        preamble = arrays.get(f"{key}/preamble") if preamble_per_query else shape[:2]
+        if preamble is None or getattr(preamble, "shape", preamble) != shape[:2]:
+            raise RiclError(f"{path}: entry {key}/preamble is {'missing' if preamble is None else preamble.shape}, "
+                            f"expected the preamble's attention mass, shape {shape[:2]} (rerun `ricl compare`)")
+        shapes.add(shape[:2])
+    if len(shapes) > 1:
+        raise RiclError(f"{path}: entries disagree on (layers, heads): {sorted(shapes)}")
+    return arrays
